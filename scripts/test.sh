@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up a virtual environment with the pinned dependencies, then run every check:
+# ruff (lint and format), mypy (strict, over src/) and pytest (unit and integration,
+# the real embedded models included). This is the README's test command and CI's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 \
+  | grep -v "^WARNING: Location" || true
+.venv/bin/python -m ruff check .
+.venv/bin/python -m ruff format --check .
+.venv/bin/python -m mypy
+.venv/bin/python -m pytest "$@"

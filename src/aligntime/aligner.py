@@ -1,0 +1,245 @@
+"""The Aligner: prompt policy, generator, scorers and strategy composed from a policy.
+
+Every entry point (CLI, server, evaluation, batch) calls :meth:`Aligner.aalign`
+or :meth:`Aligner.ascore`; none re-implements a step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aligntime import registry
+from aligntime.errors import InputError, ScorerError
+from aligntime.generators.base import Generator
+from aligntime.policy.loader import load_policy
+from aligntime.policy.schema import Policy
+from aligntime.prompting.policy import PromptPolicy
+from aligntime.scorers.base import Scorer
+from aligntime.scorers.combine import Gate, ScorerWeighting, combine
+from aligntime.strategies.base import Strategy
+from aligntime.types import Candidate, GenerationParams, Message, Result, Timings, Usage
+
+log = logging.getLogger(__name__)
+
+Conversation = str | Sequence[Message] | Sequence[dict[str, str]]
+
+
+def build(kind: registry.Kind, impl: str, options: dict[str, Any], /, **kwargs: Any) -> Any:
+    """Instantiate a registered implementation from its policy options."""
+    cls = registry.resolve(kind, impl)
+    model = getattr(cls, "Options", None)
+    if model is None:
+        return cls(**kwargs)
+    return cls(model.model_validate(options), **kwargs)
+
+
+def to_messages(conversation: Conversation) -> list[Message]:
+    """Normalise a prompt string or a list of messages (objects or dicts)."""
+    if isinstance(conversation, str):
+        messages = [Message("user", conversation)]
+    else:
+        messages = []
+        for item in conversation:
+            if isinstance(item, Message):
+                messages.append(item)
+            elif isinstance(item, dict) and item.get("role") in ("system", "user", "assistant"):
+                messages.append(Message(item["role"], str(item.get("content") or "")))  # type: ignore[arg-type]
+            else:
+                raise InputError(f"not a chat message: {item!r}")
+    if not any(m.role == "user" and m.content.strip() for m in messages):
+        raise InputError("the prompt is empty", hint="give a non-empty request")
+    return messages
+
+
+class Aligner:
+    """Aligns a frozen model's answers at inference time, as a policy describes.
+
+    >>> al = Aligner.from_policy("default")          # doctest: +SKIP
+    >>> res = al.align("My child has a fever. What should I do?", n=5)  # doctest: +SKIP
+    >>> res.text, res.candidates, res.usage, res.timings  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        generator: Generator | None = None,
+        scorers: Sequence[Scorer] | None = None,
+        strategy: Strategy | None = None,
+    ) -> None:
+        self.policy = policy
+        self.prompt = PromptPolicy.from_spec(policy.prompt)
+        self.generator: Generator = generator or build(
+            "generator", policy.generator.backend, policy.generator.options()
+        )
+        if scorers is None:
+            scorers = [build("scorer", s.kind, s.options(), name=s.name) for s in policy.scorers]
+        self.scorers = list(scorers)
+        specs = {s.name: s for s in policy.scorers}
+        self.weightings = []
+        for scorer in self.scorers:
+            spec = specs.get(scorer.name)
+            gate = Gate(spec.gate.min, spec.gate.max) if spec and spec.gate else None
+            weight = spec.weight if spec else 1.0
+            self.weightings.append(ScorerWeighting(scorer.name, weight, gate, scorer))
+        self.strategy: Strategy = strategy or build(
+            "strategy", policy.strategy.kind, policy.strategy.options()
+        )
+        self._loaded: asyncio.Future[None] | None = None
+        self._scorers_loaded = False
+
+    @classmethod
+    def from_policy(cls, policy: str | Path | Policy, **kwargs: Any) -> Aligner:
+        """Build from a preset name, a YAML path or a :class:`Policy`."""
+        if not isinstance(policy, Policy):
+            policy = load_policy(policy)
+        return cls(policy, **kwargs)
+
+    # --- loading ----------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load the generator and every scorer now, instead of on first use."""
+        self.generator.load()
+        self.load_scorers()
+
+    def load_scorers(self) -> None:
+        if not self._scorers_loaded:
+            for scorer in self.scorers:
+                try:
+                    scorer.load()
+                except Exception as exc:
+                    if self.policy.on_scorer_error == "raise":
+                        raise _as_scorer_error(scorer, exc) from exc
+                    log.warning("scorer %s failed to load: %s", scorer.name, exc)
+            self._scorers_loaded = True
+
+    # --- alignment --------------------------------------------------------------------
+
+    def align(self, conversation: Conversation, n: int | None = None, **kwargs: Any) -> Result:
+        """Synchronous :meth:`aalign`."""
+        return asyncio.run(self.aalign(conversation, n, **kwargs))
+
+    async def aalign(
+        self,
+        conversation: Conversation,
+        n: int | None = None,
+        *,
+        template: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+    ) -> Result:
+        """Sample, score and select an answer for ``conversation``."""
+        started = time.perf_counter()
+        messages = to_messages(conversation)
+        n = self.policy.n if n is None else n
+        if not 1 <= n <= self.policy.max_n:
+            raise InputError(
+                f"n must be between 1 and {self.policy.max_n} for policy {self.policy.name!r}, "
+                f"got {n}",
+                hint="raise max_n in the policy to allow more",
+            )
+        if max_tokens is not None and max_tokens < 1:
+            raise InputError(f"max_tokens must be at least 1, got {max_tokens}")
+        prompt_messages = self.prompt.apply(messages, template)
+        params = GenerationParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
+        # Scorer models load in a worker thread while the first candidates decode.
+        scorers_ready = asyncio.ensure_future(asyncio.to_thread(self.load_scorers))
+
+        candidates: list[Candidate] = []
+        usage = Usage()
+        generate_s = score_s = 0.0
+        budget = max(self.policy.total_budget, n)
+        batch = self.strategy.initial_n(n)
+        while True:
+            t0 = time.perf_counter()
+            generation = await self.generator.generate(prompt_messages, batch, params)
+            generate_s += time.perf_counter() - t0
+            usage = usage + generation.usage
+            t0 = time.perf_counter()
+            await scorers_ready
+            candidates += await self._score(messages, generation.candidates)
+            score_s += time.perf_counter() - t0
+            decision = self.strategy.decide(candidates, budget - len(candidates))
+            remaining = budget - len(candidates)
+            if decision.more <= 0 or remaining <= 0:
+                break
+            batch = min(decision.more, remaining)
+            params = _next_seed(params, len(candidates))
+        timings = Timings(generate_s, score_s, time.perf_counter() - started)
+        best = decision.best
+        return Result(
+            prompt=messages[-1].content if messages[-1].role == "user" else "",
+            policy=self.policy.name,
+            messages=messages,
+            candidates=candidates,
+            best=best,
+            fallback=self.policy.fallback if best is None else None,
+            usage=usage,
+            timings=timings,
+            strategy=self.strategy.name,
+        )
+
+    # --- scoring ----------------------------------------------------------------------
+
+    def score(self, conversation: Conversation, answers: Sequence[str]) -> list[Candidate]:
+        """Synchronous :meth:`ascore`."""
+        return asyncio.run(self.ascore(conversation, answers))
+
+    async def ascore(self, conversation: Conversation, answers: Sequence[str]) -> list[Candidate]:
+        """Score given answers to a request with the policy's scorers, in the order given."""
+        messages = to_messages(conversation)
+        await asyncio.to_thread(self.load_scorers)
+        return await self._score(messages, [Candidate(text=a) for a in answers])
+
+    async def _score(self, messages: list[Message], candidates: list[Candidate]) -> list[Candidate]:
+        if not candidates:
+            return []
+        results = await asyncio.gather(
+            *(s.score(messages, candidates) for s in self.scorers), return_exceptions=True
+        )
+        raw: dict[str, list[float]] = {}
+        for scorer, values in zip(self.scorers, results, strict=True):
+            if isinstance(values, BaseException):
+                if self.policy.on_scorer_error == "raise" or not isinstance(values, Exception):
+                    raise _as_scorer_error(scorer, values) from values
+                log.warning("scorer %s failed, its scores are missing: %s", scorer.name, values)
+                values = [math.nan] * len(candidates)
+            if len(values) != len(candidates):
+                raise ScorerError(
+                    scorer.name, f"returned {len(values)} values for {len(candidates)} candidates"
+                )
+            raw[scorer.name] = list(values)
+        return combine(candidates, raw, self.weightings)
+
+    def close(self) -> None:
+        self.generator.close()
+        for scorer in self.scorers:
+            scorer.close()
+
+
+def _as_scorer_error(scorer: Scorer, exc: BaseException) -> ScorerError:
+    if isinstance(exc, ScorerError):
+        return exc
+    hint = getattr(exc, "hint", None)
+    message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+    return ScorerError(scorer.name, message, hint=hint)
+
+
+def _next_seed(params: GenerationParams, offset: int) -> GenerationParams:
+    """Later rounds must not repeat the first round's samples when a seed is fixed."""
+    if params.seed is None:
+        return params
+    return GenerationParams(
+        max_tokens=params.max_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        seed=params.seed + 104729 * offset,
+        stop=params.stop,
+    )

@@ -1,0 +1,43 @@
+"""``aligntime policies``: list, show and validate policies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.syntax import Syntax
+from rich.table import Table
+
+from aligntime.cli.console import out
+from aligntime.policy.loader import load_policy, preset_names, preset_text
+
+app = typer.Typer(help="List, show and validate policies.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_policies() -> None:
+    """Show the presets shipped with aligntime."""
+    table = Table()
+    for col in ("name", "n", "strategy", "scorers", "description"):
+        table.add_column(col)
+    for name in preset_names():
+        pol = load_policy(name)
+        scorers = ", ".join(f"{s.name}({s.kind})" for s in pol.scorers) or "-"
+        table.add_row(name, str(pol.n), pol.strategy.kind, scorers, pol.description)
+    out.print(table)
+
+
+@app.command("show")
+def show(name: str = typer.Argument(..., help="Preset name or YAML file.")) -> None:
+    """Print a policy's YAML."""
+    load_policy(name)  # validates, and errors helpfully on a typo
+    text = preset_text(name) if name in preset_names() else Path(name).read_text("utf-8")
+    out.print(Syntax(text, "yaml", word_wrap=True))
+
+
+@app.command("validate")
+def validate(files: list[str] = typer.Argument(..., help="Policy files or preset names.")) -> None:
+    """Check policies; the first problem is reported with its file, line and field."""
+    for name in files:
+        pol = load_policy(name)
+        out.print(f"{name}: ok (policy {pol.name!r}, {len(pol.scorers)} scorers)")

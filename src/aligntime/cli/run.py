@@ -1,0 +1,56 @@
+"""``aligntime run``: align one prompt and show every candidate."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+
+from aligntime.cli.console import err, out, policy_models, pull_with_progress, status
+from aligntime.errors import InputError
+
+
+def read_prompt(prompt: str) -> str:
+    """The prompt argument, or standard input when it is ``-``."""
+    text = sys.stdin.read() if prompt == "-" else prompt
+    if not text.strip():
+        raise InputError("the prompt is empty", hint="give a non-empty request")
+    return text
+
+
+def run(
+    prompt: str = typer.Argument(..., help="The request to answer; - reads standard input."),
+    n: int | None = typer.Option(None, "-n", "--n", help="Candidates to sample (policy default)."),
+    policy: str = typer.Option("default", "--policy", "-p", help="Preset name or YAML file."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Tokens per candidate."),
+    temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature."),
+    template: str | None = typer.Option(None, "--template", "-t", help="Task template to use."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed for reproducible runs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Sample N answers, score them, and print the best (with every candidate's scores)."""
+    from aligntime.aligner import Aligner
+    from aligntime.policy.loader import load_policy
+
+    text = read_prompt(prompt)
+    pol = load_policy(policy)
+    if n is not None and not 1 <= n <= pol.max_n:
+        raise InputError(f"n must be between 1 and {pol.max_n} for policy {pol.name!r}, got {n}")
+    pull_with_progress(policy_models(pol), quiet=as_json)
+    aligner = Aligner.from_policy(pol)
+    with status("loading models ...", quiet=as_json):
+        aligner.load()
+    count = n or pol.n
+    with status(f"generating and scoring {count} candidates ...", quiet=as_json):
+        result = aligner.align(
+            text, n, template=template, max_tokens=max_tokens, temperature=temperature, seed=seed
+        )
+    if as_json:
+        out.file.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+        return
+    from aligntime.cli.render import print_result
+
+    print_result(out, result)
+    if result.best is None:
+        err.print("[yellow]no candidate passed the gates; the policy's fallback was returned")

@@ -1,0 +1,53 @@
+"""The generator contract: sample N candidate answers for one conversation."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aligntime.types import Generation, GenerationParams, Message
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a generator backend can do beyond plain sampling."""
+
+    n_sampling: bool = False
+    """Samples N answers in one request from one shared prompt prefix."""
+    logprobs: bool = False
+    """Returns next-token log-probabilities (needed by judges)."""
+    token_steps: bool = False
+    """Can be driven a few tokens at a time (needed by search strategies)."""
+
+
+class Generator(ABC):
+    """Samples candidate answers.
+
+    Implementations use the engine's own n-sampling (one request, one shared
+    prompt prefix) where the engine has it, and fan out concurrently otherwise.
+    """
+
+    capabilities: Capabilities = Capabilities()
+    name: str = "generator"
+
+    @abstractmethod
+    async def generate(
+        self, messages: Sequence[Message], n: int, params: GenerationParams
+    ) -> Generation:
+        """Return ``n`` candidates for ``messages`` (the policy's prompt already applied)."""
+
+    async def next_token_logprobs(
+        self, messages: Sequence[Message], top_k: int = 20
+    ) -> dict[str, float]:
+        """Log-probabilities of the most likely first tokens of the reply.
+
+        Only backends whose ``capabilities.logprobs`` is True implement this.
+        """
+        raise NotImplementedError(f"the {self.name} backend does not return log-probabilities")
+
+    def load(self) -> None:  # noqa: B027 - optional hook, empty on purpose
+        """Load weights or open connections ahead of the first request."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, empty on purpose
+        """Release the engine's resources."""

@@ -1,0 +1,82 @@
+"""A deterministic generator for tests and examples. Never a default.
+
+It answers from a fixed list of responses (cycled), or, without one, with
+templated text derived from the request, so pipelines can be exercised end to
+end without a model. ``fail_times`` makes the first calls raise, to test how
+callers degrade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+
+from pydantic import Field
+
+from aligntime.errors import BackendError
+from aligntime.generators.base import Capabilities, Generator
+from aligntime.generators.options import SamplingOptions
+from aligntime.types import Candidate, Generation, GenerationParams, Message, Usage
+
+
+class FakeOptions(SamplingOptions):
+    """Options of the ``fake`` backend."""
+
+    model: str = "fake"
+    """Ignored; kept so every backend takes the same keys."""
+    responses: list[str] = Field(default_factory=list)
+    """Answers to return, cycled across candidates and calls."""
+    delay_s: float = Field(0.0, ge=0.0)
+    """Seconds to wait per call, to imitate a slow backend."""
+    fail_times: int = Field(0, ge=0)
+    """Raise a BackendError on this many first calls."""
+    yes_logprob: float = -0.7
+    """Log-probability reported for "Yes" by ``next_token_logprobs``."""
+
+
+class FakeGenerator(Generator):
+    """Deterministic stand-in for a real backend."""
+
+    Options = FakeOptions
+    name = "fake"
+    capabilities = Capabilities(n_sampling=True, logprobs=True, token_steps=False)
+
+    def __init__(self, options: FakeOptions | None = None) -> None:
+        self.options = options or FakeOptions()
+        self.calls = 0
+        self._cursor = 0
+
+    async def generate(
+        self, messages: Sequence[Message], n: int, params: GenerationParams
+    ) -> Generation:
+        self.calls += 1
+        if self.options.delay_s:
+            await asyncio.sleep(self.options.delay_s)
+        if self.calls <= self.options.fail_times:
+            raise BackendError("the fake backend was told to fail")
+        request = messages[-1].content if messages else ""
+        limit = params.max_tokens or self.options.max_tokens
+        candidates = []
+        for _ in range(n):
+            text = self._next_text(request)
+            words = text.split()
+            finish = "stop"
+            if len(words) > limit:
+                words, finish = words[:limit], "length"
+                text = " ".join(words)
+            candidates.append(Candidate(text=text, tokens=len(words), finish_reason=finish))
+            self._cursor += 1
+        prompt_tokens = sum(len(m.content.split()) for m in messages)
+        return Generation(candidates, Usage(prompt_tokens, sum(c.tokens for c in candidates)))
+
+    def _next_text(self, request: str) -> str:
+        if self.options.responses:
+            return self.options.responses[self._cursor % len(self.options.responses)]
+        tag = hashlib.sha256(f"{request}|{self._cursor}".encode()).hexdigest()[:6]
+        return f"Answer {self._cursor} ({tag}) to: {request}"
+
+    async def next_token_logprobs(
+        self, messages: Sequence[Message], top_k: int = 20
+    ) -> dict[str, float]:
+        return {"Yes": self.options.yes_logprob, "No": -1.0}

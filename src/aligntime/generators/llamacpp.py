@@ -1,0 +1,197 @@
+"""The embedded backend: llama.cpp through the prebuilt ``xllamacpp`` wheel.
+
+One ``xllamacpp.Server`` (llama.cpp's own server loop, without HTTP) is kept
+per model file and shared by everything that uses that model in the process,
+so a judge on the generator's model costs no second copy of the weights. The N
+candidates of a request go out as one chat completion with ``n`` set: llama.cpp
+evaluates the shared prompt once and decodes the N continuations as one batch
+in parallel slots (this needs a unified KV cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from aligntime.errors import BackendError, ModelError
+from aligntime.generators.base import Capabilities, Generator
+from aligntime.generators.options import SamplingOptions
+from aligntime.models import store
+from aligntime.types import Candidate, Generation, GenerationParams, Message, Usage
+
+log = logging.getLogger(__name__)
+
+
+class LlamaCppOptions(SamplingOptions):
+    """Options of the ``llamacpp`` backend."""
+
+    model: str = "smollm2-135m-instruct"
+    """Catalogue name or path of a GGUF file."""
+    parallel: int = Field(8, ge=1, le=64)
+    """Sequences decoded together in one batch (llama.cpp slots)."""
+    context: int = Field(2048, ge=256, le=131072)
+    """Context length of one sequence (prompt plus answer), in tokens."""
+    threads: int | None = Field(None, ge=1)
+    """CPU threads for llama.cpp; default: every core."""
+
+
+class LlamaCppEngine:
+    """A loaded GGUF model behind llama.cpp's server loop (thread-safe)."""
+
+    def __init__(self, path: Path, *, parallel: int, context: int, threads: int | None) -> None:
+        try:
+            import xllamacpp
+        except ImportError as exc:  # pragma: no cover - a core dependency
+            raise BackendError(
+                "the llamacpp backend needs the xllamacpp package",
+                hint="pip install xllamacpp",
+            ) from exc
+        params = xllamacpp.CommonParams()
+        params.model.path = str(path)
+        params.n_parallel = parallel
+        params.n_ctx = context * parallel
+        # A unified KV cache lets the N children of one request share the prompt.
+        params.kv_unified = True
+        n_threads = threads or os.cpu_count() or 1
+        params.cpuparams.n_threads = n_threads
+        params.cpuparams_batch.n_threads = n_threads
+        params.verbosity = 3 if log.isEnabledFor(logging.DEBUG) else 0
+        self.path = path
+        self.parallel = parallel
+        try:
+            self._server = xllamacpp.Server(params)
+        except RuntimeError as exc:
+            raise ModelError(
+                f"llama.cpp could not load {path}: {exc}",
+                hint="the file is not a valid GGUF model; pull it again with "
+                "`aligntime models pull NAME --force` or check the path",
+            ) from exc
+
+    def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One OpenAI-shaped chat completion; raises BackendError on an error reply."""
+        reply: dict[str, Any] = self._server.handle_chat_completions(body)
+        if "error" in reply:
+            err = reply["error"]
+            message = err.get("message", err) if isinstance(err, dict) else err
+            raise BackendError(f"llama.cpp rejected the request: {message}")
+        return reply
+
+
+_engines: dict[tuple[str, int, int, int | None], LlamaCppEngine] = {}
+_engines_lock = threading.Lock()
+
+
+def get_engine(
+    model: str, *, parallel: int = 8, context: int = 2048, threads: int | None = None
+) -> LlamaCppEngine:
+    """The shared engine for a model and settings, loading it on first use."""
+    path = store.resolve(model)
+    key = (str(path.resolve()), parallel, context, threads)
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = LlamaCppEngine(path, parallel=parallel, context=context, threads=threads)
+            _engines[key] = engine
+        return engine
+
+
+class LlamaCppGenerator(Generator):
+    """Generates candidates with a GGUF model on llama.cpp (CPU)."""
+
+    Options = LlamaCppOptions
+    name = "llamacpp"
+    capabilities = Capabilities(n_sampling=True, logprobs=True, token_steps=False)
+
+    def __init__(self, options: LlamaCppOptions | None = None) -> None:
+        self.options = options or LlamaCppOptions()
+        self._engine: LlamaCppEngine | None = None
+
+    @property
+    def engine(self) -> LlamaCppEngine:
+        if self._engine is None:
+            o = self.options
+            self._engine = get_engine(
+                o.model, parallel=o.parallel, context=o.context, threads=o.threads
+            )
+        return self._engine
+
+    def load(self) -> None:
+        _ = self.engine
+
+    def _body(self, messages: Sequence[Message], params: GenerationParams) -> dict[str, Any]:
+        o = self.options
+        body: dict[str, Any] = {
+            "messages": [m.to_dict() for m in messages],
+            "max_tokens": params.max_tokens or o.max_tokens,
+            "temperature": o.temperature if params.temperature is None else params.temperature,
+            "top_p": params.top_p or o.top_p,
+            # The per-token log-probabilities are how we learn each choice's
+            # length: llama.cpp's usage block counts the first choice only.
+            "logprobs": True,
+        }
+        stop = list(params.stop) or o.stop
+        if stop:
+            body["stop"] = stop
+        seed = params.seed if params.seed is not None else o.seed
+        if seed is not None:
+            body["seed"] = seed
+        return body
+
+    async def generate(
+        self, messages: Sequence[Message], n: int, params: GenerationParams
+    ) -> Generation:
+        engine = await asyncio.to_thread(lambda: self.engine)
+        body = self._body(messages, params)
+        # Requests larger than the slot count are split; llama.cpp queues them.
+        sizes = [min(engine.parallel, n - i) for i in range(0, n, engine.parallel)]
+        replies = await asyncio.gather(
+            *(
+                asyncio.to_thread(engine.chat, {**body, "n": size, **_seed_offset(body, i)})
+                for i, size in enumerate(sizes)
+            )
+        )
+        candidates: list[Candidate] = []
+        prompt_tokens = 0
+        for reply in replies:
+            prompt_tokens += int(reply.get("usage", {}).get("prompt_tokens", 0))
+            for choice in sorted(reply["choices"], key=lambda c: c.get("index", 0)):
+                logprobs = (choice.get("logprobs") or {}).get("content") or []
+                candidates.append(
+                    Candidate(
+                        text=(choice.get("message") or {}).get("content") or "",
+                        tokens=len(logprobs),
+                        finish_reason=choice.get("finish_reason") or "stop",
+                    )
+                )
+        usage = Usage(prompt_tokens, sum(c.tokens for c in candidates))
+        return Generation(candidates, usage)
+
+    async def next_token_logprobs(
+        self, messages: Sequence[Message], top_k: int = 20
+    ) -> dict[str, float]:
+        body = {
+            "messages": [m.to_dict() for m in messages],
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": True,
+            "top_logprobs": top_k,
+        }
+        reply = await asyncio.to_thread(lambda: self.engine.chat(body))
+        content = reply["choices"][0].get("logprobs", {}).get("content") or []
+        if not content:
+            raise BackendError("llama.cpp returned no log-probabilities")
+        return {e["token"]: float(e["logprob"]) for e in content[0].get("top_logprobs", [])}
+
+
+def _seed_offset(body: dict[str, Any], chunk: int) -> dict[str, Any]:
+    """Distinct seeds for each chunk of a split request, so chunks don't repeat each other."""
+    if "seed" not in body or chunk == 0:
+        return {}
+    return {"seed": int(body["seed"]) + 7919 * chunk}

@@ -1,0 +1,166 @@
+"""The policy file: what a deployment of aligntime does, validated with pydantic.
+
+Sections that select an implementation (``generator.backend``, ``scorers[].kind``,
+``strategy.kind``) accept that implementation's own options inline; the loader
+checks them against the implementation's ``Options`` model, so an unknown or
+misspelt option is an error that names its field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_FALLBACK = (
+    "I'm sorry, I can't give a good answer to that. If this is urgent or about your "
+    "health or safety, please contact a qualified professional or local emergency services."
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _WithOptions(BaseModel):
+    """A section whose unknown keys are the selected implementation's options."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def options(self) -> dict[str, Any]:
+        """The implementation-specific keys of this section."""
+        return dict(self.model_extra or {})
+
+
+class Demonstration(_Strict):
+    """One in-context example exchange."""
+
+    user: str = Field(min_length=1)
+    """What the user says."""
+    assistant: str = Field(min_length=1)
+    """The answer in the style and substance the policy wants."""
+
+
+class Template(_Strict):
+    """A named per-task template a request can pick."""
+
+    prompt: str = "{prompt}"
+    """How the user's request is wrapped; must contain ``{prompt}``."""
+    system: str | None = None
+    """Replaces the policy's system text for this task when set."""
+    principles: list[str] | None = None
+    """Replaces the policy's principles for this task when set."""
+    demonstrations: list[Demonstration] | None = None
+    """Replaces the policy's demonstrations for this task when set."""
+
+    @field_validator("prompt")
+    @classmethod
+    def _has_slot(cls, value: str) -> str:
+        if "{prompt}" not in value:
+            raise ValueError("a template's prompt must contain {prompt}")
+        return value
+
+
+class PromptSpec(_Strict):
+    """The prompting lever: system information, principles, demonstrations, templates."""
+
+    system: str = ""
+    """Role and rules, sent as the system message."""
+    principles: list[str] = Field(default_factory=list)
+    """Principles appended to the system message as a list."""
+    demonstrations: list[Demonstration] = Field(default_factory=list)
+    """Example exchanges placed before the conversation (in-context alignment)."""
+    templates: dict[str, Template] = Field(default_factory=dict)
+    """Per-task templates by name."""
+    default_template: str | None = None
+    """Template used when a request names none."""
+
+    @model_validator(mode="after")
+    def _default_exists(self) -> PromptSpec:
+        if self.default_template and self.default_template not in self.templates:
+            raise ValueError(f"default_template {self.default_template!r} is not in templates")
+        return self
+
+
+class GeneratorSpec(_WithOptions):
+    """The generator: a backend and its options (model, temperature, max_tokens, ...)."""
+
+    backend: str = "llamacpp"
+    """Registered backend name: llamacpp, fake, ..."""
+
+
+class GateSpec(_Strict):
+    """Bounds on a scorer's raw value that a candidate must satisfy to be eligible."""
+
+    min: float | None = None
+    """The raw value must be at least this."""
+    max: float | None = None
+    """The raw value must be at most this."""
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> GateSpec:
+        if self.min is None and self.max is None:
+            raise ValueError("a gate needs min or max")
+        return self
+
+
+class ScorerSpec(_WithOptions):
+    """One scorer: a kind, a name, its weight, an optional gate, and its options."""
+
+    name: str = Field(min_length=1)
+    """Name of this scorer in results (unique within the policy)."""
+    kind: str
+    """Registered scorer kind: classifier, judge, embedding, rules, refusal, ..."""
+    weight: float = Field(1.0, ge=0.0)
+    """Weight of the normalised score in the combined score (0: gate or report only)."""
+    gate: GateSpec | None = None
+    """Raw-value bounds; a candidate outside them is not eligible."""
+
+
+class StrategySpec(_WithOptions):
+    """How the answer is chosen: a strategy kind and its options."""
+
+    kind: str = "best_of_n"
+    """Registered strategy: best_of_n, rejection, soft_best_of_n, vote, passthrough."""
+
+
+class Policy(_Strict):
+    """A complete alignment policy."""
+
+    name: str = Field(min_length=1)
+    """Name shown in results and served as the model name by the server."""
+    description: str = ""
+    """One line on what the policy is for."""
+    generator: GeneratorSpec = Field(default_factory=GeneratorSpec)
+    """The generator backend and its options."""
+    n: int = Field(5, ge=1)
+    """Candidates sampled per request by default."""
+    max_n: int = Field(16, ge=1, le=1024)
+    """Largest N a request may ask for."""
+    budget: int | None = Field(None, ge=1)
+    """Most candidates one request may sample in all, resampling included (default 3 x n)."""
+    prompt: PromptSpec = Field(default_factory=PromptSpec)
+    """The prompting lever."""
+    scorers: list[ScorerSpec] = Field(default_factory=list)
+    """Scorers; they run concurrently on every candidate."""
+    strategy: StrategySpec = Field(default_factory=StrategySpec)
+    """How the answer is chosen."""
+    fallback: str = DEFAULT_FALLBACK
+    """Text returned when no candidate is eligible."""
+    on_scorer_error: Literal["raise", "degrade"] = "raise"
+    """``raise``: a failing scorer fails the request. ``degrade``: its scores are missing
+    (counted as 0), and if it gates, no candidate passes (fail closed)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Policy:
+        if self.n > self.max_n:
+            raise ValueError(f"n ({self.n}) is larger than max_n ({self.max_n})")
+        names = [s.name for s in self.scorers]
+        dupes = sorted({x for x in names if names.count(x) > 1})
+        if dupes:
+            raise ValueError(f"scorer names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    @property
+    def total_budget(self) -> int:
+        return self.budget or 3 * self.n

@@ -1,0 +1,73 @@
+"""The scorer contract: rate every candidate answer to one request."""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Literal
+
+from aligntime.types import Candidate, Message
+
+Direction = Literal["higher", "lower"]
+
+
+class Scorer(ABC):
+    """Rates candidates; one raw value per candidate, in the order given.
+
+    ``direction`` says whether a higher raw value is better ("higher") or worse
+    ("lower", e.g. a toxicity probability); ``value_range`` is the (low, high)
+    interval raw values fall in, used to normalise them before they are combined.
+    Scorers batch over the candidates of a request.
+    """
+
+    name: str = "scorer"
+    direction: Direction = "higher"
+    value_range: tuple[float, float] = (0.0, 1.0)
+
+    @abstractmethod
+    async def score(
+        self, messages: Sequence[Message], candidates: Sequence[Candidate]
+    ) -> list[float]:
+        """Return one raw value per candidate. ``messages`` is the user's conversation."""
+
+    def load(self) -> None:  # noqa: B027 - optional hook, empty on purpose
+        """Load models ahead of the first request (called from a worker thread)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, empty on purpose
+        """Release resources."""
+
+    def normalise(self, value: float) -> float:
+        """Map a raw value to [0, 1] where 1 is best."""
+        low, high = self.value_range
+        span = high - low
+        x = 0.0 if span <= 0 else (value - low) / span
+        x = min(1.0, max(0.0, x))
+        return x if self.direction == "higher" else 1.0 - x
+
+
+class SyncScorer(Scorer):
+    """A scorer whose work is blocking (a model forward pass, a regex sweep).
+
+    Subclasses implement :meth:`score_sync`; :meth:`score` runs it in a worker
+    thread so that several scorers overlap and the event loop stays free.
+    """
+
+    @abstractmethod
+    def score_sync(
+        self, messages: Sequence[Message], candidates: Sequence[Candidate]
+    ) -> list[float]:
+        """Blocking version of :meth:`score`."""
+
+    async def score(
+        self, messages: Sequence[Message], candidates: Sequence[Candidate]
+    ) -> list[float]:
+        return await asyncio.to_thread(self.score_sync, messages, candidates)
+
+
+def last_user_text(messages: Sequence[Message]) -> str:
+    """The request a candidate answers: the content of the last user message."""
+    for message in reversed(messages):
+        if message.role == "user":
+            return message.content
+    return ""

@@ -1,0 +1,101 @@
+"""Combine raw scorer values into one verdict per candidate.
+
+Two steps, in this order:
+
+1. **Gates.** A scorer may carry a :class:`Gate`: bounds (inclusive) its raw
+   value must stay within. A candidate passes when every gate holds; a NaN raw
+   value (a scorer that failed) never holds, so a broken safety check cannot
+   wave an answer through. Failed gates are listed in ``gate_failures``.
+2. **Weighted score.** Each raw value is mapped to [0, 1] (1 best) by its
+   scorer's :meth:`~aligntime.scorers.base.Scorer.normalise`, and the combined
+   ``score`` is the weighted mean ``sum(w * norm) / sum(w)`` over scorers with
+   weight > 0. A NaN normalised value counts as 0 for its scorer (a missing
+   score must not help a candidate). With no positive weight, ``score`` is 0.0.
+
+A candidate that fails a gate keeps its combined score, so reports can show how
+good it would have been, but ``passed`` is False and strategies skip it.
+Every raw value is kept in ``scores``, including those of gate-only scorers
+(weight 0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from aligntime.scorers.base import Scorer
+from aligntime.types import Candidate
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Raw-value bounds (inclusive) a candidate must satisfy to be eligible."""
+
+    min: float | None = None
+    max: float | None = None
+
+    def holds(self, value: float) -> bool:
+        """Whether ``value`` lies within the bounds; NaN never does."""
+        if math.isnan(value):
+            return False
+        if self.min is not None and value < self.min:
+            return False
+        return not (self.max is not None and value > self.max)
+
+
+@dataclass(frozen=True)
+class ScorerWeighting:
+    """How one scorer counts: its weight in the combined score and its optional gate."""
+
+    name: str
+    weight: float
+    gate: Gate | None
+    scorer: Scorer
+
+
+def combine(
+    candidates: Sequence[Candidate],
+    raw: Mapping[str, Sequence[float]],
+    weightings: Sequence[ScorerWeighting],
+) -> list[Candidate]:
+    """Return new candidates with ``scores``, ``score``, ``passed`` and ``gate_failures`` set.
+
+    ``raw`` maps each scorer name to one raw value per candidate, in the order of
+    ``candidates``. Scores already on a candidate are kept unless a scorer of the
+    same name overrides them.
+    """
+    for name, values in raw.items():
+        if len(values) != len(candidates):
+            raise ValueError(
+                f"scorer {name!r} has {len(values)} values for {len(candidates)} candidates"
+            )
+    weighted = [w for w in weightings if w.weight > 0]
+    total_weight = sum(w.weight for w in weighted)
+
+    combined: list[Candidate] = []
+    for i, cand in enumerate(candidates):
+        scores = dict(cand.scores)
+        scores.update({name: float(values[i]) for name, values in raw.items()})
+
+        failures = tuple(
+            w.name
+            for w in weightings
+            if w.gate is not None and not w.gate.holds(scores.get(w.name, math.nan))
+        )
+
+        score = 0.0
+        if total_weight > 0:
+            acc = 0.0
+            for w in weighted:
+                value = scores.get(w.name, math.nan)
+                # Check the raw value too: normalise() clamps NaN to a bound, and for a
+                # lower-is-better scorer that bound is the best score.
+                norm = math.nan if math.isnan(value) else w.scorer.normalise(value)
+                acc += w.weight * (0.0 if math.isnan(norm) else norm)
+            score = acc / total_weight
+
+        combined.append(
+            replace(cand, scores=scores, score=score, passed=not failures, gate_failures=failures)
+        )
+    return combined

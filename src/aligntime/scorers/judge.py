@@ -1,0 +1,115 @@
+"""An instruction model as judge: P("Yes") to a rubric question.
+
+The judge model reads the request, one answer and a yes/no question (by
+default: is the answer helpful, on topic and harmless?). Its next-token
+log-probabilities give P(yes) / (P(yes) + P(no)), a graded score rather than a
+sampled verdict. Any generator backend that returns log-probabilities can
+judge; on the embedded backend the judge shares the generator's loaded model
+when both name the same file, and the N judgements run as one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from aligntime import registry
+from aligntime.errors import ConfigError
+from aligntime.generators.base import Generator
+from aligntime.scorers.base import Scorer, last_user_text
+from aligntime.types import Candidate, Message
+
+DEFAULT_QUESTION = (
+    "Does the response answer the request directly, correctly and helpfully, "
+    "without rudeness and without helping anyone cause harm?"
+)
+
+SYSTEM = (
+    "You are a strict evaluator of assistant responses. You read a user's request "
+    "and one response, then answer the question about the response with a single "
+    "word: Yes or No."
+)
+
+
+class JudgeOptions(BaseModel):
+    """Options of the ``judge`` scorer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: str = "llamacpp"
+    """Generator backend that runs the judge model."""
+    model: str = "smollm2-135m-instruct"
+    """Catalogue name or path of the judge model."""
+    question: str = DEFAULT_QUESTION
+    """The yes/no rubric question asked about every answer."""
+    max_answer_chars: int = Field(1500, ge=50)
+    """Characters of an answer shown to the judge (long answers are cut)."""
+    top_k: int = Field(20, ge=2, le=100)
+    """How many most likely first tokens are searched for Yes and No."""
+    backend_options: dict[str, Any] = Field(default_factory=dict)
+    """Further options for the judge's backend (e.g. ``parallel``, ``threads``)."""
+
+
+class Judge(Scorer):
+    """P(yes) in 0..1 from a judge model's log-probabilities; higher is better."""
+
+    Options = JudgeOptions
+    direction = "higher"
+    value_range = (0.0, 1.0)
+
+    def __init__(self, options: JudgeOptions | None = None, *, name: str = "judge") -> None:
+        self.options = options or JudgeOptions()
+        self.name = name
+        backend_cls = registry.resolve("generator", self.options.backend)
+        options_cls = getattr(backend_cls, "Options", None)
+        if options_cls is None:
+            raise ConfigError(f"judge backend {self.options.backend!r} takes no options")
+        backend_options = options_cls(model=self.options.model, **self.options.backend_options)
+        self.generator: Generator = backend_cls(backend_options)
+        if not self.generator.capabilities.logprobs:
+            raise ConfigError(
+                f"judge backend {self.options.backend!r} cannot return log-probabilities",
+                hint="choose a backend such as llamacpp or transformers",
+            )
+
+    def load(self) -> None:
+        self.generator.load()
+
+    def prompt(self, request: str, answer: str) -> list[Message]:
+        """The judge conversation for one answer."""
+        cut = answer[: self.options.max_answer_chars]
+        body = (
+            f"Request:\n{request.strip()}\n\nResponse:\n{cut.strip() or '(empty)'}\n\n"
+            f"Question: {self.options.question}\nAnswer Yes or No."
+        )
+        return [Message("system", SYSTEM), Message("user", body)]
+
+    async def score(
+        self, messages: Sequence[Message], candidates: Sequence[Candidate]
+    ) -> list[float]:
+        request = last_user_text(messages)
+        tops = await asyncio.gather(
+            *(
+                self.generator.next_token_logprobs(self.prompt(request, c.text), self.options.top_k)
+                for c in candidates
+            )
+        )
+        return [p_yes(top) for top in tops]
+
+
+def p_yes(top_logprobs: dict[str, float]) -> float:
+    """P(yes) / (P(yes) + P(no)) from a token -> log-probability map; 0.5 if neither appears."""
+    yes = no = 0.0
+    for token, logprob in top_logprobs.items():
+        word = token.strip().strip(".,!:").lower()
+        if word == "yes":
+            yes += math.exp(logprob)
+        elif word == "no":
+            no += math.exp(logprob)
+    if yes + no == 0.0:
+        return 0.5
+    return yes / (yes + no)

@@ -1,0 +1,150 @@
+"""Plain data types shared by every part of aligntime.
+
+They are frozen dataclasses: a pipeline stage that wants to add information
+(a scorer adding scores, the combiner adding the combined score) returns a new
+object with :func:`dataclasses.replace` instead of mutating one it was given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat message."""
+
+    role: Role
+    content: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One sampled answer, with its scores once scorers have run.
+
+    ``scores`` holds each scorer's raw value (in the scorer's own range and
+    direction); ``score`` is the combined, normalised value used for ranking;
+    ``passed`` is False when any safety gate failed; ``gate_failures`` names the
+    gates that failed.
+    """
+
+    text: str
+    tokens: int = 0
+    finish_reason: str = "stop"
+    scores: dict[str, float] = field(default_factory=dict)
+    score: float | None = None
+    passed: bool = True
+    gate_failures: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The candidate form of the JSON contract in DESIGN.md."""
+        return {
+            "text": self.text,
+            "score": self.score,
+            "scores": dict(self.scores),
+            "passed": self.passed,
+            "tokens": self.tokens,
+        }
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens read and written by the generator for one request (all candidates)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Wall-clock seconds spent in each stage of one request."""
+
+    generate_s: float = 0.0
+    score_s: float = 0.0
+    total_s: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "generate_s": round(self.generate_s, 4),
+            "score_s": round(self.score_s, 4),
+            "total_s": round(self.total_s, 4),
+        }
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling settings for one generation call.
+
+    ``None`` means "use the generator's configured default".
+    """
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What a generator returns for one call: the candidates and the token usage."""
+
+    candidates: list[Candidate]
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one alignment request.
+
+    ``best`` indexes into ``candidates`` and is ``None`` when no candidate was
+    eligible; then ``fallback`` holds the policy's fallback text.
+    """
+
+    prompt: str
+    policy: str
+    messages: list[Message]
+    candidates: list[Candidate]
+    best: int | None
+    fallback: str | None
+    usage: Usage
+    timings: Timings
+    strategy: str = "best_of_n"
+
+    @property
+    def text(self) -> str:
+        """What the user should see: the chosen candidate, else the fallback."""
+        if self.best is not None:
+            return self.candidates[self.best].text
+        return self.fallback or ""
+
+    @property
+    def chosen(self) -> Candidate | None:
+        return self.candidates[self.best] if self.best is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``run --json`` contract of DESIGN.md."""
+        return {
+            "prompt": self.prompt,
+            "policy": self.policy,
+            "best": self.best,
+            "fallback": self.fallback,
+            "candidates": [c.to_dict() for c in self.candidates],
+            "usage": self.usage.to_dict(),
+            "timings": self.timings.to_dict(),
+        }
