@@ -51,7 +51,7 @@ def chat(
         with status("thinking ...", quiet=False):
             result = aligner.align(history, n, max_tokens=max_tokens)
         if show_candidates:
-            out.print(candidates_table(result.candidates, result.best))
+            out.print(candidates_table(result.candidates, result.best, out.width))
         reply = result.text.strip()
         out.print(f"[bold green]assistant>[/bold green] {reply}")
         history.append(Message("assistant", reply))

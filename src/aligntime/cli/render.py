@@ -16,51 +16,57 @@ def verdict(candidates: Sequence[Candidate], index: int, best: int | None) -> st
     """Why candidate ``index`` was chosen or not, in a few words."""
     cand = candidates[index]
     if index == best:
-        return "chosen: highest score" if cand.passed else "chosen"
+        return "chosen"
     if not cand.passed:
         return "failed gate: " + ", ".join(cand.gate_failures or ("?",))
     if best is None:
         return "not chosen"
     top = candidates[best].score
-    if cand.score is not None and top is not None:
-        if cand.score < top:
-            return f"lower score ({cand.score:.3f} < {top:.3f})"
-        return f"not drawn (score {cand.score:.3f})"
-    return "not chosen"
+    if cand.score is not None and top is not None and cand.score < top:
+        return "lower score"
+    # Soft best-of-N and voting may pass over a higher score.
+    return "not drawn" if (cand.score or 0.0) >= (top or 0.0) else "not chosen"
 
 
-def candidates_table(candidates: Sequence[Candidate], best: int | None, width: int = 60) -> Table:
+def candidates_table(candidates: Sequence[Candidate], best: int | None, width: int = 100) -> Table:
+    """Every candidate with its scores and verdict; an answer preview fills what is left
+    of ``width`` (the console's width), and is left out when too little is."""
     names: list[str] = []
     for cand in candidates:
         names += [k for k in cand.scores if k not in names]
-    table = Table(show_lines=True, expand=False)
-    table.add_column("#", justify="right")
-    table.add_column("score", justify="right")
-    for name in names:
-        table.add_column(name, justify="right")
-    table.add_column("tokens", justify="right")
-    table.add_column("verdict")
-    table.add_column("answer", max_width=width, overflow="fold")
+    rows: list[list[str]] = []
     for i, cand in enumerate(candidates):
-        style = "bold green" if i == best else ("red" if not cand.passed else "")
         raw = [f"{cand.scores[n]:.3f}" if n in cand.scores else "-" for n in names]
-        text = cand.text.strip().replace("\n", " ")
-        if len(text) > 4 * width:
-            text = text[: 4 * width] + " ..."
-        table.add_row(
-            ("* " if i == best else "") + str(i),
-            "-" if cand.score is None else f"{cand.score:.3f}",
-            *raw,
-            str(cand.tokens),
-            verdict(candidates, i, best),
-            text,
-            style=style,
+        rows.append(
+            [
+                ("* " if i == best else "") + str(i),
+                "-" if cand.score is None else f"{cand.score:.3f}",
+                *raw,
+                str(cand.tokens),
+                verdict(candidates, i, best),
+            ]
         )
+    headers = ["#", "score", *names, "tokens", "verdict"]
+    used = 4 + sum(
+        3 + max(len(h), *(len(r[j]) for r in rows)) if rows else 3 + len(h)
+        for j, h in enumerate(headers)
+    )
+    preview = width - used - 3
+    table = Table(expand=False)
+    for header in headers:
+        justify = "left" if header == "verdict" else "right"
+        table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    if preview >= 12:
+        table.add_column("answer", width=preview, no_wrap=True, overflow="ellipsis")
+    for i, (cand, row) in enumerate(zip(candidates, rows, strict=True)):
+        style = "bold green" if i == best else ("red" if not cand.passed else "")
+        cells = [*row, " ".join(cand.text.split())] if preview >= 12 else row
+        table.add_row(*cells, style=style)
     return table
 
 
 def print_result(console: Console, result: Result) -> None:
-    console.print(candidates_table(result.candidates, result.best))
+    console.print(candidates_table(result.candidates, result.best, console.width))
     if result.best is not None:
         title = f"answer (candidate {result.best}, policy {result.policy})"
         console.print(Panel(Text(result.text.strip()), title=title, border_style="green"))

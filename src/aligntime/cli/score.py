@@ -37,4 +37,6 @@ def score(
         range(len(candidates)),
         key=lambda i: (candidates[i].passed, candidates[i].score or 0.0),
     )
-    out.print(candidates_table(candidates, ranked if candidates[ranked].passed else None))
+    out.print(
+        candidates_table(candidates, ranked if candidates[ranked].passed else None, out.width)
+    )

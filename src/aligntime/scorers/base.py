@@ -38,7 +38,9 @@ class Scorer(ABC):
         """Release resources."""
 
     def normalise(self, value: float) -> float:
-        """Map a raw value to [0, 1] where 1 is best."""
+        """Map a raw value to [0, 1] where 1 is best; a missing (NaN) value is worst."""
+        if value != value:  # NaN: the scorer failed for this candidate
+            return 0.0
         low, high = self.value_range
         span = high - low
         x = 0.0 if span <= 0 else (value - low) / span

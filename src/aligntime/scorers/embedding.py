@@ -30,6 +30,9 @@ class EmbeddingOptions(BaseModel):
     """Tokens of each text that are embedded."""
     device: str = "cpu"
     """Torch device, e.g. ``cpu`` or ``cuda``."""
+    threads: int | None = Field(1, ge=1)
+    """Torch CPU threads (process-wide). One keeps torch's idle worker threads from
+    spinning on the cores llama.cpp decodes on; ``null`` leaves torch's default."""
 
 
 class EmbeddingRelevance(SyncScorer):
@@ -52,12 +55,19 @@ class EmbeddingRelevance(SyncScorer):
                 return
             path = store.resolve(self.options.model)
             try:
+                import torch
+                import transformers
                 from transformers import AutoModel, AutoTokenizer
             except ImportError as exc:
                 raise ConfigError(
                     "the embedding scorer needs torch and transformers",
                     hint="pip install 'aligntime[transformers]'",
                 ) from exc
+            if self.options.threads is not None:
+                torch.set_num_threads(self.options.threads)
+            # The library logs, the CLI owns the terminal: no loading bars from transformers.
+            transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+            transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
             self._tokenizer = AutoTokenizer.from_pretrained(str(path))
             model = AutoModel.from_pretrained(str(path))
             self._model = model.to(self.options.device).eval()
