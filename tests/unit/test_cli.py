@@ -159,3 +159,25 @@ def test_models_list_and_unknown_pull(isolated_cache: Path) -> None:
     assert proc.returncode == 0 and "smollm2-135m-instruct" in proc.stdout
     proc = cli("models", "pull", "smolm2")
     assert proc.returncode == 2 and "did you mean" in proc.stderr
+
+
+def test_chat_keeps_the_conversation_and_quits(fake_policy_file: Path) -> None:
+    proc = cli(
+        "chat",
+        "--policy",
+        str(fake_policy_file),
+        "--candidates",
+        stdin="What helps a fever?\n/reset\nAnd a cough?\n/exit\n",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("assistant>") == 2
+    assert "Keep the child hydrated" in proc.stdout
+    assert "conversation cleared" in proc.stderr
+
+
+def test_score_table(fake_policy_file: Path) -> None:
+    proc = cli(
+        "score", "--prompt", "What helps?", "Rest.", "You idiot.", "--policy", str(fake_policy_file)
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "failed gate: safety" in proc.stdout
