@@ -88,10 +88,9 @@ def combine(
         if total_weight > 0:
             acc = 0.0
             for w in weighted:
-                value = scores.get(w.name, math.nan)
-                # Check the raw value too: normalise() clamps NaN to a bound, and for a
-                # lower-is-better scorer that bound is the best score.
-                norm = math.nan if math.isnan(value) else w.scorer.normalise(value)
+                # Scorer.normalise maps a missing (NaN) raw value to 0; the guard covers
+                # scorers that override normalise and return NaN themselves.
+                norm = w.scorer.normalise(scores.get(w.name, math.nan))
                 acc += w.weight * (0.0 if math.isnan(norm) else norm)
             score = acc / total_weight
 
