@@ -52,15 +52,16 @@ def candidates_table(candidates: Sequence[Candidate], best: int | None, width: i
         for j, h in enumerate(headers)
     )
     preview = width - used - 3
+    show_preview = preview >= 12
     table = Table(expand=False)
     for header in headers:
         justify = "left" if header == "verdict" else "right"
         table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    if preview >= 12:
+    if show_preview:
         table.add_column("answer", width=preview, no_wrap=True, overflow="ellipsis")
     for i, (cand, row) in enumerate(zip(candidates, rows, strict=True)):
         style = "bold green" if i == best else ("red" if not cand.passed else "")
-        cells = [*row, " ".join(cand.text.split())] if preview >= 12 else row
+        cells = [*row, " ".join(cand.text.split())] if show_preview else row
         table.add_row(*cells, style=style)
     return table
 

@@ -32,11 +32,8 @@ def score(
         out.file.write(json.dumps(payload, ensure_ascii=False) + "\n")
         return
     from aligntime.cli.render import candidates_table
+    from aligntime.strategies.base import argmax_score, eligible
 
-    ranked = max(
-        range(len(candidates)),
-        key=lambda i: (candidates[i].passed, candidates[i].score or 0.0),
-    )
-    out.print(
-        candidates_table(candidates, ranked if candidates[ranked].passed else None, out.width)
-    )
+    # Mark the answer best-of-N would pick: the best-scored one that passed every gate.
+    best = argmax_score(candidates, eligible(candidates))
+    out.print(candidates_table(candidates, best, out.width))
