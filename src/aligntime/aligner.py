@@ -15,15 +15,22 @@ from pathlib import Path
 from typing import Any
 
 from aligntime import registry
-from aligntime.errors import InputError, ScorerError
+from aligntime.errors import ConfigError, InputError, ScorerError
 from aligntime.generators.base import Generator
 from aligntime.policy.loader import load_policy
 from aligntime.policy.schema import Policy
 from aligntime.prompting.policy import PromptPolicy
 from aligntime.scorers.base import Scorer
 from aligntime.scorers.combine import Gate, ScorerWeighting, combine
-from aligntime.strategies.base import Strategy
-from aligntime.types import Candidate, GenerationParams, Message, Result, Timings, Usage
+from aligntime.strategies.base import (
+    Decision,
+    RoundState,
+    SearchContext,
+    SearchOutcome,
+    SearchStrategy,
+    Strategy,
+)
+from aligntime.types import Candidate, GenerationParams, Message, Result, Timings
 
 log = logging.getLogger(__name__)
 
@@ -152,27 +159,17 @@ class Aligner:
         # Scorer models load in a worker thread while the first candidates decode.
         scorers_ready = asyncio.ensure_future(asyncio.to_thread(self.load_scorers))
 
-        candidates: list[Candidate] = []
-        usage = Usage()
-        generate_s = score_s = 0.0
-        budget = max(self.policy.total_budget, n)
-        batch = self.strategy.initial_n(n)
-        while True:
-            t0 = time.perf_counter()
-            generation = await self.generator.generate(prompt_messages, batch, params)
-            generate_s += time.perf_counter() - t0
-            usage = usage + generation.usage
-            t0 = time.perf_counter()
+        if isinstance(self.strategy, SearchStrategy):
             await scorers_ready
-            candidates += await self._score(messages, generation.candidates)
-            score_s += time.perf_counter() - t0
-            decision = self.strategy.decide(candidates, budget - len(candidates))
-            remaining = budget - len(candidates)
-            if decision.more <= 0 or remaining <= 0:
-                break
-            batch = min(decision.more, remaining)
-            params = _next_seed(params, len(candidates))
-        timings = Timings(generate_s, score_s, time.perf_counter() - started)
+            outcome, decision = await self._search(
+                self.strategy, messages, prompt_messages, n, params
+            )
+        else:
+            outcome, decision = await self._sample_rounds(
+                messages, prompt_messages, n, params, scorers_ready, started
+            )
+        candidates, usage = outcome.candidates, outcome.usage
+        timings = Timings(outcome.generate_s, outcome.score_s, time.perf_counter() - started)
         best = decision.best
         return Result(
             prompt=messages[-1].content if messages[-1].role == "user" else "",
@@ -185,6 +182,108 @@ class Aligner:
             timings=timings,
             strategy=self.strategy.name,
         )
+
+    async def asample(
+        self,
+        conversation: Conversation,
+        n: int,
+        *,
+        template: str | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+    ) -> Result:
+        """Sample ``n`` candidates in one generation call and score them; select nothing.
+
+        The evaluation harness uses this to draw one pool of candidates per prompt
+        and replay strategies over subsets of it. ``best`` is ``None`` and
+        ``fallback`` is ``None``: no strategy ran.
+        """
+        started = time.perf_counter()
+        messages = to_messages(conversation)
+        if not 1 <= n <= self.policy.max_n:
+            raise InputError(
+                f"n must be between 1 and {self.policy.max_n} for policy {self.policy.name!r}, "
+                f"got {n}",
+                hint="raise max_n in the policy to allow more",
+            )
+        prompt_messages = self.prompt.apply(messages, template)
+        params = GenerationParams(max_tokens=max_tokens, seed=seed)
+        scorers_ready = asyncio.ensure_future(asyncio.to_thread(self.load_scorers))
+        t0 = time.perf_counter()
+        generation = await self.generator.generate(prompt_messages, n, params)
+        generate_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        await scorers_ready
+        candidates = await self._score(messages, generation.candidates)
+        score_s = time.perf_counter() - t0
+        return Result(
+            prompt=messages[-1].content if messages[-1].role == "user" else "",
+            policy=self.policy.name,
+            messages=messages,
+            candidates=candidates,
+            best=None,
+            fallback=None,
+            usage=generation.usage,
+            timings=Timings(generate_s, score_s, time.perf_counter() - started),
+            strategy="none",
+        )
+
+    async def _sample_rounds(
+        self,
+        messages: list[Message],
+        prompt_messages: list[Message],
+        n: int,
+        params: GenerationParams,
+        scorers_ready: asyncio.Future[None],
+        started: float,
+    ) -> tuple[SearchOutcome, Decision]:
+        """Sample a round, score it, ask the strategy; repeat while it wants more."""
+        outcome = SearchOutcome([])
+        budget = max(self.policy.total_budget, n)
+        batch = self.strategy.initial_n(n)
+        while True:
+            t0 = time.perf_counter()
+            generation = await self.generator.generate(prompt_messages, batch, params)
+            outcome.generate_s += time.perf_counter() - t0
+            outcome.usage = outcome.usage + generation.usage
+            t0 = time.perf_counter()
+            await scorers_ready
+            outcome.candidates += await self._score(messages, generation.candidates)
+            outcome.score_s += time.perf_counter() - t0
+            remaining = budget - len(outcome.candidates)
+            state = RoundState(n, remaining, time.perf_counter() - started)
+            decision = self.strategy.next_round(outcome.candidates, state)
+            if decision.more <= 0 or remaining <= 0:
+                return outcome, decision
+            batch = min(decision.more, remaining)
+            params = _next_seed(params, len(outcome.candidates))
+
+    async def _search(
+        self,
+        strategy: SearchStrategy,
+        messages: list[Message],
+        prompt_messages: list[Message],
+        n: int,
+        params: GenerationParams,
+    ) -> tuple[SearchOutcome, Decision]:
+        """Let a search strategy drive the generator, then pick among what it kept."""
+        if not self.generator.capabilities.token_steps:
+            raise ConfigError(
+                f"strategy {strategy.name!r} needs a backend that continues partial answers, "
+                f"and {self.generator.name!r} does not",
+                hint="use the llamacpp, transformers or fake backend with this strategy",
+            )
+        default_tokens = getattr(getattr(self.generator, "options", None), "max_tokens", 256)
+        ctx = SearchContext(
+            generator=self.generator,
+            prompt_messages=prompt_messages,
+            n=n,
+            params=params,
+            max_tokens=params.max_tokens or int(default_tokens),
+            score=lambda candidates: self._score(messages, candidates),
+        )
+        outcome = await strategy.search(ctx)
+        return outcome, strategy.decide(outcome.candidates, 0)
 
     # --- scoring ----------------------------------------------------------------------
 

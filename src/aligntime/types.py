@@ -41,6 +41,8 @@ class Candidate:
     score: float | None = None
     passed: bool = True
     gate_failures: tuple[str, ...] = ()
+    logprob: float | None = None
+    """Sum of the sampled tokens' log-probabilities, where the backend reports them."""
 
     def to_dict(self) -> dict[str, Any]:
         """The candidate form of the JSON contract in DESIGN.md."""

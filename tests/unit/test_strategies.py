@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from aligntime.errors import ConfigError
+from aligntime.strategies.base import RoundState
 from aligntime.strategies.best_of_n import BestOfN
 from aligntime.strategies.passthrough import PassThrough
 from aligntime.strategies.rejection import Rejection
@@ -84,42 +85,39 @@ def test_rejection_threshold_is_inclusive() -> None:
     assert strategy.decide(_scored(0.5), budget=4).best == 0
 
 
-def test_rejection_asks_for_first_round_size_then_falls_back() -> None:
+def test_rejection_asks_for_another_round_then_falls_back() -> None:
     strategy = Rejection(Rejection.Options(threshold=0.8))
     first = _scored(0.1, 0.2, 0.3)
-    d1 = strategy.decide(first, budget=5)
+    d1 = strategy.next_round(first, RoundState(requested=3, budget=5))
     assert d1.best is None and d1.more == 3
     assert "more" in d1.reason
     second = [*first, *_scored(0.4, 0.5, 0.6)]
-    d2 = strategy.decide(second, budget=2)
+    d2 = strategy.next_round(second, RoundState(requested=3, budget=2))
     assert d2.best is None and d2.more == 2  # capped by the budget
     third = [*second, *_scored(0.7, 0.75)]
-    d3 = strategy.decide(third, budget=0)
+    d3 = strategy.next_round(third, RoundState(requested=3, budget=0))
     assert d3.best is None and d3.more == 0
     assert "budget" in d3.reason
 
 
-def test_rejection_round_size_comes_from_initial_n() -> None:
+def test_rejection_round_size_is_each_requests_own_n() -> None:
+    # One strategy object serves concurrent requests with different N.
     strategy = Rejection(Rejection.Options(threshold=0.9))
-    assert strategy.initial_n(4) == 4
-    assert strategy.decide(_scored(0.1, 0.1, 0.1, 0.1), budget=100).more == 4
-    # a new request with a different N
-    assert strategy.initial_n(2) == 2
-    assert strategy.decide(_scored(0.1, 0.1), budget=100).more == 2
-    assert strategy.decide(_scored(0.1, 0.1, 0.1, 0.1), budget=100).more == 2
+    four = _scored(0.1, 0.1, 0.1, 0.1)
+    assert strategy.next_round(four, RoundState(requested=4, budget=100)).more == 4
+    assert strategy.next_round(_scored(0.1, 0.1), RoundState(requested=2, budget=100)).more == 2
+    assert strategy.next_round(four, RoundState(requested=4, budget=100)).more == 4
 
 
-def test_rejection_new_request_without_initial_n_resets_round() -> None:
+def test_rejection_decide_without_round_state_uses_candidates_seen() -> None:
     strategy = Rejection(Rejection.Options(threshold=0.9))
     assert strategy.decide(_scored(0.1, 0.1, 0.1), budget=9).more == 3
-    assert strategy.decide(_scored(*[0.1] * 6), budget=6).more == 3
-    # fewer candidates than last time: a new request
     assert strategy.decide(_scored(0.1, 0.1), budget=9).more == 2
 
 
 def test_rejection_explicit_batch() -> None:
     strategy = Rejection(Rejection.Options(threshold=0.9, batch=2))
-    strategy.initial_n(8)
+    assert strategy.next_round(_scored(*[0.1] * 8), RoundState(8, budget=10)).more == 2
     assert strategy.decide(_scored(*[0.1] * 8), budget=10).more == 2
     assert strategy.decide(_scored(*[0.1] * 8), budget=1).more == 1
 

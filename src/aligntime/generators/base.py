@@ -18,7 +18,8 @@ class Capabilities:
     logprobs: bool = False
     """Returns next-token log-probabilities (needed by judges)."""
     token_steps: bool = False
-    """Can be driven a few tokens at a time (needed by search strategies)."""
+    """Continues partial answers a few tokens at a time (:meth:`Generator.extend`), as
+    search strategies need."""
 
 
 class Generator(ABC):
@@ -42,9 +43,30 @@ class Generator(ABC):
     ) -> dict[str, float]:
         """Log-probabilities of the most likely first tokens of the reply.
 
-        Only backends whose ``capabilities.logprobs`` is True implement this.
+        When the last message is from the assistant, it is a partial reply to
+        continue, and the log-probabilities are those of its next token. Tokens
+        that end the turn (end-of-sequence and other special tokens) appear as the
+        empty string. Only backends whose ``capabilities.logprobs`` is True
+        implement this.
         """
         raise NotImplementedError(f"the {self.name} backend does not return log-probabilities")
+
+    async def extend(
+        self,
+        messages: Sequence[Message],
+        prefixes: Sequence[str],
+        max_tokens: int,
+        params: GenerationParams,
+    ) -> Generation:
+        """Continue each partial answer in ``prefixes`` by at most ``max_tokens`` tokens.
+
+        Returns one candidate per prefix, in order, holding only the new text (its
+        ``tokens`` count only new tokens); ``finish_reason`` is "stop" when the answer
+        ended and "length" when the step's token limit cut it. Prefixes are continued
+        concurrently and share the engine's batching. Only backends whose
+        ``capabilities.token_steps`` is True implement this.
+        """
+        raise NotImplementedError(f"the {self.name} backend cannot continue partial answers")
 
     def load(self) -> None:  # noqa: B027 - optional hook, empty on purpose
         """Load weights or open connections ahead of the first request."""

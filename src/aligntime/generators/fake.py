@@ -33,6 +33,8 @@ class FakeOptions(SamplingOptions):
     """Raise a BackendError on this many first calls."""
     yes_logprob: float = -0.7
     """Log-probability reported for "Yes" by ``next_token_logprobs``."""
+    a_logprob: float = -0.5
+    """Log-probability reported for "A" (pairwise judges; "B" gets -1.0): a pure position bias."""
 
 
 class FakeGenerator(Generator):
@@ -40,7 +42,7 @@ class FakeGenerator(Generator):
 
     Options = FakeOptions
     name = "fake"
-    capabilities = Capabilities(n_sampling=True, logprobs=True, token_steps=False)
+    capabilities = Capabilities(n_sampling=True, logprobs=True, token_steps=True)
 
     def __init__(self, options: FakeOptions | None = None) -> None:
         self.options = options or FakeOptions()
@@ -70,6 +72,40 @@ class FakeGenerator(Generator):
         prompt_tokens = sum(len(m.content.split()) for m in messages)
         return Generation(candidates, Usage(prompt_tokens, sum(c.tokens for c in candidates)))
 
+    async def extend(
+        self,
+        messages: Sequence[Message],
+        prefixes: Sequence[str],
+        max_tokens: int,
+        params: GenerationParams,
+    ) -> Generation:
+        """Continue each prefix with the rest of the configured response it begins
+        (a word is a token); a prefix that begins none of them is complete."""
+        self.calls += 1
+        if self.options.delay_s:
+            await asyncio.sleep(self.options.delay_s)
+        if self.calls <= self.options.fail_times:
+            raise BackendError("the fake backend was told to fail")
+        candidates = []
+        for prefix in prefixes:
+            done = prefix.split()
+            # Several responses may begin with the prefix; take them in turn.
+            matches = [
+                words[len(done) :]
+                for words in (r.split() for r in self.options.responses)
+                if words[: len(done)] == done and len(words) > len(done)
+            ]
+            rest = matches[self._cursor % len(matches)] if matches else []
+            self._cursor += 1
+            new = rest[:max_tokens]
+            text = " ".join(new)
+            if text and prefix and not prefix[-1].isspace():
+                text = " " + text
+            finish = "length" if len(rest) > max_tokens else "stop"
+            candidates.append(Candidate(text=text, tokens=len(new), finish_reason=finish))
+        prompt_tokens = sum(len(m.content.split()) for m in messages) * len(prefixes)
+        return Generation(candidates, Usage(prompt_tokens, sum(c.tokens for c in candidates)))
+
     def _next_text(self, request: str) -> str:
         if self.options.responses:
             return self.options.responses[self._cursor % len(self.options.responses)]
@@ -79,4 +115,5 @@ class FakeGenerator(Generator):
     async def next_token_logprobs(
         self, messages: Sequence[Message], top_k: int = 20
     ) -> dict[str, float]:
-        return {"Yes": self.options.yes_logprob, "No": -1.0}
+        o = self.options
+        return {"Yes": o.yes_logprob, "No": -1.0, "A": o.a_logprob, "B": -1.0}

@@ -107,7 +107,7 @@ class LlamaCppGenerator(Generator):
 
     Options = LlamaCppOptions
     name = "llamacpp"
-    capabilities = Capabilities(n_sampling=True, logprobs=True, token_steps=False)
+    capabilities = Capabilities(n_sampling=True, logprobs=True, token_steps=True)
 
     def __init__(self, options: LlamaCppOptions | None = None) -> None:
         self.options = options or LlamaCppOptions()
@@ -162,16 +162,42 @@ class LlamaCppGenerator(Generator):
         for reply in replies:
             prompt_tokens += int(reply.get("usage", {}).get("prompt_tokens", 0))
             for choice in sorted(reply["choices"], key=lambda c: c.get("index", 0)):
-                logprobs = (choice.get("logprobs") or {}).get("content") or []
-                candidates.append(
-                    Candidate(
-                        text=(choice.get("message") or {}).get("content") or "",
-                        tokens=len(logprobs),
-                        finish_reason=choice.get("finish_reason") or "stop",
-                    )
-                )
+                candidates.append(_candidate(choice))
         usage = Usage(prompt_tokens, sum(c.tokens for c in candidates))
         return Generation(candidates, usage)
+
+    async def extend(
+        self,
+        messages: Sequence[Message],
+        prefixes: Sequence[str],
+        max_tokens: int,
+        params: GenerationParams,
+    ) -> Generation:
+        engine = await asyncio.to_thread(lambda: self.engine)
+        body = self._body(messages, params)
+        body["max_tokens"] = max_tokens
+
+        # A final assistant message is a prefill: llama.cpp's chat template leaves
+        # the turn open and continues it, and a slot that already holds the prefix
+        # reuses its cache, so only the new tokens cost a forward pass each.
+        def one(i: int, prefix: str) -> dict[str, Any]:
+            request = {
+                **body,
+                "messages": [*body["messages"], {"role": "assistant", "content": prefix}],
+                "n": 1,
+                **_seed_offset(body, i),
+            }
+            return engine.chat(request)
+
+        replies = await asyncio.gather(
+            *(asyncio.to_thread(one, i, prefix) for i, prefix in enumerate(prefixes))
+        )
+        candidates = [
+            _candidate(reply["choices"][0], prefix)
+            for reply, prefix in zip(replies, prefixes, strict=True)
+        ]
+        prompt_tokens = sum(int(r.get("usage", {}).get("prompt_tokens", 0)) for r in replies)
+        return Generation(candidates, Usage(prompt_tokens, sum(c.tokens for c in candidates)))
 
     async def next_token_logprobs(
         self, messages: Sequence[Message], top_k: int = 20
@@ -188,6 +214,21 @@ class LlamaCppGenerator(Generator):
         if not content:
             raise BackendError("llama.cpp returned no log-probabilities")
         return {e["token"]: float(e["logprob"]) for e in content[0].get("top_logprobs", [])}
+
+
+def _candidate(choice: dict[str, Any], prefix: str = "") -> Candidate:
+    """A candidate from one chat choice; with a prefill ``prefix``, only the new text."""
+    logprobs = (choice.get("logprobs") or {}).get("content") or []
+    text = (choice.get("message") or {}).get("content") or ""
+    # llama.cpp echoes the prefilled part of the turn in the reply's content.
+    if prefix and text.startswith(prefix):
+        text = text[len(prefix) :]
+    return Candidate(
+        text=text,
+        tokens=len(logprobs),
+        finish_reason=choice.get("finish_reason") or "stop",
+        logprob=sum(float(e.get("logprob", 0.0)) for e in logprobs) if logprobs else None,
+    )
 
 
 def _seed_offset(body: dict[str, Any], chunk: int) -> dict[str, Any]:

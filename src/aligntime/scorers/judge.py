@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aligntime import registry
 from aligntime.errors import ConfigError
@@ -65,20 +65,14 @@ class Judge(Scorer):
     def __init__(self, options: JudgeOptions | None = None, *, name: str = "judge") -> None:
         self.options = options or JudgeOptions()
         self.name = name
-        backend_cls = registry.resolve("generator", self.options.backend)
-        options_cls = getattr(backend_cls, "Options", None)
-        if options_cls is None:
-            raise ConfigError(f"judge backend {self.options.backend!r} takes no options")
-        backend_options = options_cls(model=self.options.model, **self.options.backend_options)
-        self.generator: Generator = backend_cls(backend_options)
-        if not self.generator.capabilities.logprobs:
-            raise ConfigError(
-                f"judge backend {self.options.backend!r} cannot return log-probabilities",
-                hint="choose a backend such as llamacpp or transformers",
-            )
+        o = self.options
+        self.generator: Generator = logprob_generator(o.backend, o.model, o.backend_options)
 
     def load(self) -> None:
         self.generator.load()
+
+    def close(self) -> None:
+        self.generator.close()
 
     def prompt(self, request: str, answer: str) -> list[Message]:
         """The judge conversation for one answer."""
@@ -100,6 +94,31 @@ class Judge(Scorer):
             )
         )
         return [p_yes(top) for top in tops]
+
+
+def logprob_generator(backend: str, model: str, backend_options: dict[str, Any]) -> Generator:
+    """A generator backend for a judge model; it must return log-probabilities."""
+    backend_cls = registry.resolve("generator", backend)
+    options_cls = getattr(backend_cls, "Options", None)
+    if options_cls is None:
+        raise ConfigError(f"judge backend {backend!r} takes no options")
+    try:
+        options = options_cls(model=model, **backend_options)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(options)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(
+            f"invalid backend_options for judge backend {backend!r}: {problems}",
+            hint="set them under the scorer's backend_options",
+        ) from exc
+    generator: Generator = backend_cls(options)
+    if not generator.capabilities.logprobs:
+        raise ConfigError(
+            f"judge backend {backend!r} cannot return log-probabilities",
+            hint="choose a backend such as llamacpp, transformers or openai",
+        )
+    return generator
 
 
 def p_yes(top_logprobs: dict[str, float]) -> float:

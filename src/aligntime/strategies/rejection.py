@@ -11,7 +11,13 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from aligntime.strategies.base import Decision, Strategy, argmax_score, eligible
+from aligntime.strategies.base import (
+    Decision,
+    RoundState,
+    Strategy,
+    argmax_score,
+    eligible,
+)
 from aligntime.types import Candidate
 
 
@@ -19,12 +25,8 @@ class Rejection(Strategy):
     """Accept the best candidate that passed and reaches ``threshold``; else sample more.
 
     With ``batch`` unset, each extra round samples as many candidates as the
-    first round did. The aligner announces the first round through
-    :meth:`initial_n`; a caller that only calls :meth:`decide` gets the number of
-    candidates seen at the first call of a request instead. That size is kept on
-    the instance, so concurrent requests with different N that share one
-    strategy may size each other's extra rounds (which changes cost, never the
-    choice); set ``batch`` to pin it.
+    request's N. Nothing about a request is kept on the instance, so one
+    strategy serves concurrent requests.
     """
 
     name = "rejection"
@@ -37,29 +39,25 @@ class Rejection(Strategy):
         threshold: float = 0.5
         """Combined score a candidate must reach to be accepted."""
         batch: int | None = Field(default=None, ge=1)
-        """Candidates to sample per extra round (default: as many as the first round)."""
+        """Candidates to sample per extra round (default: the request's N)."""
 
     def __init__(self, options: Options | None = None) -> None:
         self.options = options or Rejection.Options()
-        self._round: int | None = None
-        self._seen = 0
 
-    def initial_n(self, requested: int) -> int:
-        """Sample ``requested`` first, and remember it as the size of later rounds."""
-        self._round = requested
-        self._seen = 0
-        return requested
+    def next_round(self, candidates: Sequence[Candidate], state: RoundState) -> Decision:
+        return self._decide(candidates, state.budget, self.options.batch or state.requested)
 
     def decide(self, candidates: Sequence[Candidate], budget: int) -> Decision:
-        """Accept, ask for another round, or give up (``None``: the policy's fallback)."""
-        # Within a request the candidate list only grows, so a list no longer than
-        # the one seen last time means a new request that skipped initial_n().
-        if self._round is None or len(candidates) <= self._seen:
-            self._round = max(1, len(candidates))
-        self._seen = len(candidates)
+        """Accept, ask for another round, or give up (``None``: the policy's fallback).
 
+        Without the aligner's round state, an extra round is as large as ``batch``
+        or as the candidates seen so far.
+        """
+        return self._decide(candidates, budget, self.options.batch or max(1, len(candidates)))
+
+    def _decide(self, candidates: Sequence[Candidate], budget: int, round_size: int) -> Decision:
         threshold = self.options.threshold
-        good = [i for i in eligible(candidates) if _reaches(candidates[i].score, threshold)]
+        good = [i for i in eligible(candidates) if reaches(candidates[i].score, threshold)]
         best = argmax_score(candidates, good)
         if best is not None:
             return Decision(
@@ -67,7 +65,7 @@ class Rejection(Strategy):
                 reason=f"{len(good)} of {len(candidates)} candidates reached {threshold:g}",
             )
         if budget > 0:
-            more = min(self.options.batch or self._round, budget)
+            more = min(round_size, budget)
             return Decision(
                 None,
                 more=more,
@@ -81,6 +79,6 @@ class Rejection(Strategy):
         )
 
 
-def _reaches(score: float | None, threshold: float) -> bool:
+def reaches(score: float | None, threshold: float) -> bool:
     """Whether a combined score is known and at least ``threshold`` (NaN never is)."""
     return score is not None and score >= threshold
