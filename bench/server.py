@@ -1,0 +1,390 @@
+"""Benchmark ``aligntime serve``: throughput, latency and time to first token over loopback.
+
+The server runs as a second process (``python -m aligntime serve``); this process
+drives closed-loop load from 1, 8 and 64 concurrent clients with a small
+HTTP/1.1 keep-alive client on raw asyncio streams (an off-the-shelf client would
+spend more CPU than the server on these 2 cores). Two workloads:
+
+- ``fake``: the fake backend and the rules scorer, which isolates the server's
+  own cost. Reported two ways: client-side closed-loop latency (which, with C
+  clients, is about C / throughput whatever the server does), and the server's
+  own overhead from its ``/metrics`` histograms: time inside the server minus
+  time inside the Aligner, per request.
+- ``default``: the real default policy (SmolLM2-135M on llama.cpp and its four
+  scorers) at n = 2 and 32 tokens, streaming, with the audit log on: throughput,
+  latency, time to first token, errors, and audit rows against acknowledged
+  responses.
+
+Usage: ``python bench/server.py [--only fake|default] [--fake-seconds S]``. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+FAKE_POLICY = """
+name: fake-bench
+generator: {backend: fake, responses: ["Boil the egg for seven minutes, then cool it."]}
+n: 3
+scorers:
+  - {name: rules, kind: rules}
+"""
+
+LEVELS = (1, 8, 64)
+
+
+# --- a minimal HTTP/1.1 client -------------------------------------------------------------
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def post(self, path: str, body: bytes, stream: bool = False) -> dict[str, Any]:
+        """Send one request; return status, body, and (streaming) time of the first content."""
+        assert self.reader is not None and self.writer is not None
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        started = time.perf_counter()
+        self.writer.write(head + body)
+        status_line = await self.reader.readline()
+        status = int(status_line.split()[1])
+        headers: dict[str, str] = {}
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            k, _, v = line.decode("latin-1").partition(":")
+            headers[k.strip().lower()] = v.strip()
+        first_content: float | None = None
+        first_byte: float | None = None
+        if headers.get("transfer-encoding") == "chunked":
+            parts = []
+            while True:
+                size = int((await self.reader.readline()).strip(), 16)
+                if size == 0:
+                    await self.reader.readline()
+                    break
+                chunk = await self.reader.readexactly(size + 2)
+                now = time.perf_counter()
+                first_byte = first_byte or now
+                if (
+                    first_content is None
+                    and b'"content": "' in chunk
+                    and b'"content": ""' not in chunk
+                ):
+                    first_content = now
+                parts.append(chunk[:-2])
+            data = b"".join(parts)
+        else:
+            data = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        done = time.perf_counter()
+        return {
+            "status": status,
+            "body": data,
+            "latency": done - started,
+            "ttfb": (first_byte - started) if first_byte else None,
+            "ttft": (first_content - started) if first_content else None,
+        }
+
+    async def get(self, path: str) -> bytes:
+        assert self.reader is not None and self.writer is not None
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+        await self.reader.readline()
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        return await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# --- load -------------------------------------------------------------------------------------
+
+
+async def closed_loop(
+    host: str,
+    port: int,
+    make_body: Any,
+    clients: int,
+    *,
+    total: int,
+    seconds: float,
+    stream: bool = False,
+) -> dict[str, Any]:
+    """``clients`` connections each sending its next request once the last one is answered."""
+    conns = [Connection(host, port) for _ in range(clients)]
+    await asyncio.gather(*(c.open() for c in conns))
+    results: list[dict[str, Any]] = []
+    issued = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(conn: Connection, w: int) -> None:
+        nonlocal issued
+        while issued < total and time.perf_counter() < deadline:
+            i = issued
+            issued += 1
+            results.append(await conn.post("/v1/chat/completions", make_body(i, w), stream))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(c, w) for w, c in enumerate(conns)))
+    wall = time.perf_counter() - started
+    for c in conns:
+        c.close()
+    # A stream's status is 200 before alignment starts; a failure after that (a time-out,
+    # a backend error) arrives as an error event, so it counts as an error here.
+    ok = [r for r in results if r["status"] == 200 and b'data: {"error"' not in r["body"]]
+    lat = sorted(r["latency"] for r in ok)
+    out: dict[str, Any] = {
+        "clients": clients,
+        "requests": len(results),
+        "errors": len(results) - len(ok),
+        "seconds": round(wall, 3),
+        "throughput_rps": round(len(ok) / wall, 2) if wall else 0.0,
+        "client_latency_ms": _pcts(lat),
+    }
+    ttft = sorted(r["ttft"] for r in ok if r["ttft"] is not None)
+    if stream:
+        out["ttft_ms"] = _pcts(ttft)
+        out["first_byte_ms"] = _pcts(sorted(r["ttfb"] for r in ok if r["ttfb"] is not None))
+    out["_ids"] = [_response_id(r["body"], stream) for r in ok]
+    return out
+
+
+def _response_id(body: bytes, stream: bool) -> str | None:
+    if not stream:
+        return str(json.loads(body)["id"])
+    found = re.search(rb'"id": "([^"]+)"', body)
+    return found.group(1).decode() if found else None
+
+
+def _pcts(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p99": None, "mean": None}
+
+    def pick(q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+    return {
+        "p50": round(1000 * pick(0.50), 2),
+        "p99": round(1000 * pick(0.99), 2),
+        "mean": round(1000 * statistics.fmean(values), 2),
+    }
+
+
+# --- server metrics ---------------------------------------------------------------------------
+
+
+def parse_histogram(text: str, stage: str) -> dict[float, float]:
+    """Cumulative bucket counts of ``aligntime_stage_seconds{stage=...}``."""
+    buckets: dict[float, float] = {}
+    pattern = re.compile(
+        r'aligntime_stage_seconds_bucket\{le="([^"]+)",stage="' + stage + r'"\} (\S+)'
+    )
+    for le, value in pattern.findall(text):
+        buckets[float("inf") if le == "+Inf" else float(le)] = float(value)
+    return buckets
+
+
+def histogram_quantile(
+    before: dict[float, float], after: dict[float, float], q: float
+) -> float | None:
+    """Quantile of the observations between two scrapes, linear within a bucket (like PromQL)."""
+    edges = sorted(after)
+    counts = [after[e] - before.get(e, 0.0) for e in edges]
+    total = counts[-1] if counts else 0.0
+    if total <= 0:
+        return None
+    rank = q * total
+    prev_edge, prev_count = 0.0, 0.0
+    for edge, count in zip(edges, counts, strict=True):
+        if count >= rank:
+            if edge == float("inf"):
+                return prev_edge
+            width = count - prev_count
+            frac = 0.0 if width <= 0 else (rank - prev_count) / width
+            return prev_edge + (edge - prev_edge) * frac
+        prev_edge, prev_count = edge, count
+    return prev_edge
+
+
+async def scrape(host: str, port: int) -> str:
+    conn = Connection(host, port)
+    await conn.open()
+    try:
+        return (await conn.get("/metrics")).decode()
+    finally:
+        conn.close()
+
+
+# --- the runs -------------------------------------------------------------------------------
+
+
+def start_server(args: list[str]) -> tuple[subprocess.Popen[str], str, int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aligntime", "serve", "--port", "0", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        found = re.search(r"aligntime serving .* on http://([^:]+):(\d+)", line)
+        if found:
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
+            return proc, found.group(1), int(found.group(2))
+    proc.kill()
+    raise SystemExit(f"the server did not start: {proc.stderr.read()}")
+
+
+def body_for(model: str, **extra: Any) -> Any:
+    def make(i: int, w: int) -> bytes:
+        msg = {"role": "user", "content": f"How do I boil an egg? (client {w}, request {i})"}
+        return json.dumps({"model": model, "messages": [msg], **extra}).encode()
+
+    return make
+
+
+async def bench_fake(host: str, port: int, seconds: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    make = body_for("fake-bench")
+    # Warm-up: imports, first allocations, connection setup.
+    await closed_loop(host, port, make, 8, total=200, seconds=10)
+    for clients in LEVELS:
+        before = await scrape(host, port)
+        run = await closed_loop(host, port, make, clients, total=100_000, seconds=seconds)
+        after = await scrape(host, port)
+        run.pop("_ids")
+        run["server"] = server_stages(before, after, ("overhead", "total", "align"))
+        progress(f"fake, {clients} clients", run)
+        stream = await closed_loop(
+            host, port, body_for("fake-bench", stream=True), clients,
+            total=max(50, 10 * clients), seconds=seconds / 2, stream=True,
+        )  # fmt: skip
+        stream.pop("_ids")
+        run["stream"] = {k: stream[k] for k in ("requests", "errors", "ttft_ms", "first_byte_ms")}
+        out[str(clients)] = run
+    return out
+
+
+def server_stages(before: str, after: str, stages: tuple[str, ...]) -> dict[str, Any]:
+    """p50 and p99 (ms) of the server's stage histograms between two scrapes."""
+    out: dict[str, Any] = {}
+    for stage in stages:
+        b, a = parse_histogram(before, stage), parse_histogram(after, stage)
+        out[f"{stage}_ms"] = {
+            name: None if v is None else round(1000 * v, 2)
+            for name, v in (
+                ("p50", histogram_quantile(b, a, 0.50)),
+                ("p99", histogram_quantile(b, a, 0.99)),
+            )
+        }
+    return out
+
+
+async def bench_default(
+    host: str, port: int, db: Path, levels: list[tuple[int, int]]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    make = body_for("default", n=2, max_tokens=32, stream=True)
+    await closed_loop(host, port, make, 1, total=1, seconds=300, stream=True)  # warm-up
+    acked: list[str] = []
+    for clients, total in levels:
+        before = await scrape(host, port)
+        run = await closed_loop(host, port, make, clients, total=total, seconds=1800, stream=True)
+        after = await scrape(host, port)
+        run["server"] = server_stages(before, after, ("generate", "score"))
+        acked += [i for i in run.pop("_ids") if i]
+        out[str(clients)] = run
+        progress(f"default, {clients} clients", run)
+    conn = sqlite3.connect(db)
+    stored = {r[0] for r in conn.execute("SELECT id FROM requests WHERE status = 200")}
+    out["audit"] = {
+        "acknowledged": len(acked),
+        "rows": len(stored),
+        "lost": len([i for i in acked if i not in stored]),
+    }
+    return out
+
+
+def progress(label: str, figures: dict[str, Any]) -> None:
+    """Each level's figures on stderr as soon as they exist (long runs can be cut short)."""
+    sys.stderr.write(f"{label}: {json.dumps(figures)}\n")
+    sys.stderr.flush()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["fake", "default"])
+    parser.add_argument("--fake-seconds", type=float, default=8.0)
+    parser.add_argument(
+        "--timeout", type=float, default=1800.0, help="the server's --timeout for the default run"
+    )
+    parser.add_argument(
+        "--default-levels",
+        default="1:3,8:8,64:64",
+        help="clients:requests pairs for the default policy (default 1:3,8:8,64:64)",
+    )
+    args = parser.parse_args()
+    report: dict[str, Any] = {"cpu_count": os.cpu_count(), "python": sys.version.split()[0]}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.only in (None, "fake"):
+            policy = Path(tmp) / "fake.yaml"
+            policy.write_text(FAKE_POLICY)
+            proc, host, port = start_server(["--policy", str(policy)])
+            try:
+                report["fake"] = asyncio.run(bench_fake(host, port, args.fake_seconds))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+        if args.only in (None, "default"):
+            db = Path(tmp) / "audit.db"
+            proc, host, port = start_server(
+                ["--policy", "default", "--audit-db", str(db), "--timeout", str(args.timeout)]
+            )
+            try:
+                levels = [
+                    (int(c), int(r))
+                    for c, r in (pair.split(":") for pair in args.default_levels.split(","))
+                ]
+                report["default"] = asyncio.run(bench_default(host, port, db, levels))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

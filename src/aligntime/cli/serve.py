@@ -1,0 +1,109 @@
+"""``aligntime serve``: the OpenAI-compatible alignment server."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from pathlib import Path
+
+import typer
+
+from aligntime.cli.console import policy_models, pull_with_progress, status
+
+log = logging.getLogger(__name__)
+
+
+def serve(
+    policy: list[str] = typer.Option(
+        ["default"], "--policy", "-p", help="Preset name or YAML file; repeat to serve several."
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on (0: any free port)."),
+    api_key: list[str] = typer.Option(
+        [], "--api-key", help="Accepted bearer key; repeatable. Also ALIGNTIME_API_KEYS (a,b)."
+    ),
+    audit_db: Path | None = typer.Option(
+        None, "--audit-db", help="SQLite file for the audit log (prompts, answers, scores)."
+    ),
+    max_body_bytes: int = typer.Option(1_048_576, "--max-body-bytes", help="Largest body."),
+    max_n: int = typer.Option(16, "--max-n", help="Most candidates a request may ask for."),
+    max_tokens: int = typer.Option(4096, "--max-tokens", help="Most tokens per candidate."),
+    rate_limit: int = typer.Option(
+        0, "--rate-limit", help="Requests per minute per API key (or client address); 0: off."
+    ),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds before a request gets 504."),
+    batch_wait_ms: float = typer.Option(
+        2.0, "--batch-wait-ms", help="Longest wait to batch scorer calls across requests (<=5)."
+    ),
+    access_log: bool = typer.Option(False, "--access-log", help="Log each request's path."),
+) -> None:
+    """Serve aligned chat completions over the OpenAI API (POST /v1/chat/completions)."""
+    import uvicorn
+
+    from aligntime.errors import ConfigError
+    from aligntime.policy.loader import load_policy
+    from aligntime.server.app import app_from_policies
+    from aligntime.server.config import ServerOptions, keys_from_env
+
+    keys = keys_from_env(api_key)
+    if not keys and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without API keys: anyone who can reach it can use it", host)
+    try:
+        options = ServerOptions(
+            api_keys=keys,
+            max_body_bytes=max_body_bytes,
+            max_n=max_n,
+            max_tokens=max_tokens,
+            rate_limit=rate_limit,
+            timeout_s=timeout,
+            audit_db=audit_db,
+            batch_wait_ms=batch_wait_ms,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid server option: {exc}") from exc
+    policies = [load_policy(p) for p in policy]
+    for pol in policies:
+        pull_with_progress(policy_models(pol), quiet=False)
+    app = app_from_policies(policies, options)
+    with status("loading models ...", quiet=False):
+        app.state.service.load()
+    sock = _listen(host, port)
+    bound = sock.getsockname()[1]
+    names = ", ".join(p.name for p in policies)
+    # One parseable line on stderr: tests and scripts wait for it.
+    sys.stderr.write(f"aligntime serving {names} on http://{host}:{bound}\n")
+    sys.stderr.flush()
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=access_log,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=10,
+    )
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        app.state.service.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket (so --port 0 can report the port it got)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on accepted sockets whose
+    # proto says TCP, and without it Nagle's algorithm holds the response body back
+    # until the client's delayed ACK (about 40 ms per request).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        from aligntime.errors import ConfigError
+
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror}",
+            hint="choose another --port (0 picks a free one) or stop what uses it",
+        ) from exc
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock

@@ -1,0 +1,231 @@
+"""The ASGI application: routes, errors in the OpenAI shape, and the request guard.
+
+The guard is plain ASGI middleware (cheaper than Starlette's ``BaseHTTPMiddleware``)
+that, for every HTTP request, enforces the body size limit, checks the API key
+and the rate limit on ``/v1/`` paths, and times the request for ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from aligntime import __version__
+from aligntime.policy.loader import load_policy
+from aligntime.policy.schema import Policy
+from aligntime.server.audit import AuditLog
+from aligntime.server.config import ServerOptions
+from aligntime.server.errors import ApiError
+from aligntime.server.metrics import Metrics
+from aligntime.server.routes import router
+from aligntime.server.security import Authenticator, RateLimiter
+from aligntime.server.service import AlignmentService, RequestContext, build_aligner
+
+log = logging.getLogger(__name__)
+
+CHAT_PATH = "/v1/chat/completions"
+_KNOWN_PATHS = {CHAT_PATH, "/v1/models", "/healthz", "/metrics"}
+
+
+def create_app(service: AlignmentService) -> FastAPI:
+    """The FastAPI app serving ``service``'s policies."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Blocking engine and scorer calls run in threads (asyncio.to_thread); the
+        # default pool (cores + 4) would cap concurrent llama.cpp requests far below
+        # its parallel slots.
+        loop = asyncio.get_running_loop()
+        executor = ThreadPoolExecutor(service.options.worker_threads, "aligntime-worker")
+        loop.set_default_executor(executor)
+        yield
+
+    app = FastAPI(
+        title="aligntime",
+        version=__version__,
+        description="OpenAI-compatible chat completions whose answers pass through an "
+        "inference-time aligner. Fields under `aligntime` are not in the OpenAI spec.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.include_router(router)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(GuardMiddleware, service=service)
+    return app
+
+
+def error_response(exc: ApiError) -> Response:
+    return Response(
+        exc.json_bytes(), exc.status, headers=exc.headers, media_type="application/json"
+    )
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    if first.get("type") == "json_invalid":
+        message, param = f"the body is not valid JSON: {first.get('msg')}", None
+    else:
+        message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem(s))"
+    return error_response(ApiError(400, message, param=param, code="invalid_value"))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return error_response(ApiError(exc.status_code, str(exc.detail), code=code))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    # A bug: log the type and traceback (never the request body), answer in OpenAI shape.
+    log.error("unexpected %s while answering %s", type(exc).__name__, request.url.path,
+              exc_info=exc)  # fmt: skip
+    return JSONResponse(
+        {"error": {"message": "internal server error", "type": "server_error",
+                   "param": None, "code": "internal_error"}},
+        status_code=500,
+    )  # fmt: skip
+
+
+class GuardMiddleware:
+    """Body size limit, API keys, rate limit and timing, before any route runs."""
+
+    def __init__(self, app: ASGIApp, service: AlignmentService) -> None:
+        self.app = app
+        self.service = service
+        self.metrics = service.metrics
+        self.auth = Authenticator(service.options.api_keys)
+        self.limiter = RateLimiter(service.options.rate_limit)
+        self.max_body = service.options.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        path: str = scope["path"]
+        ctx = RequestContext()
+        scope["aligntime.ctx"] = ctx
+        status = [500]
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            receive = await self._guard(scope, receive, ctx)
+            await self.app(scope, receive, send_status)
+        except ApiError as exc:
+            await _send_error(send_status, exc)
+        finally:
+            endpoint = path if path in _KNOWN_PATHS else "other"
+            self.metrics.requests.labels(endpoint, str(status[0])).inc()
+            if path == CHAT_PATH and ctx.align_s is not None and not ctx.streamed:
+                total = time.perf_counter() - started
+                self.metrics.total_s.observe(total)
+                self.metrics.align_s.observe(ctx.align_s)
+                self.metrics.overhead_s.observe(max(0.0, total - ctx.align_s))
+
+    async def _guard(self, scope: Scope, receive: Receive, ctx: RequestContext) -> Receive:
+        """Raise ApiError for an oversized body, a bad key or a spent rate limit."""
+        length: int | None = None
+        authorization: str | None = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    raise ApiError(400, "invalid Content-Length header") from None
+            elif name == b"authorization":
+                authorization = value.decode("latin-1")
+        if length is not None and length > self.max_body:
+            raise _too_large(self.max_body)
+        if scope["path"].startswith("/v1/"):
+            ctx.key_id = self.auth.check(authorization)
+            client = ctx.key_id or (scope.get("client") or ("local", 0))[0]
+            self.limiter.check(client)
+        if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            return await _buffer_body(receive, self.max_body)
+        return receive
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        f"the request body is larger than {limit} bytes",
+        code="request_too_large",
+    )
+
+
+async def _buffer_body(receive: Receive, limit: int) -> Receive:
+    """Read a body without Content-Length (chunked) up to ``limit``, then replay it."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _send_error(send: Send, exc: ApiError) -> None:
+    body = exc.json_bytes()
+    headers: list[tuple[bytes, bytes]] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def app_from_policies(policies: Sequence[str | Path | Policy], options: ServerOptions) -> FastAPI:
+    """Build the service and app for preset names, policy files or :class:`Policy` objects."""
+    metrics = Metrics()
+    loaded = [p if isinstance(p, Policy) else load_policy(p) for p in policies]
+    aligners = [build_aligner(p, options, metrics) for p in loaded]
+    audit = AuditLog(options.audit_db) if options.audit_db else None
+    service = AlignmentService(aligners, options, metrics, audit)
+    return create_app(service)

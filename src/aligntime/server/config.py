@@ -1,0 +1,42 @@
+"""Settings of one server process: keys, limits, time-outs, audit, batching."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+KEYS_ENV = "ALIGNTIME_API_KEYS"
+
+
+class ServerOptions(BaseModel):
+    """What ``aligntime serve`` was told, besides the policies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_keys: frozenset[str] = frozenset()
+    """Accepted bearer keys; empty: no authentication (bind to loopback only)."""
+    max_body_bytes: int = Field(1_048_576, ge=256)
+    """Largest request body; larger ones get 413."""
+    max_n: int = Field(16, ge=1)
+    """Most candidates one request may ask for (the policy's ``max_n`` also applies)."""
+    max_tokens: int = Field(4096, ge=1)
+    """Most tokens per candidate one request may ask for."""
+    rate_limit: int = Field(0, ge=0)
+    """Requests per minute per API key (per client address without keys); 0: no limit."""
+    timeout_s: float = Field(120.0, gt=0)
+    """Seconds a request may take before it is answered with 504."""
+    audit_db: Path | None = None
+    """SQLite file of the audit log; ``None``: no audit log (prompts are never stored)."""
+    batch_wait_ms: float = Field(2.0, ge=0.0, le=5.0)
+    """Longest wait to coalesce concurrent scorer calls into one batch."""
+    worker_threads: int = Field(64, ge=4)
+    """Worker threads for blocking engine and scorer calls (the event loop's executor)."""
+
+
+def keys_from_env(cli_keys: list[str] | None = None) -> frozenset[str]:
+    """Keys given on the command line plus the comma-separated ``ALIGNTIME_API_KEYS``."""
+    keys = {k.strip() for k in (cli_keys or []) if k.strip()}
+    keys |= {k.strip() for k in os.environ.get(KEYS_ENV, "").split(",") if k.strip()}
+    return frozenset(keys)

@@ -1,0 +1,82 @@
+"""Per-request token accounting around a shared generator.
+
+The generator is shared by every request, so what one request generated is
+tracked in a context variable: each request installs its own
+:class:`UsageMeter`, and :class:`MeteredGenerator` adds every generation to
+the meter of the request it runs for (context variables follow asyncio tasks).
+This keeps ``usage`` right even when a request ends without a ``Result``
+(a scorer failing closed, a time-out).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aligntime.generators.base import Generator
+from aligntime.types import Generation, GenerationParams, Message, Usage
+
+
+@dataclass
+class UsageMeter:
+    """Tokens and candidates generated for one request so far."""
+
+    usage: Usage = field(default_factory=Usage)
+    candidates: int = 0
+
+    def add(self, generation: Generation) -> None:
+        self.usage = self.usage + generation.usage
+        self.candidates += len(generation.candidates)
+
+
+current_meter: contextvars.ContextVar[UsageMeter | None] = contextvars.ContextVar(
+    "aligntime_usage_meter", default=None
+)
+
+
+class MeteredGenerator(Generator):
+    """Delegates to a generator and reports each generation to the current request's meter."""
+
+    def __init__(self, inner: Generator) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.capabilities = inner.capabilities
+
+    def __getattr__(self, attr: str) -> Any:
+        # Backend-specific attributes (``options``, ``engine``) stay reachable.
+        return getattr(self.inner, attr)
+
+    async def generate(
+        self, messages: Sequence[Message], n: int, params: GenerationParams
+    ) -> Generation:
+        generation = await self.inner.generate(messages, n, params)
+        meter = current_meter.get()
+        if meter is not None:
+            meter.add(generation)
+        return generation
+
+    async def extend(
+        self,
+        messages: Sequence[Message],
+        prefixes: Sequence[str],
+        max_tokens: int,
+        params: GenerationParams,
+    ) -> Generation:
+        generation = await self.inner.extend(messages, prefixes, max_tokens, params)
+        meter = current_meter.get()
+        if meter is not None:
+            meter.usage = meter.usage + generation.usage
+        return generation
+
+    async def next_token_logprobs(
+        self, messages: Sequence[Message], top_k: int = 20
+    ) -> dict[str, float]:
+        return await self.inner.next_token_logprobs(messages, top_k)
+
+    def load(self) -> None:
+        self.inner.load()
+
+    def close(self) -> None:
+        self.inner.close()

@@ -1,0 +1,230 @@
+"""Request and response models of the OpenAI-compatible server.
+
+Field names and shapes follow the OpenAI Chat Completions API, so any OpenAI
+client works unchanged. Everything under ``aligntime`` (in the request and in
+the response) is an extension that is **not in the OpenAI spec**; clients that
+do not know it ignore it. OpenAI fields that aligntime does not act on are
+accepted and ignored (listed in the README), except those whose silent
+omission would mislead a caller (tools, log-probabilities), which are refused
+with a 400.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextPart(BaseModel):
+    """One part of a multi-part message; only text parts are understood."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    """Part type; aligntime reads text only."""
+    text: str
+    """The text of this part."""
+
+
+class ChatMessage(BaseModel):
+    """One message of the conversation, as OpenAI clients send it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    """Who wrote it; ``developer`` is treated as ``system``."""
+    content: str | list[TextPart] | None = None
+    """The text, or a list of text parts that are joined."""
+    name: str | None = None
+    """Accepted for compatibility; not used."""
+
+    def text(self) -> str:
+        """The message's text, multi-part content joined with newlines."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(p.text for p in self.content)
+
+
+class StreamOptions(BaseModel):
+    """OpenAI ``stream_options``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+    """Send a last chunk with ``usage`` (every candidate's tokens) before ``[DONE]``."""
+
+
+class AligntimeOptions(_Strict):
+    """Per-request alignment settings. Not in the OpenAI spec (an aligntime extension)."""
+
+    n: int | None = Field(None, ge=1)
+    """Candidates to sample; takes precedence over the OpenAI ``n``."""
+    strategy: str | None = None
+    """Strategy kind for this request only (e.g. ``best_of_n``, ``rejection``), with its
+    default options; the policy's strategy when absent."""
+    template: str | None = None
+    """Name of one of the policy's prompt templates."""
+    return_candidates: bool = False
+    """Return every candidate with its scores under ``aligntime.candidates``."""
+
+
+class ChatCompletionRequest(BaseModel):
+    """``POST /v1/chat/completions``.
+
+    ``model`` names a served policy. ``n`` is the number of candidates sampled
+    and scored (aligntime always returns one choice: the aligned answer);
+    ``aligntime.n`` overrides it.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    """Name of a served policy (see ``GET /v1/models``)."""
+    messages: list[ChatMessage] = Field(min_length=1)
+    """The conversation; the last user message is the request."""
+    n: int | None = Field(None, ge=1)
+    """Candidates to sample and score (the policy's ``n`` when absent)."""
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    """Sampling temperature of the candidates."""
+    max_tokens: int | None = Field(None, ge=1)
+    """Most tokens per candidate."""
+    max_completion_tokens: int | None = Field(None, ge=1)
+    """Newer OpenAI name of ``max_tokens``; the smaller wins when both are given."""
+    seed: int | None = None
+    """Base random seed, for reproducible candidates."""
+    stream: bool = False
+    """Stream the answer as server-sent events (OpenAI chunk format)."""
+    stream_options: StreamOptions | None = None
+    """OpenAI stream options; ``include_usage`` is honoured."""
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    """Accepted; the policy's ``top_p`` applies."""
+    stop: str | list[str] | None = None
+    """Accepted; the policy's ``stop`` strings apply."""
+    user: str | None = None
+    """Accepted; recorded in the audit log when it is on."""
+    logprobs: bool | None = None
+    """Not supported: ``true`` is refused."""
+    tools: list[dict[str, Any]] | None = None
+    """Not supported: a non-empty list is refused."""
+    aligntime: AligntimeOptions | None = None
+    """Not in the OpenAI spec: aligntime's per-request settings."""
+
+
+# --- responses ------------------------------------------------------------------------
+
+
+class AssistantMessage(BaseModel):
+    """The assistant's answer."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    """The one choice aligntime returns: the aligned answer."""
+
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length", "content_filter"]
+    """``content_filter`` when the policy's fallback text replaced every candidate."""
+    logprobs: None = None
+
+
+class UsageOut(BaseModel):
+    """Tokens read and written for the request; ``completion_tokens`` counts every
+    candidate generated, not only the one returned."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CandidateOut(BaseModel):
+    """One candidate with its scores (``return_candidates``)."""
+
+    text: str
+    score: float | None
+    """Combined, normalised score (higher is better)."""
+    scores: dict[str, float | None]
+    """Raw value per scorer; ``null`` where the scorer failed."""
+    passed: bool
+    """All safety gates held."""
+    gate_failures: list[str]
+    tokens: int
+    finish_reason: str
+    chosen: bool
+
+
+class AligntimeResult(BaseModel):
+    """Not in the OpenAI spec: how the answer was chosen."""
+
+    policy: str
+    strategy: str
+    candidates_generated: int
+    """Candidates sampled for this request (resampling included)."""
+    best: int | None
+    """Index of the chosen candidate; ``null`` when the fallback was returned."""
+    fallback: bool
+    """The policy's fallback text was returned instead of a candidate."""
+    fail_closed: bool
+    """The fallback was returned because a gating scorer failed, not because of the answers."""
+    scorer_errors: list[str]
+    """Scorers that failed on this request."""
+    timings: dict[str, float]
+    """Seconds spent generating, scoring and in all (``generate_s``, ``score_s``, ``total_s``)."""
+    candidates: list[CandidateOut] | None = None
+    """Every candidate, when ``return_candidates`` was asked for."""
+
+
+class ChatCompletion(BaseModel):
+    """Response of ``POST /v1/chat/completions`` (not streaming)."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: UsageOut
+    system_fingerprint: str | None = None
+    aligntime: AligntimeResult
+    """Not in the OpenAI spec."""
+
+
+class ModelCard(BaseModel):
+    """One served policy, as ``GET /v1/models`` lists it."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "aligntime"
+    description: str = ""
+    """Not in the OpenAI spec: the policy's description."""
+
+
+class ModelList(BaseModel):
+    """Response of ``GET /v1/models``."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    """The OpenAI error object."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    error: ErrorDetail

@@ -1,0 +1,92 @@
+"""Thin HTTP routes: parse, hand to the service, serialise."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+
+from aligntime.server.metrics import CONTENT_TYPE
+from aligntime.server.protocol import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
+from aligntime.server.service import AlignmentService, RequestContext
+
+router = APIRouter()
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Invalid request (the field is named)"},
+    401: {"model": ErrorResponse, "description": "Missing or invalid API key"},
+    404: {"model": ErrorResponse, "description": "Unknown model (policy)"},
+    413: {"model": ErrorResponse, "description": "Request body too large"},
+    429: {"model": ErrorResponse, "description": "Rate limit reached; see Retry-After"},
+    503: {"model": ErrorResponse, "description": "Generator or scorer backend unavailable"},
+    504: {"model": ErrorResponse, "description": "Request time-out"},
+}
+
+
+def _service(request: Request) -> AlignmentService:
+    service: AlignmentService = request.app.state.service
+    return service
+
+
+def _context(request: Request) -> RequestContext:
+    ctx = request.scope.get("aligntime.ctx")
+    return ctx if isinstance(ctx, RequestContext) else RequestContext()
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    responses={
+        **_ERRORS,
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "The aligned answer; server-sent events when stream is true",
+        },
+    },
+)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    """Answer with the aligned choice of the policy named by ``model``."""
+    service = _service(request)
+    ctx = _context(request)
+    if body.stream:
+        plan = service.plan(body)  # 4xx before the stream starts, as a real status
+        ctx.streamed = True
+        return StreamingResponse(
+            service.stream(body, plan, ctx),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    result = await service.complete(body, ctx)
+    return Response(json.dumps(result, ensure_ascii=False), media_type="application/json")
+
+
+@router.get("/v1/models", response_model=ModelList, responses={401: _ERRORS[401]})
+async def list_models(request: Request) -> ModelList:
+    """The policies this server serves; a request's ``model`` names one."""
+    service = _service(request)
+    return ModelList(
+        data=[
+            ModelCard(id=name, created=s.created, description=s.policy.description)
+            for name, s in sorted(service.served.items())
+        ]
+    )
+
+
+@router.get("/healthz")
+async def healthz(request: Request) -> dict[str, object]:
+    """Liveness: the process answers and which policies it serves."""
+    return {"status": "ok", "models": sorted(_service(request).served)}
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics (text exposition format)."""
+    return Response(_service(request).metrics.render(), media_type=CONTENT_TYPE)

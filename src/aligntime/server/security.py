@@ -1,0 +1,81 @@
+"""API keys and the per-key rate limit."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import time
+
+from aligntime.server.errors import ApiError
+
+
+def key_id(key: str) -> str:
+    """A short, stable, non-reversible label for a key (for audit rows and logs)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+class Authenticator:
+    """Checks ``Authorization: Bearer KEY`` against the configured keys."""
+
+    def __init__(self, keys: frozenset[str]) -> None:
+        self._keys = [k.encode() for k in keys]
+        self._ids = {k: key_id(k) for k in keys}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def check(self, authorization: str | None) -> str | None:
+        """The key's id, or ``None`` when keys are off; raises 401 on a missing or bad key."""
+        if not self._keys:
+            return None
+        if not authorization:
+            raise ApiError(
+                401,
+                "missing API key: send it as 'Authorization: Bearer KEY'",
+                type="authentication_error",
+                code="missing_api_key",
+            )
+        scheme, _, token = authorization.partition(" ")
+        presented = token.strip().encode() if scheme.lower() == "bearer" else b""
+        # Constant-time comparison against every key, so timing reveals nothing.
+        ok = False
+        for k in self._keys:
+            ok |= hmac.compare_digest(k, presented)
+        if not ok:
+            raise ApiError(
+                401, "invalid API key", type="authentication_error", code="invalid_api_key"
+            )
+        return self._ids[presented.decode()]
+
+
+class RateLimiter:
+    """A token bucket per client: ``per_minute`` requests a minute, bursts up to that many."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._rate = per_minute / 60.0
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._clock = time.monotonic
+
+    def check(self, client: str) -> None:
+        """Take one token for ``client`` or raise 429 with ``Retry-After``."""
+        if self.per_minute <= 0:
+            return
+        now = self._clock()
+        tokens, last = self._buckets.get(client, (float(self.per_minute), now))
+        tokens = min(float(self.per_minute), tokens + (now - last) * self._rate)
+        if tokens < 1.0:
+            self._buckets[client] = (tokens, now)
+            wait = math.ceil((1.0 - tokens) / self._rate)
+            raise ApiError(
+                429,
+                f"rate limit of {self.per_minute} requests per minute reached; retry in {wait} s",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(wait)},
+            )
+        self._buckets[client] = (tokens - 1.0, now)
+        if len(self._buckets) > 100_000:  # forget idle clients; bounded memory
+            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}

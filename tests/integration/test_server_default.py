@@ -1,0 +1,72 @@
+"""The real default policy (SmolLM2 on llama.cpp, real scorers) behind the server."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from aligntime.server import ServerOptions, app_from_policies
+from aligntime.server.testing import LiveServer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[openai.OpenAI]:
+    app = app_from_policies(["default"], ServerOptions(timeout_s=300))
+    app.state.service.load()
+    with LiveServer(app) as live:
+        yield openai.OpenAI(base_url=live.url + "/v1", api_key="x", max_retries=0, timeout=300)
+
+
+QUESTION = [{"role": "user", "content": "How do I boil an egg?"}]
+
+
+def test_default_policy_answers_with_scored_candidates(client: openai.OpenAI) -> None:
+    res = client.chat.completions.create(
+        model="default",
+        messages=QUESTION,
+        n=2,
+        max_tokens=32,
+        extra_body={"aligntime": {"return_candidates": True}},
+    )
+    ext = res.model_extra["aligntime"]  # type: ignore[index]
+    assert len(ext["candidates"]) == 2
+    for cand in ext["candidates"]:
+        assert set(cand["scores"]) == {"safety", "rules", "relevance", "judge"}
+        assert all(v is not None for v in cand["scores"].values())
+        assert 0 < cand["tokens"] <= 32
+    assert res.usage is not None
+    assert res.usage.completion_tokens == sum(c["tokens"] for c in ext["candidates"])
+    assert res.choices[0].message.content
+
+
+def test_default_policy_streams_and_serves_concurrent_clients(client: openai.OpenAI) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model="default", messages=QUESTION, n=2, max_tokens=24, stream=True
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+
+    def ask(i: int) -> str:
+        res = client.chat.completions.create(
+            model="default",
+            messages=[
+                {
+                    "role": "user",
+                    "content": f"Name a fruit that is {['red', 'yellow', 'green', 'orange'][i]}.",
+                }
+            ],
+            n=2,
+            max_tokens=16,
+        )
+        return res.choices[0].message.content or ""
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(ask, range(4)))
+    assert all(answers)

@@ -1,0 +1,116 @@
+"""The audit log: rows per request and candidate, committed before the answer; the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import textwrap
+from pathlib import Path
+
+import httpx
+import openai
+from typer.testing import CliRunner
+
+from aligntime.cli.main import app as cli
+from aligntime.server import ServerOptions, app_from_policies
+from aligntime.server.audit import AuditLog, AuditRecord, read_requests
+from aligntime.server.testing import LiveServer
+
+POLICY = """
+name: audited
+generator:
+  backend: fake
+  responses: ["Boil the egg for seven minutes.", "You idiot, damn it."]
+n: 2
+scorers:
+  - {name: safety, kind: classifier, gate: {max: 0.6}}
+  - {name: rules, kind: rules}
+"""
+
+
+def test_every_request_and_candidate_is_audited(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(textwrap.dedent(POLICY))
+    db = tmp_path / "audit.db"
+    app = app_from_policies([policy], ServerOptions(audit_db=db, api_keys=frozenset({"k"})))
+    with LiveServer(app) as live:
+        c = openai.OpenAI(base_url=live.url + "/v1", api_key="k", max_retries=0)
+        msgs = [{"role": "user", "content": "How do I boil an egg?"}]
+        plain = c.chat.completions.create(model="audited", messages=msgs, user="u1")
+        # The row is committed before the answer is sent: visible to a second reader now.
+        conn = sqlite3.connect(db)
+        count = conn.execute("SELECT count(*) FROM requests WHERE id = ?", (plain.id,))
+        assert count.fetchone() == (1,)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        chunks = list(c.chat.completions.create(model="audited", messages=msgs, stream=True))
+        bad = httpx.post(
+            live.url + "/v1/chat/completions",
+            json={"model": "audited", "messages": msgs, "aligntime": {"template": "x"}},
+            headers={"Authorization": "Bearer k"},
+        )
+        assert bad.status_code == 400
+    rows = read_requests(db)
+    assert [r["id"] for r in rows[:2]] == [plain.id, chunks[0].id]
+    first = rows[0]
+    assert first["status"] == 200 and first["model"] == "audited" and first["user"] == "u1"
+    assert first["messages"] == msgs
+    assert first["answer"] == plain.choices[0].message.content
+    assert first["key_id"] and first["key_id"] != "k"  # a hash, never the key
+    assert len(first["candidates"]) == 2
+    chosen = [cand for cand in first["candidates"] if cand["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["text"] == first["answer"]
+    assert set(chosen[0]["scores"]) == {"safety", "rules"}
+    assert any(cand["gate_failures"] == ["safety"] for cand in first["candidates"])
+    assert rows[1]["stream"] is True
+    assert rows[2]["status"] == 400 and "template" in rows[2]["error"]
+    assert rows[2]["candidates"] == []
+
+    runner = CliRunner()
+    out = runner.invoke(cli, ["audit", "--db", str(db), "--last", "2", "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert [r["id"] for r in data["requests"]] == [rows[1]["id"], rows[2]["id"]]
+    table = runner.invoke(cli, ["audit", "--db", str(db)], env={"COLUMNS": "200"})
+    assert table.exit_code == 0 and "3 request(s)" in table.output
+    assert "How do I boil an egg?" in table.output
+
+
+def test_audit_writer_batches_concurrent_commits(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "a.db")
+
+    def record(i: int) -> AuditRecord:
+        row = (f"r{i}", float(i), None, "m", 200, 0, "[]", "a", 0, 0, 0, "best_of_n", 1, 1, 1,
+               "{}", None, None)  # fmt: skip
+        cand = (f"r{i}", 0, "a", 1.0, "{}", 1, "[]", 1, "stop", 1)
+        return AuditRecord(row, [cand])
+
+    async def main() -> None:
+        await asyncio.gather(*(log.write(record(i)) for i in range(200)))
+
+    asyncio.run(main())
+    log.close()
+    rows = read_requests(tmp_path / "a.db", last=5)
+    assert [r["id"] for r in rows] == ["r195", "r196", "r197", "r198", "r199"]
+    assert len(read_requests(tmp_path / "a.db")) == 200
+
+
+def test_audit_cli_names_a_missing_database(tmp_path: Path) -> None:
+    out = CliRunner().invoke(cli, ["audit", "--db", str(tmp_path / "none.db")])
+    assert out.exit_code != 0
+
+
+def test_an_answer_that_cannot_be_audited_is_withheld(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(textwrap.dedent(POLICY))
+    app = app_from_policies([policy], ServerOptions(audit_db=tmp_path / "audit.db"))
+    audit = app.state.service.audit
+    audit._conn.close()  # the database is gone from under the writer
+    with LiveServer(app) as live:
+        r = httpx.post(
+            live.url + "/v1/chat/completions",
+            json={"model": "audited", "messages": [{"role": "user", "content": "Hi there"}]},
+        )
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "audit_unavailable"
+        assert "Boil" not in r.text

@@ -1,0 +1,145 @@
+"""Dynamic batching of scorer calls across concurrent requests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from aligntime.scorers.base import Scorer, SyncScorer
+from aligntime.scorers.classifier import SafetyClassifier
+from aligntime.scorers.rules import RulesScorer
+from aligntime.server.batching import BatchingScorer, score_batch
+from aligntime.types import Candidate, Message
+
+
+def conv(text: str) -> list[Message]:
+    return [Message("user", text)]
+
+
+def cands(*texts: str) -> list[Candidate]:
+    return [Candidate(text=t) for t in texts]
+
+
+class Counting(SyncScorer):
+    """Length of each answer; counts how often it is entered."""
+
+    name = "length"
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.calls = 0
+        self.fail_on = fail_on
+
+    def score_sync(
+        self, messages: Sequence[Message], candidates: Sequence[Candidate]
+    ) -> list[float]:
+        self.calls += 1
+        if self.fail_on and messages[-1].content == self.fail_on:
+            raise ValueError("bad request")
+        return [float(len(c.text)) for c in candidates]
+
+
+class WithBatch(Scorer):
+    name = "batched"
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    async def score(
+        self, messages: Sequence[Message], candidates: Sequence[Candidate]
+    ) -> list[float]:
+        raise AssertionError("score_batch should be used")
+
+    async def score_batch(
+        self, items: list[tuple[Sequence[Message], Sequence[Candidate]]]
+    ) -> list[list[float]]:
+        self.batches.append(len(items))
+        return [[float(len(m[-1].content))] * len(c) for m, c in items]
+
+
+def test_concurrent_calls_are_coalesced_and_results_go_back_to_their_caller() -> None:
+    inner = WithBatch()
+    sizes: list[int] = []
+    scorer = BatchingScorer(inner, max_wait_ms=5, on_batch=lambda name, n: sizes.append(n))
+
+    async def main() -> list[list[float]]:
+        return await asyncio.gather(
+            *(scorer.score(conv("x" * i), cands("a", "b")) for i in range(10))
+        )
+
+    results = asyncio.run(main())
+    assert results == [[float(i)] * 2 for i in range(10)]
+    assert inner.batches == [10] and sizes == [10]
+
+
+def test_a_lone_call_is_not_delayed_and_later_calls_wait_at_most_max_wait() -> None:
+    inner = Counting()
+    scorer = BatchingScorer(inner, max_wait_ms=5)
+
+    async def main() -> None:
+        assert await scorer.score(conv("q"), cands("abc")) == [3.0]
+        assert await scorer.score(conv("q"), []) == []
+
+    asyncio.run(main())
+    assert inner.calls == 1
+
+
+def test_one_failing_request_does_not_fail_the_others_in_its_batch() -> None:
+    scorer = BatchingScorer(Counting(fail_on="bad"))
+
+    async def main() -> list[object]:
+        calls = [scorer.score(conv(t), cands("xy")) for t in ("ok", "bad", "fine")]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    ok, bad, fine = asyncio.run(main())
+    assert ok == [2.0] and fine == [2.0]
+    assert isinstance(bad, ValueError)
+
+
+def test_classifier_batches_every_request_in_one_call_with_the_same_values() -> None:
+    clf = SafetyClassifier()
+    items = [
+        (conv("q1"), cands("Have a lovely day.", "You idiot, damn it.")),
+        (conv("q2"), cands("Boil it for seven minutes.")),
+    ]
+    together = asyncio.run(score_batch(clf, items))
+    alone = [clf.score_sync(m, c) for m, c in items]
+    assert [v for row in together for v in row] == pytest.approx([v for row in alone for v in row])
+    assert together[0][1] > 0.6 > together[0][0]
+
+
+def test_other_sync_scorers_run_every_request_in_one_thread_hop() -> None:
+    rules = RulesScorer()
+    items = [(conv("a"), cands("A good clear answer here.")), (conv("b"), cands(""))]
+    assert asyncio.run(score_batch(rules, items)) == [rules.score_sync(m, c) for m, c in items]
+
+
+def test_embedding_batch_matches_per_request_scores(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from aligntime.models import store
+    from aligntime.scorers.embedding import EmbeddingOptions, EmbeddingRelevance
+
+    try:
+        tokenizer_dir = store.resolve("all-minilm-l6-v2")
+    except Exception:
+        pytest.skip("the MiniLM tokenizer is not cached")
+    # A tiny randomly initialised BERT with MiniLM's tokenizer: real loading, small cost.
+    config = transformers.BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64,
+    )  # fmt: skip
+    model_dir = tmp_path / "tiny-bert"
+    transformers.BertModel(config).save_pretrained(model_dir)
+    transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(model_dir)
+    scorer = EmbeddingRelevance(EmbeddingOptions(model=str(model_dir)))
+    items = [
+        (conv("How do I boil an egg?"), cands("Boil it for seven minutes.", "Paris is nice.")),
+        (conv("What is the capital of France?"), cands("Paris.")),
+        (conv("Tell me a joke"), cands("Why did the chicken cross the road?", "No.", "Ha")),
+    ]
+    together = asyncio.run(score_batch(scorer, items))
+    alone = [scorer.score_sync(m, c) for m, c in items]
+    for a, b in zip(together, alone, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
