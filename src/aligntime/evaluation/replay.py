@@ -1,0 +1,187 @@
+"""Replaying strategies over one recorded pool: what each would choose at each n.
+
+For a pool of ``k`` scored candidates and a grid value ``n <= k``, a
+:class:`Choice` gives the probability that each pool candidate is shown, the
+probability of the policy's fallback (nothing eligible), and the expected
+number of candidates the strategy consumed.
+
+- ``best_of_n`` has a closed form (exact): see :mod:`aligntime.evaluation.metrics`.
+  Candidates are ranked the way the strategy ranks them (eligible first, then
+  combined score, ties to the earlier candidate), so a subset's top is eligible
+  exactly when the subset holds an eligible candidate, and fallback otherwise.
+- Every other strategy (``soft_best_of_n``, ``vote``, ``rejection``, ...) is run
+  for real: a Monte-Carlo over ``draws`` random orderings of the pool with a
+  fixed seed. Each draw hands the first ``initial_n(n)`` candidates of the
+  ordering to the strategy's ``next_round``; when it asks for more, the next ones
+  follow, as the aligner would sample them, up to the policy's budget (capped
+  by the pool size: a strategy that wants more than the pool holds stops there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aligntime.aligner import build
+from aligntime.errors import InputError
+from aligntime.evaluation.metrics import rank_weights
+from aligntime.registry import resolve
+from aligntime.strategies.base import RoundState, SearchStrategy, Strategy
+from aligntime.strategies.best_of_n import BestOfN
+from aligntime.types import Candidate
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The distribution of one strategy's outcome at one n on one pool."""
+
+    probs: dict[int, float] = field(default_factory=dict)
+    """Pool index -> probability that this candidate is shown."""
+    fallback: float = 0.0
+    """Probability that nothing is eligible and the fallback text is shown."""
+    used: float = 0.0
+    """Expected number of candidates the strategy consumed (its sampling cost)."""
+    used_tokens: float = 0.0
+    """Expected tokens generated for the candidates consumed."""
+
+
+def to_candidates(rows: Sequence[dict[str, Any]]) -> list[Candidate]:
+    """Recorded candidate rows back to :class:`Candidate` objects."""
+    return [
+        Candidate(
+            text=r["text"],
+            tokens=int(r.get("tokens") or 0),
+            finish_reason=r.get("finish_reason", "stop"),
+            scores={k: float(v) for k, v in (r.get("scores") or {}).items()},
+            score=r.get("score"),
+            passed=bool(r.get("passed", True)),
+            gate_failures=tuple(r.get("gate_failures") or ()),
+        )
+        for r in rows
+    ]
+
+
+def make_strategy(kind: str, options: dict[str, Any], seed: int) -> Strategy:
+    """A fresh strategy; one whose options take a seed and have none gets ``seed``."""
+    cls = resolve("strategy", kind)
+    model = getattr(cls, "Options", None)
+    opts = dict(options)
+    if model is not None and "seed" in model.model_fields and opts.get("seed") is None:
+        opts["seed"] = seed
+    strategy: Strategy = build("strategy", kind, opts)
+    return strategy
+
+
+def best_of_n_choice(pool: Sequence[Candidate], n: int) -> Choice:
+    """The exact outcome distribution of best-of-n over random n-subsets of ``pool``."""
+    order = sorted(
+        range(len(pool)),
+        key=lambda i: (not pool[i].passed, -_score(pool[i]), i),
+    )
+    probs: dict[int, float] = {}
+    fallback = 0.0
+    for index, weight in zip(order, rank_weights(len(pool), n), strict=True):
+        if pool[index].passed:
+            probs[index] = weight
+        else:
+            fallback += weight
+    mean_tokens = sum(c.tokens for c in pool) / len(pool)
+    return Choice(probs, fallback, float(n), n * mean_tokens)
+
+
+def simulate_choice(
+    kind: str,
+    options: dict[str, Any],
+    pool: Sequence[Candidate],
+    n: int,
+    *,
+    budget: int,
+    draws: int,
+    seed: int,
+    per_candidate_s: float = 0.0,
+) -> Choice:
+    """Monte-Carlo outcome distribution of a strategy at ``n`` over orderings of ``pool``.
+
+    The loop mirrors :class:`~aligntime.aligner.Aligner`'s sampling rounds:
+    ``initial_n`` first, then ``next_round`` with the request's N, the budget
+    left and the elapsed time (estimated as ``per_candidate_s`` per candidate).
+    """
+    k = len(pool)
+    cap = min(max(budget, n), k)
+    rng = random.Random(seed)
+    strategy = make_strategy(kind, options, seed)
+    counts: dict[int, int] = {}
+    fallbacks = used_total = tokens_total = 0
+    for _ in range(draws):
+        order = rng.sample(range(k), k)
+        used = order[: min(max(1, strategy.initial_n(n)), cap)]
+        while True:
+            state = RoundState(n, cap - len(used), per_candidate_s * len(used))
+            decision = strategy.next_round([pool[i] for i in used], state)
+            if decision.more <= 0 or len(used) >= cap:
+                break
+            used = order[: min(len(used) + decision.more, cap)]
+        used_total += len(used)
+        tokens_total += sum(pool[i].tokens for i in used)
+        if decision.best is None:
+            fallbacks += 1
+        else:
+            chosen = used[decision.best]
+            counts[chosen] = counts.get(chosen, 0) + 1
+    return Choice(
+        {i: c / draws for i, c in counts.items()},
+        fallbacks / draws,
+        used_total / draws,
+        tokens_total / draws,
+    )
+
+
+def choose(
+    kind: str,
+    options: dict[str, Any],
+    pool: Sequence[Candidate],
+    n: int,
+    *,
+    budget: int,
+    draws: int,
+    seed: int,
+    per_candidate_s: float = 0.0,
+) -> Choice:
+    """Closed form for plain best-of-n, Monte-Carlo for everything else.
+
+    Search strategies, which write candidates themselves (partial answers,
+    token steps), cannot be replayed from a pool of complete answers.
+    """
+    cls = resolve("strategy", kind)
+    if cls is BestOfN:
+        return best_of_n_choice(pool, n)
+    if issubclass(cls, SearchStrategy):
+        raise InputError(
+            f"strategy {kind!r} drives generation itself and cannot be replayed from "
+            "recorded candidates",
+            hint="evaluate it with the aligner directly (bench/search.py)",
+        )
+    return simulate_choice(
+        kind,
+        options,
+        pool,
+        n,
+        budget=budget,
+        draws=draws,
+        seed=seed,
+        per_candidate_s=per_candidate_s,
+    )
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed from parts that is the same in every process (unlike ``hash``)."""
+    text = "\x1f".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+
+
+def _score(c: Candidate) -> float:
+    s = c.score
+    return float("-inf") if s is None or s != s else s

@@ -1,0 +1,177 @@
+"""From recorded pools to metrics per (strategy, n).
+
+For every prompt and grid cell the outcome distribution of
+:mod:`aligntime.evaluation.replay` turns each per-answer quantity into its
+expected value on that prompt; the summary then averages over prompts with a
+95% percentile-bootstrap interval (2000 resamples over prompts, fixed seed):
+
+- ``score``: combined score of the shown answer (the fallback text is scored too);
+- ``scores``: each selection scorer's raw value of the shown answer;
+- ``heldout``: the held-out scorer's normalised value (1 best) of the shown answer;
+- ``heldout_win`` / ``proxy_win``: P(shown answer beats one candidate drawn at
+  random from the pool, i.e. a plain n = 1 sample without gates or selection),
+  judged by the held-out scorer / by the combined selection score; ties half;
+- ``fallback_rate``: nothing eligible, the fallback shown (1 - gate pass rate of
+  the request);
+- ``refusal_harmful`` / ``refusal_benign``: share of shown answers that are
+  refusals (:func:`aligntime.scorers.rules.is_refusal`) on prompts labelled
+  harmful / benign; refusing benign requests is over-refusal;
+- ``tokens``: completion tokens generated for the candidates consumed;
+- ``latency_s``: estimated as (generation + scoring seconds of the pool) / k per
+  candidate consumed. Generation was one batched call for the whole pool, so
+  this is the batched per-candidate cost; a real request at small n pays
+  somewhat more per candidate (less batching), a large one about the same;
+- ``kl_bound``: log n - (n - 1) / n, the KL divergence bound of best-of-n from
+  the base model (the same for every strategy; soft and vote stay below it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aligntime.evaluation.metrics import Interval, kl_bound, mean_ci, win_rate_vs_single
+from aligntime.evaluation.replay import Choice, choose, stable_seed, to_candidates
+from aligntime.scorers.base import Scorer
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A strategy to replay: its registered kind and options, and the label shown."""
+
+    label: str
+    kind: str
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """How the grid is replayed."""
+
+    ns: tuple[int, ...]
+    strategies: tuple[StrategySpec, ...]
+    budget: int
+    """The policy's total budget (candidates a resampling strategy may consume)."""
+    draws: int = 200
+    """Monte-Carlo orderings per prompt and cell for strategies without a closed form."""
+    seed: int = 0
+
+
+Quantity = Callable[[dict[str, Any]], float]
+
+
+def summarise(
+    records: Sequence[dict[str, Any]],
+    config: ReplayConfig,
+    scorer_names: Sequence[str],
+    heldout: Scorer | None,
+) -> list[dict[str, Any]]:
+    """One entry per (strategy, n): every metric with its mean and 95% interval."""
+    cells: list[dict[str, Any]] = []
+    for spec in config.strategies:
+        for n in config.ns:
+            per_prompt: dict[str, list[float]] = {}
+            harmful: list[float] = []
+            benign: list[float] = []
+            for rec in records:
+                values = prompt_metrics(rec, spec, n, config, scorer_names, heldout)
+                for name, value in values.items():
+                    per_prompt.setdefault(name, []).append(value)
+                if rec.get("harmful") is True:
+                    harmful.append(values["refusal"])
+                elif rec.get("harmful") is False:
+                    benign.append(values["refusal"])
+            seed = stable_seed(config.seed, spec.label, n)
+            cell: dict[str, Any] = {"strategy": spec.label, "n": n, "kl_bound": kl_bound(n)}
+            for name, values_ in per_prompt.items():
+                cell[name] = mean_ci(values_, seed=seed).to_dict()
+            cell["scores"] = {s: cell.pop(f"scores.{s}") for s in scorer_names}
+            cell["refusal_harmful"] = mean_ci(harmful, seed=seed).to_dict()
+            cell["refusal_benign"] = mean_ci(benign, seed=seed).to_dict()
+            cell["prompts"] = {"all": len(records), "harmful": len(harmful), "benign": len(benign)}
+            cells.append(cell)
+    return cells
+
+
+def prompt_metrics(
+    rec: dict[str, Any],
+    spec: StrategySpec,
+    n: int,
+    config: ReplayConfig,
+    scorer_names: Sequence[str],
+    heldout: Scorer | None,
+) -> dict[str, float]:
+    """Expected value of each metric on one prompt for one strategy at one n."""
+    pool = to_candidates(rec["candidates"])
+    if n > len(pool):
+        raise ValueError(f"prompt {rec['id']}: pool of {len(pool)} is smaller than n={n}")
+    rows = rec["candidates"]
+    timings = rec.get("timings", {})
+    per_candidate_s = (timings.get("generate_s", 0.0) + timings.get("score_s", 0.0)) / len(rows)
+    choice = choose(
+        spec.kind,
+        spec.options,
+        pool,
+        n,
+        budget=config.budget,
+        draws=config.draws,
+        seed=stable_seed(config.seed, rec["id"], spec.label, n),
+        per_candidate_s=per_candidate_s,
+    )
+    fb = rec["fallback"]
+    held_norm = _held(heldout)
+    held_pool = [held_norm(r.get("heldout")) for r in rows]
+    proxy_pool = [_num(r.get("score")) for r in rows]
+
+    def expect(quantity: Quantity) -> float:
+        return _expect(choice, rows, fb, quantity)
+
+    metrics = {
+        "score": expect(lambda r: _num(r.get("score"))),
+        "heldout": expect(lambda r: held_norm(r.get("heldout"))),
+        "heldout_win": math.nan
+        if heldout is None
+        else expect(lambda r: win_rate_vs_single(held_norm(r.get("heldout")), held_pool)),
+        "proxy_win": expect(lambda r: win_rate_vs_single(_num(r.get("score")), proxy_pool)),
+        "fallback_rate": choice.fallback,
+        "refusal": expect(lambda r: 1.0 if r.get("refusal") else 0.0),
+        "tokens": choice.used_tokens,
+        "candidates_used": choice.used,
+        "latency_s": per_candidate_s * choice.used,
+    }
+    for name in scorer_names:
+        metrics[f"scores.{name}"] = expect(_raw_score(name))
+    return metrics
+
+
+def _raw_score(name: str) -> Quantity:
+    return lambda r: _num((r.get("scores") or {}).get(name))
+
+
+def _expect(
+    choice: Choice, rows: Sequence[dict[str, Any]], fallback: dict[str, Any], quantity: Quantity
+) -> float:
+    # Zero-probability candidates are skipped so that their missing values cannot
+    # turn the sum into NaN.
+    total = sum(p * quantity(rows[i]) for i, p in choice.probs.items() if p > 0)
+    if choice.fallback:
+        total += choice.fallback * quantity(fallback)
+    return total
+
+
+def _held(scorer: Scorer | None) -> Callable[[Any], float]:
+    if scorer is None:
+        return lambda _value: math.nan
+    return lambda value: math.nan if value is None else scorer.normalise(float(value))
+
+
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def interval(cell: dict[str, Any], name: str) -> Interval:
+    """A metric of a summary cell back as an :class:`Interval`."""
+    d = cell[name]
+    return Interval(d["mean"], d["low"], d["high"])
