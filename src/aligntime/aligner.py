@@ -141,21 +141,18 @@ class Aligner:
         max_tokens: int | None = None,
         temperature: float | None = None,
         seed: int | None = None,
+        top_p: float | None = None,
+        stop: Sequence[str] = (),
     ) -> Result:
-        """Sample, score and select an answer for ``conversation``."""
+        """Sample, score and select an answer for ``conversation``.
+
+        ``None`` (and an empty ``stop``) leaves the policy's generator setting in force.
+        """
         started = time.perf_counter()
-        messages = to_messages(conversation)
-        n = self.policy.n if n is None else n
-        if not 1 <= n <= self.policy.max_n:
-            raise InputError(
-                f"n must be between 1 and {self.policy.max_n} for policy {self.policy.name!r}, "
-                f"got {n}",
-                hint="raise max_n in the policy to allow more",
-            )
-        if max_tokens is not None and max_tokens < 1:
-            raise InputError(f"max_tokens must be at least 1, got {max_tokens}")
-        prompt_messages = self.prompt.apply(messages, template)
-        params = GenerationParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
+        messages, prompt_messages, n = self._prepare(conversation, n, template, max_tokens)
+        params = GenerationParams(
+            max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop)
+        )
         # Scorer models load in a worker thread while the first candidates decode.
         scorers_ready = asyncio.ensure_future(asyncio.to_thread(self.load_scorers))
 
@@ -168,20 +165,7 @@ class Aligner:
             outcome, decision = await self._sample_rounds(
                 messages, prompt_messages, n, params, scorers_ready, started
             )
-        candidates, usage = outcome.candidates, outcome.usage
-        timings = Timings(outcome.generate_s, outcome.score_s, time.perf_counter() - started)
-        best = decision.best
-        return Result(
-            prompt=messages[-1].content if messages[-1].role == "user" else "",
-            policy=self.policy.name,
-            messages=messages,
-            candidates=candidates,
-            best=best,
-            fallback=self.policy.fallback if best is None else None,
-            usage=usage,
-            timings=timings,
-            strategy=self.strategy.name,
-        )
+        return self._result(messages, outcome, decision.best, self.strategy.name, started)
 
     async def asample(
         self,
@@ -199,34 +183,74 @@ class Aligner:
         ``fallback`` is ``None``: no strategy ran.
         """
         started = time.perf_counter()
+        messages, prompt_messages, n = self._prepare(conversation, n, template, max_tokens)
+        params = GenerationParams(max_tokens=max_tokens, seed=seed)
+        scorers_ready = asyncio.ensure_future(asyncio.to_thread(self.load_scorers))
+        outcome = await self._one_round(messages, prompt_messages, n, params, scorers_ready)
+        return self._result(messages, outcome, None, "none", started, fallback=False)
+
+    def _prepare(
+        self,
+        conversation: Conversation,
+        n: int | None,
+        template: str | None,
+        max_tokens: int | None,
+    ) -> tuple[list[Message], list[Message], int]:
+        """Validate a request: the user's messages, the generator's messages, and N."""
         messages = to_messages(conversation)
+        n = self.policy.n if n is None else n
         if not 1 <= n <= self.policy.max_n:
             raise InputError(
                 f"n must be between 1 and {self.policy.max_n} for policy {self.policy.name!r}, "
                 f"got {n}",
                 hint="raise max_n in the policy to allow more",
             )
-        prompt_messages = self.prompt.apply(messages, template)
-        params = GenerationParams(max_tokens=max_tokens, seed=seed)
-        scorers_ready = asyncio.ensure_future(asyncio.to_thread(self.load_scorers))
-        t0 = time.perf_counter()
-        generation = await self.generator.generate(prompt_messages, n, params)
-        generate_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        await scorers_ready
-        candidates = await self._score(messages, generation.candidates)
-        score_s = time.perf_counter() - t0
+        if max_tokens is not None and max_tokens < 1:
+            raise InputError(f"max_tokens must be at least 1, got {max_tokens}")
+        return messages, self.prompt.apply(messages, template), n
+
+    def _result(
+        self,
+        messages: list[Message],
+        outcome: SearchOutcome,
+        best: int | None,
+        strategy: str,
+        started: float,
+        *,
+        fallback: bool = True,
+    ) -> Result:
         return Result(
             prompt=messages[-1].content if messages[-1].role == "user" else "",
             policy=self.policy.name,
             messages=messages,
-            candidates=candidates,
-            best=None,
-            fallback=None,
-            usage=generation.usage,
-            timings=Timings(generate_s, score_s, time.perf_counter() - started),
-            strategy="none",
+            candidates=outcome.candidates,
+            best=best,
+            fallback=self.policy.fallback if best is None and fallback else None,
+            usage=outcome.usage,
+            timings=Timings(outcome.generate_s, outcome.score_s, time.perf_counter() - started),
+            strategy=strategy,
         )
+
+    async def _one_round(
+        self,
+        messages: list[Message],
+        prompt_messages: list[Message],
+        n: int,
+        params: GenerationParams,
+        scorers_ready: asyncio.Future[None],
+        outcome: SearchOutcome | None = None,
+    ) -> SearchOutcome:
+        """Sample ``n`` candidates and score them, adding both to ``outcome``."""
+        outcome = outcome or SearchOutcome([])
+        t0 = time.perf_counter()
+        generation = await self.generator.generate(prompt_messages, n, params)
+        outcome.generate_s += time.perf_counter() - t0
+        outcome.usage = outcome.usage + generation.usage
+        t0 = time.perf_counter()
+        await scorers_ready
+        outcome.candidates += await self._score(messages, generation.candidates)
+        outcome.score_s += time.perf_counter() - t0
+        return outcome
 
     async def _sample_rounds(
         self,
@@ -242,14 +266,7 @@ class Aligner:
         budget = max(self.policy.total_budget, n)
         batch = self.strategy.initial_n(n)
         while True:
-            t0 = time.perf_counter()
-            generation = await self.generator.generate(prompt_messages, batch, params)
-            outcome.generate_s += time.perf_counter() - t0
-            outcome.usage = outcome.usage + generation.usage
-            t0 = time.perf_counter()
-            await scorers_ready
-            outcome.candidates += await self._score(messages, generation.candidates)
-            outcome.score_s += time.perf_counter() - t0
+            await self._one_round(messages, prompt_messages, batch, params, scorers_ready, outcome)
             remaining = budget - len(outcome.candidates)
             state = RoundState(n, remaining, time.perf_counter() - started)
             decision = self.strategy.next_round(outcome.candidates, state)

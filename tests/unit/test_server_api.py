@@ -218,3 +218,10 @@ def test_multi_part_content_and_developer_role(client: openai.OpenAI) -> None:
     assert res.choices[0].message.content
     body = json.loads(res.model_dump_json())
     assert body["aligntime"]["policy"] == "second"
+
+
+def test_top_p_and_stop_reach_the_generator(client: openai.OpenAI) -> None:
+    res = client.chat.completions.create(model="second", messages=FEVER, top_p=0.5, stop=["polite"])
+    assert res.choices[0].message.content == "A fine and "
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="second", messages=FEVER, top_p=0.0)

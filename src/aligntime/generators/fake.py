@@ -60,8 +60,9 @@ class FakeGenerator(Generator):
         request = messages[-1].content if messages else ""
         limit = params.max_tokens or self.options.max_tokens
         candidates = []
+        stops = list(params.stop) or self.options.stop
         for _ in range(n):
-            text = self._next_text(request)
+            text = _cut_at_stop(self._next_text(request), stops)
             words = text.split()
             finish = "stop"
             if len(words) > limit:
@@ -117,3 +118,9 @@ class FakeGenerator(Generator):
     ) -> dict[str, float]:
         o = self.options
         return {"Yes": o.yes_logprob, "No": -1.0, "A": o.a_logprob, "B": -1.0}
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """The text up to its first stop string, as a real backend would end it."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=len(text))
+    return text[:cut]

@@ -103,10 +103,10 @@ class ChatCompletionRequest(BaseModel):
     """Stream the answer as server-sent events (OpenAI chunk format)."""
     stream_options: StreamOptions | None = None
     """OpenAI stream options; ``include_usage`` is honoured."""
-    top_p: float | None = Field(None, ge=0.0, le=1.0)
-    """Accepted; the policy's ``top_p`` applies."""
-    stop: str | list[str] | None = None
-    """Accepted; the policy's ``stop`` strings apply."""
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    """Nucleus sampling for this request (default: the policy's)."""
+    stop: str | list[str] | None = Field(None, max_length=4)
+    """Up to four stop strings for this request (default: the policy's)."""
     user: str | None = None
     """Accepted; recorded in the audit log when it is on."""
     logprobs: bool | None = None

@@ -60,6 +60,8 @@ class Plan:
     seed: int | None
     template: str | None
     return_candidates: bool
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
 
 
 @dataclass
@@ -181,6 +183,8 @@ class AlignmentService:
             req.seed,
             template,
             bool(ext and ext.return_candidates),
+            req.top_p,
+            (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ()),
         )
 
     def _variant(self, served: Served, kind: str) -> Aligner:
@@ -220,6 +224,8 @@ class AlignmentService:
                     max_tokens=plan.max_tokens,
                     temperature=plan.temperature,
                     seed=plan.seed,
+                    top_p=plan.top_p,
+                    stop=plan.stop,
                 ),
                 self.options.timeout_s,
             )
