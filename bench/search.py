@@ -11,6 +11,9 @@ For each prompt of a fixed set, in this one run and on one machine:
 - ``early_rejection``: run for real with N starting candidates, for a few
   settings of ``keep`` and ``min_keep``.
 - ``guided``: blockwise reward-guided decoding, run for real.
+- ``best_of_smaller_n``: best-of-k for k = 1, 2, 4, 8 from the same pools with the
+  exact estimator, the plain way to spend less: a method only helps if it beats
+  this curve at equal tokens.
 
 Per strategy: mean final score (the combined score of the answer returned;
 0 when the policy's fallback is returned), with a 95% interval over prompts,
@@ -39,6 +42,7 @@ from aligntime import Aligner
 from aligntime.errors import AligntimeError
 from aligntime.evaluation.datasets import load_prompts
 from aligntime.evaluation.metrics import mean_ci
+from aligntime.evaluation.replay import best_of_n_choice
 from aligntime.policy.loader import load_policy
 from aligntime.policy.schema import Policy
 from aligntime.strategies.adaptive import Adaptive
@@ -57,11 +61,11 @@ FALLBACK_PROMPTS = [
 ]
 
 EARLY_REJECTION = [
-    {"keep": 0.5, "min_keep": 1},
-    {"keep": 0.5, "min_keep": 2},
-    {"keep": 0.75, "min_keep": 2},
+    {"chunk_tokens": 16, "keep": 0.5, "min_keep": 1},
+    {"chunk_tokens": 16, "keep": 0.5, "min_keep": 2},
+    {"chunk_tokens": 32, "keep": 0.5, "min_keep": 2},
 ]
-THRESHOLDS = [round(0.40 + 0.05 * i, 2) for i in range(12)]
+THRESHOLDS = [round(0.50 + 0.025 * i, 3) for i in range(17)]
 
 
 def final_score(result: Result) -> float:
@@ -161,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     rows: dict[str, list[dict[str, Any]]] = {k: [] for k in aligners}
     replays: dict[float, list[dict[str, Any]]] = {t: [] for t in THRESHOLDS}
+    smaller = [k for k in (1, 2, 4, 8) if k < args.n]
+    best_of_smaller: dict[int, list[dict[str, Any]]] = {k: [] for k in smaller}
     first_passes: list[tuple[int, int]] = []
     for i, prompt in enumerate(prompts):
         for name, aligner in aligners.items():
@@ -175,6 +181,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for t in THRESHOLDS:
             score, tokens = replay_adaptive(pool, args.n, t)
             replays[t].append({"score": score, "tokens": tokens})
+        for k in smaller:  # best-of-k at matched compute, exact from the same pool
+            choice = best_of_n_choice(pool, k)
+            score = sum(p * (pool[j].score or 0.0) for j, p in choice.probs.items())
+            best_of_smaller[k].append({"score": score, "tokens": choice.used_tokens})
         if pool and pool[0].passed:
             first_passes.append((rows["adaptive"][-1]["tokens"], rows["best_of_n"][-1]["tokens"]))
 
@@ -183,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         figures[f"early_rejection_{i}"]["options"] = opts
     reference = figures["best_of_n"]
     adaptive_sweep = {f"threshold={t}": summary(r) for t, r in replays.items()}
+    best_of_k = {f"best_of_{k}": summary(r) for k, r in best_of_smaller.items()}
     er = {k: v for k, v in figures.items() if k.startswith("early_rejection")}
     out = {
         "machine": platform.machine(),
@@ -193,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "max_tokens": args.max_tokens,
         "strategies": figures,
         "adaptive_replay": adaptive_sweep,
+        "best_of_smaller_n": best_of_k,
         "headline": {
             "best_of_n_mean_score": reference["mean_score"],
             "early_rejection": cheapest_reaching(

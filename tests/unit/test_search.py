@@ -242,6 +242,11 @@ def test_search_bench_runs_and_reports_every_strategy(tmp_path: Path) -> None:
     assert sum(name.startswith("early_rejection") for name in names) == 3
     reference = out["strategies"]["best_of_n"]
     assert reference["mean_tokens"] > 0 and 0.0 < reference["mean_score"] <= 1.0
+    curve = out["best_of_smaller_n"]
+    assert set(curve) == {"best_of_1", "best_of_2"}
+    assert curve["best_of_1"]["mean_tokens"] < curve["best_of_2"]["mean_tokens"]
+    assert curve["best_of_1"]["mean_score"] <= curve["best_of_2"]["mean_score"]
+    assert curve["best_of_2"]["mean_score"] <= reference["mean_score"]
     headline = out["headline"]
     assert headline["best_of_n_mean_score"] == reference["mean_score"]
     for key in ("early_rejection", "adaptive"):

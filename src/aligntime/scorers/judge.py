@@ -35,24 +35,29 @@ SYSTEM = (
 )
 
 
-class JudgeOptions(BaseModel):
-    """Options of the ``judge`` scorer."""
+class JudgeModelOptions(BaseModel):
+    """What every LLM judge takes: the model that judges, and how much it reads."""
 
     model_config = ConfigDict(extra="forbid")
 
     backend: str = "llamacpp"
-    """Generator backend that runs the judge model."""
+    """Generator backend that runs the judge model (it must return log-probabilities)."""
     model: str = "smollm2-135m-instruct"
-    """Catalogue name or path of the judge model."""
-    question: str = DEFAULT_QUESTION
-    """The yes/no rubric question asked about every answer."""
+    """Catalogue name or path of the judge model (the served model name for openai)."""
     max_answer_chars: int = Field(600, ge=50)
     """Characters of an answer shown to the judge (long answers are cut; on the pairs set
     600 scored as well as 1500 at well under half the cost)."""
     top_k: int = Field(20, ge=2, le=100)
-    """How many most likely first tokens are searched for Yes and No."""
+    """How many most likely first tokens are searched for the verdict's tokens."""
     backend_options: dict[str, Any] = Field(default_factory=dict)
-    """Further options for the judge's backend (e.g. ``parallel``, ``threads``)."""
+    """Further options for the judge's backend (e.g. ``base_url`` for openai, ``threads``)."""
+
+
+class JudgeOptions(JudgeModelOptions):
+    """Options of the ``judge`` scorer."""
+
+    question: str = DEFAULT_QUESTION
+    """The yes/no rubric question asked about every answer."""
 
 
 class Judge(Scorer):

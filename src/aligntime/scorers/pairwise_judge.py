@@ -20,13 +20,12 @@ import asyncio
 import itertools
 import math
 from collections.abc import Sequence
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from aligntime.generators.base import Generator
 from aligntime.scorers.base import Scorer, last_user_text
-from aligntime.scorers.judge import logprob_generator
+from aligntime.scorers.judge import JudgeModelOptions, logprob_generator
 from aligntime.types import Candidate, Message
 
 DEFAULT_QUESTION = (
@@ -40,25 +39,13 @@ SYSTEM = (
 )
 
 
-class PairwiseJudgeOptions(BaseModel):
+class PairwiseJudgeOptions(JudgeModelOptions):
     """Options of the ``pairwise_judge`` scorer."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    backend: str = "llamacpp"
-    """Generator backend that runs the judge model (it must return log-probabilities)."""
-    model: str = "smollm2-135m-instruct"
-    """Catalogue name or path of the judge model (the served model name for openai)."""
     question: str = DEFAULT_QUESTION
     """The question asked about every pair; it must be answerable with A or B."""
-    max_answer_chars: int = Field(600, ge=50)
-    """Characters of each response shown to the judge (long responses are cut)."""
-    top_k: int = Field(20, ge=2, le=100)
-    """How many most likely first tokens are searched for A and B."""
     max_pairs: int = Field(28, ge=1)
     """Most pairs compared per request (each asked in both orders); 28 is every pair of 8."""
-    backend_options: dict[str, Any] = Field(default_factory=dict)
-    """Further options for the judge's backend (e.g. ``base_url`` for openai, ``threads``)."""
 
 
 class PairwiseJudge(Scorer):
