@@ -60,24 +60,33 @@ class JudgeOptions(JudgeModelOptions):
     """The yes/no rubric question asked about every answer."""
 
 
-class Judge(Scorer):
-    """P(yes) in 0..1 from a judge model's log-probabilities; higher is better."""
+class ModelJudge(Scorer):
+    """Base of the LLM judges: a probability in 0..1 read from a judge model."""
 
-    Options = JudgeOptions
     direction = "higher"
     value_range = (0.0, 1.0)
 
-    def __init__(self, options: JudgeOptions | None = None, *, name: str = "judge") -> None:
-        self.options = options or JudgeOptions()
+    def __init__(self, options: JudgeModelOptions, *, name: str) -> None:
         self.name = name
-        o = self.options
-        self.generator: Generator = logprob_generator(o.backend, o.model, o.backend_options)
+        self.generator: Generator = logprob_generator(
+            options.backend, options.model, options.backend_options
+        )
 
     def load(self) -> None:
         self.generator.load()
 
     def close(self) -> None:
         self.generator.close()
+
+
+class Judge(ModelJudge):
+    """P(yes) in 0..1 from a judge model's log-probabilities; higher is better."""
+
+    Options = JudgeOptions
+
+    def __init__(self, options: JudgeOptions | None = None, *, name: str = "judge") -> None:
+        self.options = options or JudgeOptions()
+        super().__init__(self.options, name=name)
 
     def prompt(self, request: str, answer: str) -> list[Message]:
         """The judge conversation for one answer."""

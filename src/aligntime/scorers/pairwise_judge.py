@@ -23,9 +23,8 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from aligntime.generators.base import Generator
-from aligntime.scorers.base import Scorer, last_user_text
-from aligntime.scorers.judge import JudgeModelOptions, logprob_generator
+from aligntime.scorers.base import last_user_text
+from aligntime.scorers.judge import JudgeModelOptions, ModelJudge
 from aligntime.types import Candidate, Message
 
 DEFAULT_QUESTION = (
@@ -48,26 +47,16 @@ class PairwiseJudgeOptions(JudgeModelOptions):
     """Most pairs compared per request (each asked in both orders); 28 is every pair of 8."""
 
 
-class PairwiseJudge(Scorer):
+class PairwiseJudge(ModelJudge):
     """Mean win probability in 0..1 from pairwise comparisons; higher is better."""
 
     Options = PairwiseJudgeOptions
-    direction = "higher"
-    value_range = (0.0, 1.0)
 
     def __init__(
         self, options: PairwiseJudgeOptions | None = None, *, name: str = "pairwise_judge"
     ) -> None:
         self.options = options or PairwiseJudgeOptions()
-        self.name = name
-        o = self.options
-        self.generator: Generator = logprob_generator(o.backend, o.model, o.backend_options)
-
-    def load(self) -> None:
-        self.generator.load()
-
-    def close(self) -> None:
-        self.generator.close()
+        super().__init__(self.options, name=name)
 
     def prompt(self, request: str, first: str, second: str) -> list[Message]:
         """The judge conversation for one ordered pair: ``first`` is A, ``second`` is B."""
