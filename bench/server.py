@@ -30,10 +30,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from aligntime.server.testing import serve_subprocess
 
 FAKE_POLICY = """
 name: fake-bench
@@ -249,24 +251,13 @@ async def scrape(host: str, port: int) -> str:
 
 
 def start_server(args: list[str]) -> tuple[subprocess.Popen[str], str, int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aligntime", "serve", "--port", "0", *args],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        found = re.search(r"aligntime serving .* on http://([^:]+):(\d+)", line)
-        if found:
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return proc, found.group(1), int(found.group(2))
-    proc.kill()
-    raise SystemExit(f"the server did not start: {proc.stderr.read()}")
+    try:
+        proc, url = serve_subprocess(args, timeout=600)
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from exc
+    address = urlsplit(url)
+    assert address.hostname is not None and address.port is not None
+    return proc, address.hostname, address.port
 
 
 def body_for(model: str, **extra: Any) -> Any:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sqlite3
-import subprocess
-import sys
 import textwrap
 import threading
 import time
 from pathlib import Path
 
 import httpx
+
+from aligntime.server.testing import serve_subprocess
 
 POLICY = """
 name: durable
@@ -24,34 +23,11 @@ scorers:
 """
 
 
-def start_server(args: list[str], timeout: float = 60.0) -> tuple[subprocess.Popen[str], str]:
-    """Start ``aligntime serve`` and return the process and its base URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aligntime", "serve", "--port", "0", *args],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stderr is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        found = re.search(r"aligntime serving .* on (http://\S+)", line)
-        if found:
-            # Keep draining stderr so the server never blocks on a full pipe.
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return proc, found.group(1)
-    proc.kill()
-    raise RuntimeError(f"the server did not start: {proc.stderr.read()}")
-
-
 def test_sigkill_mid_load_loses_no_acknowledged_request(tmp_path: Path) -> None:
     policy = tmp_path / "durable.yaml"
     policy.write_text(textwrap.dedent(POLICY))
     db = tmp_path / "audit.db"
-    proc, url = start_server(["--policy", str(policy), "--audit-db", str(db)])
+    proc, url = serve_subprocess(["--policy", str(policy), "--audit-db", str(db)])
     acked: list[str] = []
     lock = threading.Lock()
     stop = threading.Event()

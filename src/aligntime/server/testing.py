@@ -1,12 +1,18 @@
-"""Run the real server in a background thread on loopback, for tests and examples.
+"""Run the real server on loopback, for tests, benchmarks and examples.
 
 >>> with LiveServer(app) as server:          # doctest: +SKIP
 ...     openai.OpenAI(base_url=server.url + "/v1", api_key="k")
+
+:func:`serve_subprocess` starts ``aligntime serve`` as a process of its own,
+for what a thread cannot show (SIGKILL, a load generator in another process).
 """
 
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from types import TracebackType
@@ -54,3 +60,30 @@ class LiveServer:
         self._server.should_exit = True
         self._thread.join(timeout=15)
         self._sock.close()
+
+
+def serve_subprocess(args: list[str], timeout: float = 60.0) -> tuple[subprocess.Popen[str], str]:
+    """Start ``aligntime serve --port 0 ARGS``; return the process and its base URL.
+
+    Waits for the server's "serving ... on URL" line; raises RuntimeError with
+    the server's output if it exits or does not announce itself in ``timeout``.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aligntime", "serve", "--port", "0", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        found = re.search(r"aligntime serving .* on (http://\S+)", line)
+        if found:
+            # Keep draining stderr so the server never blocks on a full pipe.
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
+            return proc, found.group(1)
+    proc.kill()
+    raise RuntimeError(f"the server did not start: {proc.stderr.read()}")
