@@ -111,6 +111,33 @@ class Generation:
 
 
 @dataclass(frozen=True)
+class RequestAssessment:
+    """The input gate's verdict on a request, made before any candidate is sampled.
+
+    ``action`` is what the gate did: ``pass`` (sample as usual), ``steer`` (sample
+    under a stricter template or extra principles) or ``refuse`` (no sampling: the
+    fallback is returned). ``scores`` holds each input scorer's raw value;
+    ``decided_by`` names the scorer whose threshold chose the action; ``harm`` is the
+    request's estimated probability of being harmful (0..1) when an input scorer
+    provides one, so output scorers can reward refusals of harmful requests and
+    penalise refusals of benign ones.
+    """
+
+    action: Literal["pass", "steer", "refuse"] = "pass"
+    scores: dict[str, float] = field(default_factory=dict)
+    decided_by: str | None = None
+    harm: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "scores": dict(self.scores),
+            "decided_by": self.decided_by,
+            "harm": self.harm,
+        }
+
+
+@dataclass(frozen=True)
 class Result:
     """The outcome of one alignment request.
 

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Literal
 
-from aligntime.types import Candidate, Message
+from aligntime.types import Candidate, Message, RequestAssessment
 
 Direction = Literal["higher", "lower"]
 
@@ -24,12 +24,26 @@ class Scorer(ABC):
     name: str = "scorer"
     direction: Direction = "higher"
     value_range: tuple[float, float] = (0.0, 1.0)
+    reads_assessment: bool = False
+    """True when :meth:`score` takes the keyword ``assessment`` (the input gate's verdict
+    on the request); the aligner passes it only to scorers that declare this."""
 
     @abstractmethod
     async def score(
         self, messages: Sequence[Message], candidates: Sequence[Candidate]
     ) -> list[float]:
         """Return one raw value per candidate. ``messages`` is the user's conversation."""
+
+    async def score_request(self, messages: Sequence[Message]) -> float:
+        """Rate the request itself, before any answer exists (the input gate calls this).
+
+        ``messages`` is the whole conversation, system turns included. The default
+        scores the conversation's text as if it were one answer, which suits scorers
+        that judge a text on its own (a toxicity classifier); scorers with a proper
+        request mode (a guard model asked about the user's turn) override it.
+        """
+        values = await self.score(messages, [Candidate(text=conversation_text(messages))])
+        return values[0]
 
     def load(self) -> None:  # noqa: B027 - optional hook, empty on purpose
         """Load models ahead of the first request (called from a worker thread)."""
@@ -73,3 +87,14 @@ def last_user_text(messages: Sequence[Message]) -> str:
         if message.role == "user":
             return message.content
     return ""
+
+
+def conversation_text(
+    messages: Sequence[Message], *, roles: Sequence[str] = ("system", "user", "assistant")
+) -> str:
+    """The conversation as one text, one ``role: content`` line per turn.
+
+    Request-level scorers read this instead of the last user message alone, so that
+    a harmful request split over several turns is still seen whole.
+    """
+    return "\n".join(f"{m.role}: {m.content}" for m in messages if m.role in roles)
