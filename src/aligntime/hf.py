@@ -46,11 +46,10 @@ def require_torch() -> Any:
     try:
         import torch
         import transformers
-    except ImportError as exc:  # pragma: no cover - the extra is installed in CI
-        raise ConfigError(
-            "Hugging Face backends need torch and transformers",
-            hint="pip install 'aligntime[transformers]'",
-        ) from exc
+    except ImportError as exc:
+        from aligntime.extras import missing
+
+        raise missing("Hugging Face backends", exc, extra="hf") from exc
     # The library logs, the CLI owns the terminal: no loading bars from transformers.
     transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]

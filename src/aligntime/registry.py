@@ -73,9 +73,14 @@ def resolve(kind: Kind, name: str) -> type:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
+        from aligntime.extras import extra_for
+
+        extra = extra_for(exc)
         raise ConfigError(
             f"the {kind} {name!r} cannot be imported: {exc}",
-            hint="install the extra it needs, e.g. `pip install 'aligntime[transformers]'`",
+            hint=f"pip install 'aligntime[{extra}]'"
+            if extra
+            else "install the package it needs (see its documentation)",
         ) from exc
     cls = getattr(module, attr, None)
     if not isinstance(cls, type):

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -30,6 +30,20 @@ class _State:
 state = _State()
 out = Console()
 err = Console(stderr=True)
+
+
+def print_table(table: RenderableType) -> None:
+    """A table on stdout: fitted to a terminal, at its full width when piped.
+
+    Rich fits tables to 80 columns when stdout is not a terminal and cuts cells
+    (``smollm2-135m-ins…``); a pipe or a file gets every cell whole instead.
+    """
+    if out.is_terminal:
+        out.print(table)
+        return
+    wide = Console(file=out.file, width=10_000, color_system=None)
+    width = wide.measure(table).maximum
+    Console(file=out.file, width=width, color_system=None).print(table)
 
 
 def policy_models(policy: Policy, *, include_generator: bool = True) -> list[str]:

@@ -49,8 +49,11 @@ def evaluate(
     from aligntime.errors import InputError
     from aligntime.evaluation.datasets import load_prompts
     from aligntime.evaluation.experiment import EvalConfig, parse_ns, prepare, run_eval
+    from aligntime.extras import require
     from aligntime.policy.loader import load_policy
 
+    # Fail before the generation pass, not after it, when the plots cannot be drawn.
+    require("matplotlib", what="the plots of aligntime eval")
     if draws < 1:
         raise InputError(f"--draws must be at least 1, got {draws}")
     if max_tokens is not None and max_tokens < 1:

@@ -1,7 +1,13 @@
 """The ``aligntime`` command: thin commands over the Aligner.
 
-Errors that aligntime raises on purpose print one line (and a hint) on stderr
-and exit with code 2; ``--debug`` shows the traceback instead.
+Exit codes (the README has the same table):
+
+- 0: success;
+- 1: an unexpected error, i.e. a bug (one line on stderr; ``--debug`` shows the traceback);
+- 2: a usage error (click's own message: unknown command or option, missing
+  argument) or an error aligntime raises on purpose (``error:`` and ``hint:``
+  lines): bad input, a malformed policy, a missing model, extra or backend;
+- 130: interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ app = typer.Typer(
     help="Align a frozen language model at inference time: prompting, sampling N answers, "
     "scoring them for safety and helpfulness, and returning the best.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    # -h as well as --help, on every command (subcommands inherit the setting).
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
@@ -57,10 +64,16 @@ app.add_typer(models.app, name="models")
 app.add_typer(policies.app, name="policies")
 
 
-def main() -> None:
-    """Entry point of the ``aligntime`` script."""
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``aligntime`` script.
+
+    Click runs in standalone mode, so usage errors, ``--help`` and shell completion
+    behave as in any click program (typer bundles its own click, so its exceptions
+    are handled by typer itself, not matched here). What reaches this function is
+    an error aligntime raised on purpose, or a bug.
+    """
     try:
-        app(standalone_mode=False)
+        app(args=args, prog_name="aligntime", standalone_mode=True)
     except AligntimeError as exc:
         if state.debug:
             raise
@@ -68,20 +81,10 @@ def main() -> None:
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
         sys.exit(2)
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
+    except Exception as exc:
         if state.debug:
             raise
         print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import typer
 from rich.table import Table
 
-from aligntime.cli.console import out, pull_with_progress
+from aligntime.cli.console import out, print_table, pull_with_progress
 from aligntime.models import store
 from aligntime.models.catalog import CATALOG, get_spec
 
@@ -13,16 +15,35 @@ app = typer.Typer(help="List and pull models (cached in ALIGNTIME_HOME).", no_ar
 
 
 @app.command("list")
-def list_models() -> None:
+def list_models(
+    as_json: bool = typer.Option(
+        False, "--json", help='Print {"cache": ..., "models": [...]} as one JSON object.'
+    ),
+) -> None:
     """Show the catalogue and which models are already cached."""
+    rows = [
+        {
+            "name": spec.name,
+            "format": spec.format,
+            "pulled": store.is_pulled(spec.name),
+            "licence": spec.licence,
+            "size": spec.size,
+            "description": spec.description,
+        }
+        for spec in CATALOG.values()
+    ]
+    cache = store.cache_dir() / "models"
+    if as_json:
+        out.file.write(json.dumps({"cache": str(cache), "models": rows}) + "\n")
+        return
     table = Table()
     for col in ("name", "format", "pulled", "licence", "description"):
         table.add_column(col)
-    for spec in CATALOG.values():
-        pulled = "yes" if store.is_pulled(spec.name) else "no"
+    for spec, row in zip(CATALOG.values(), rows, strict=True):
+        pulled = "yes" if row["pulled"] else "no"
         table.add_row(spec.name, spec.format, pulled, spec.licence, spec.description)
-    out.print(table)
-    out.print(f"[dim]cache: {store.cache_dir() / 'models'}[/dim]")
+    print_table(table)
+    out.print(f"[dim]cache: {cache}[/dim]", soft_wrap=True)
 
 
 @app.command("pull")

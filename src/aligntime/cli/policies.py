@@ -2,29 +2,47 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 from rich.syntax import Syntax
 from rich.table import Table
 
-from aligntime.cli.console import out
+from aligntime.cli.console import out, print_table
 from aligntime.policy.loader import load_policy, preset_names, preset_text
 
 app = typer.Typer(help="List, show and validate policies.", no_args_is_help=True)
 
 
 @app.command("list")
-def list_policies() -> None:
+def list_policies(
+    as_json: bool = typer.Option(False, "--json", help='Print {"policies": [...]} as JSON.'),
+) -> None:
     """Show the presets shipped with aligntime."""
+    presets = [(name, load_policy(name)) for name in preset_names()]
+    rows = []
+    for name, pol in presets:
+        rows.append(
+            {
+                "name": name,
+                "n": pol.n,
+                "backend": pol.generator.backend,
+                "strategy": pol.strategy.kind,
+                "scorers": [{"name": s.name, "kind": s.kind} for s in pol.scorers],
+                "description": pol.description,
+            }
+        )
+    if as_json:
+        out.file.write(json.dumps({"policies": rows}) + "\n")
+        return
     table = Table()
     for col in ("name", "n", "strategy", "scorers", "description"):
         table.add_column(col)
-    for name in preset_names():
-        pol = load_policy(name)
+    for name, pol in presets:
         scorers = ", ".join(f"{s.name}({s.kind})" for s in pol.scorers) or "-"
         table.add_row(name, str(pol.n), pol.strategy.kind, scorers, pol.description)
-    out.print(table)
+    print_table(table)
 
 
 @app.command("show")

@@ -11,8 +11,15 @@ from aligntime.cli.console import err, out, policy_models, pull_with_progress, s
 from aligntime.errors import InputError
 
 
-def read_prompt(prompt: str) -> str:
-    """The prompt argument, or standard input when it is ``-``."""
+def read_prompt(prompt: str | None) -> str:
+    """The prompt argument; standard input when it is ``-``, or absent and stdin is piped."""
+    if prompt is None:
+        if sys.stdin is None or sys.stdin.isatty():
+            # A usage error (click's message, exit 2), as for any missing argument.
+            raise typer.BadParameter(
+                "give a prompt, or pipe one on standard input", param_hint="'PROMPT'"
+            )
+        prompt = "-"
     text = sys.stdin.read() if prompt == "-" else prompt
     if not text.strip():
         raise InputError("the prompt is empty", hint="give a non-empty request")
@@ -20,7 +27,11 @@ def read_prompt(prompt: str) -> str:
 
 
 def run(
-    prompt: str = typer.Argument(..., help="The request to answer; - reads standard input."),
+    prompt: str | None = typer.Argument(
+        None,
+        show_default=False,
+        help="The request to answer; - or none reads standard input (when it is piped).",
+    ),
     n: int | None = typer.Option(None, "-n", "--n", help="Candidates to sample (policy default)."),
     policy: str = typer.Option("default", "--policy", "-p", help="Preset name or YAML file."),
     max_tokens: int | None = typer.Option(None, "--max-tokens", help="Tokens per candidate."),

@@ -16,35 +16,68 @@ log = logging.getLogger(__name__)
 
 def serve(
     policy: list[str] = typer.Option(
-        ["default"], "--policy", "-p", help="Preset name or YAML file; repeat to serve several."
+        ["default"],
+        "--policy",
+        "-p",
+        envvar="ALIGNTIME_POLICY",
+        help="Preset name or YAML file; repeat to serve several (the variable: space-separated).",
     ),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    port: int = typer.Option(8000, "--port", help="Port to listen on (0: any free port)."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", envvar="ALIGNTIME_HOST", help="Address to listen on."
+    ),
+    port: int = typer.Option(
+        8000, "--port", envvar="ALIGNTIME_PORT", help="Port to listen on (0: any free port)."
+    ),
     api_key: list[str] = typer.Option(
         [], "--api-key", help="Accepted bearer key; repeatable. Also ALIGNTIME_API_KEYS (a,b)."
     ),
     audit_db: Path | None = typer.Option(
-        None, "--audit-db", help="SQLite file for the audit log (prompts, answers, scores)."
+        None,
+        "--audit-db",
+        envvar="ALIGNTIME_AUDIT_DB",
+        help="SQLite file for the audit log (prompts, answers, scores).",
     ),
-    max_body_bytes: int = typer.Option(1_048_576, "--max-body-bytes", help="Largest body."),
-    max_n: int = typer.Option(16, "--max-n", help="Most candidates a request may ask for."),
-    max_tokens: int = typer.Option(4096, "--max-tokens", help="Most tokens per candidate."),
+    max_body_bytes: int = typer.Option(
+        1_048_576, "--max-body-bytes", envvar="ALIGNTIME_MAX_BODY_BYTES", help="Largest body."
+    ),
+    max_n: int = typer.Option(
+        16, "--max-n", envvar="ALIGNTIME_MAX_N", help="Most candidates a request may ask for."
+    ),
+    max_tokens: int = typer.Option(
+        4096, "--max-tokens", envvar="ALIGNTIME_MAX_TOKENS", help="Most tokens per candidate."
+    ),
     rate_limit: int = typer.Option(
-        0, "--rate-limit", help="Requests per minute per API key (or client address); 0: off."
+        0,
+        "--rate-limit",
+        envvar="ALIGNTIME_RATE_LIMIT",
+        help="Requests per minute per API key (or client address); 0: off.",
     ),
-    timeout: float = typer.Option(120.0, "--timeout", help="Seconds before a request gets 504."),
+    timeout: float = typer.Option(
+        120.0, "--timeout", envvar="ALIGNTIME_TIMEOUT", help="Seconds before a request gets 504."
+    ),
     batch_wait_ms: float = typer.Option(
-        2.0, "--batch-wait-ms", help="Longest wait to batch scorer calls across requests (<=5)."
+        2.0,
+        "--batch-wait-ms",
+        envvar="ALIGNTIME_BATCH_WAIT_MS",
+        help="Longest wait to batch scorer calls across requests (<=5).",
     ),
-    access_log: bool = typer.Option(False, "--access-log", help="Log each request's path."),
+    access_log: bool = typer.Option(
+        False, "--access-log", envvar="ALIGNTIME_ACCESS_LOG", help="Log each request's path."
+    ),
 ) -> None:
     """Serve aligned chat completions over the OpenAI API (POST /v1/chat/completions)."""
-    import uvicorn
-
     from aligntime.errors import ConfigError
     from aligntime.policy.loader import load_policy
-    from aligntime.server.app import app_from_policies
-    from aligntime.server.config import ServerOptions, keys_from_env
+
+    try:
+        import uvicorn
+
+        from aligntime.server.app import app_from_policies
+        from aligntime.server.config import ServerOptions, keys_from_env
+    except ImportError as exc:
+        from aligntime.extras import missing
+
+        raise missing("aligntime serve", exc, extra="server") from exc
 
     keys = keys_from_env(api_key)
     if not keys and host not in ("127.0.0.1", "localhost", "::1"):

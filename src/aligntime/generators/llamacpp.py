@@ -52,11 +52,10 @@ class LlamaCppEngine:
     def __init__(self, path: Path, *, parallel: int, context: int, threads: int | None) -> None:
         try:
             import xllamacpp
-        except ImportError as exc:  # pragma: no cover - a core dependency
-            raise BackendError(
-                "the llamacpp backend needs the xllamacpp package",
-                hint="pip install xllamacpp",
-            ) from exc
+        except ImportError as exc:
+            from aligntime.extras import missing
+
+            raise missing("the llamacpp backend", exc, extra="embedded") from exc
         params = xllamacpp.CommonParams()
         params.model.path = str(path)
         params.n_parallel = parallel

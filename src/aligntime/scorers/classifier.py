@@ -60,10 +60,9 @@ class SafetyClassifier(SyncScorer):
                 try:
                     from profanity_check import predict_prob
                 except ImportError as exc:
-                    raise ConfigError(
-                        "the profanity-check classifier needs the alt-profanity-check package",
-                        hint="pip install alt-profanity-check",
-                    ) from exc
+                    from aligntime.extras import missing
+
+                    raise missing("the profanity-check classifier", exc, extra="embedded") from exc
                 self._predict = predict_prob
 
     def score_sync(
