@@ -10,11 +10,14 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from aligntime import registry
+from aligntime.background_loop import BackgroundLoop
 from aligntime.errors import ConfigError, InputError, ScorerError
 from aligntime.generators.base import Generator
 from aligntime.policy.loader import load_policy
@@ -67,9 +70,16 @@ def to_messages(conversation: Conversation) -> list[Message]:
 class Aligner:
     """Aligns a frozen model's answers at inference time, as a policy describes.
 
-    >>> al = Aligner.from_policy("default")          # doctest: +SKIP
-    >>> res = al.align("My child has a fever. What should I do?", n=5)  # doctest: +SKIP
+    >>> with Aligner.from_policy("default") as al:  # doctest: +SKIP
+    ...     res = al.align("My child has a fever. What should I do?", n=5)
+    ...     results = al.align_many(["Hi", "What is 2+2?"], concurrency=2)
     >>> res.text, res.candidates, res.usage, res.timings  # doctest: +SKIP
+
+    The async methods (:meth:`aalign`, :meth:`aalign_many`, :meth:`ascore`) run on
+    the caller's event loop; ``async with`` closes the aligner. The sync methods run
+    on one event loop in a background thread that lives until :meth:`close`, so they
+    also work where a loop is already running (Jupyter, async applications), and
+    loop-bound resources such as HTTP connections are reused across calls.
     """
 
     def __init__(
@@ -100,6 +110,9 @@ class Aligner:
         )
         self._loaded: asyncio.Future[None] | None = None
         self._scorers_loaded = False
+        self._background = BackgroundLoop(f"aligntime-{policy.name}")
+        # An aligner dropped without close() still stops its loop thread.
+        weakref.finalize(self, self._background.stop)
 
     @classmethod
     def from_policy(cls, policy: str | Path | Policy, **kwargs: Any) -> Aligner:
@@ -128,9 +141,92 @@ class Aligner:
 
     # --- alignment --------------------------------------------------------------------
 
-    def align(self, conversation: Conversation, n: int | None = None, **kwargs: Any) -> Result:
-        """Synchronous :meth:`aalign`."""
-        return asyncio.run(self.aalign(conversation, n, **kwargs))
+    def align(
+        self,
+        conversation: Conversation,
+        n: int | None = None,
+        *,
+        template: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+        top_p: float | None = None,
+        stop: Sequence[str] = (),
+    ) -> Result:
+        """Synchronous :meth:`aalign`; works inside a running event loop too."""
+        return self._background.run(
+            self.aalign(
+                conversation,
+                n,
+                template=template,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                seed=seed,
+                top_p=top_p,
+                stop=stop,
+            )
+        )
+
+    def align_many(
+        self,
+        conversations: Sequence[Conversation],
+        n: int | None = None,
+        *,
+        concurrency: int = 4,
+        progress: bool = False,
+        template: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+    ) -> list[Result]:
+        """Synchronous :meth:`aalign_many`."""
+        return self._background.run(
+            self.aalign_many(
+                conversations,
+                n,
+                concurrency=concurrency,
+                progress=progress,
+                template=template,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                seed=seed,
+            )
+        )
+
+    async def aalign_many(
+        self,
+        conversations: Sequence[Conversation],
+        n: int | None = None,
+        *,
+        concurrency: int = 4,
+        progress: bool = False,
+        template: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+    ) -> list[Result]:
+        """:meth:`aalign` every conversation, at most ``concurrency`` at once.
+
+        Results come back in the order given. ``progress=True`` draws a bar on
+        standard error when it is a terminal (the library otherwise only logs). The
+        first failing request cancels the rest and its error is raised.
+        """
+        from aligntime.many import run_many
+
+        if concurrency < 1:
+            raise InputError(f"concurrency must be at least 1, got {concurrency}")
+
+        def one(conversation: Conversation) -> Awaitable[Result]:
+            return self.aalign(
+                conversation,
+                n,
+                template=template,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                seed=seed,
+            )
+
+        return await run_many(one, conversations, concurrency=concurrency, progress=progress)
 
     async def aalign(
         self,
@@ -305,8 +401,8 @@ class Aligner:
     # --- scoring ----------------------------------------------------------------------
 
     def score(self, conversation: Conversation, answers: Sequence[str]) -> list[Candidate]:
-        """Synchronous :meth:`ascore`."""
-        return asyncio.run(self.ascore(conversation, answers))
+        """Synchronous :meth:`ascore`; works inside a running event loop too."""
+        return self._background.run(self.ascore(conversation, answers))
 
     async def ascore(self, conversation: Conversation, answers: Sequence[str]) -> list[Candidate]:
         """Score given answers to a request with the policy's scorers, in the order given."""
@@ -334,10 +430,47 @@ class Aligner:
             raw[scorer.name] = list(values)
         return combine(candidates, raw, self.weightings)
 
+    # --- lifecycle --------------------------------------------------------------------
+
     def close(self) -> None:
+        """Release the models and connections, and stop the sync API's event loop.
+
+        Idempotent. Loop-bound connections close as their loop ends: the background
+        loop's here, the caller's own when that loop finishes.
+        """
+        self._background.stop()
+        self._release()
+
+    async def aclose(self) -> None:
+        """:meth:`close` for async code: releases without blocking the running loop."""
+        await asyncio.to_thread(self.close)
+
+    def _release(self) -> None:
         self.generator.close()
         for scorer in self.scorers:
             scorer.close()
+
+    def __enter__(self) -> Aligner:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Aligner:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
 
 def _as_scorer_error(scorer: Scorer, exc: BaseException) -> ScorerError:

@@ -34,7 +34,16 @@ class ModelError(AligntimeError):
 
 
 class BackendError(AligntimeError):
-    """A generator backend failed while serving a request."""
+    """A generator backend failed while serving a request.
+
+    ``status`` is the HTTP status of the backend's last reply when it answered with
+    one (e.g. 401, 404, 429, 503), and ``None`` when there was no reply at all
+    (connection refused, time-out) or the backend is not an HTTP one.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, status: int | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
 
 
 class ScorerError(AligntimeError):

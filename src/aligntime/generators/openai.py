@@ -191,10 +191,13 @@ class OpenAIGenerator(Generator):
                 f"{where} failed after {exc.attempts} attempts: {exc.last.message}",
                 hint="check that the server is running and reachable; raise max_retries "
                 "or timeout_s for a slow or busy server",
+                status=exc.last.status,
             ) from exc
         except HTTPFailure as exc:
             raise BackendError(
-                f"{where} rejected the request: {exc.message}", hint=_hint(exc.status)
+                f"{where} rejected the request: {exc.message}",
+                hint=_hint(exc.status),
+                status=exc.status,
             ) from exc
 
     async def generate(
@@ -247,6 +250,7 @@ class OpenAIGenerator(Generator):
                 f"only {len(candidates)} of {n} candidates arrived, fewer than min_candidates "
                 f"({wanted}): {reason}",
                 hint=hint,
+                status=errors[0].status if errors else None,
             )
         return Generation(candidates, usage)
 
