@@ -1,7 +1,9 @@
-"""The Aligner: prompt policy, generator, scorers and strategy composed from a policy.
+"""The Aligner: input gate, prompt policy, generator, scorers and strategy from a policy.
 
 Every entry point (CLI, server, evaluation, batch) calls :meth:`Aligner.aalign`
-or :meth:`Aligner.ascore`; none re-implements a step.
+or :meth:`Aligner.ascore`; none re-implements a step. A request first meets the
+input gate (when the policy has one): refused, it is answered with the refusal
+text and nothing is sampled; steered, it is sampled under the stricter prompt.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from aligntime import registry
 from aligntime.background_loop import BackgroundLoop
 from aligntime.errors import ConfigError, InputError, ScorerError
 from aligntime.generators.base import Generator
+from aligntime.input_gate import InputGate
 from aligntime.policy.loader import load_policy
 from aligntime.policy.schema import Policy
 from aligntime.prompting.policy import PromptPolicy
-from aligntime.scorers.base import Scorer
+from aligntime.scorers.base import Scorer, as_scorer_error, score_candidates
 from aligntime.scorers.combine import Gate, ScorerWeighting, combine
 from aligntime.strategies.base import (
     Decision,
@@ -33,7 +36,15 @@ from aligntime.strategies.base import (
     SearchStrategy,
     Strategy,
 )
-from aligntime.types import Candidate, GenerationParams, Message, Result, Timings
+from aligntime.types import (
+    Candidate,
+    GenerationParams,
+    Message,
+    RequestAssessment,
+    Result,
+    Timings,
+    Usage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +100,20 @@ class Aligner:
         generator: Generator | None = None,
         scorers: Sequence[Scorer] | None = None,
         strategy: Strategy | None = None,
+        input_scorers: Sequence[Scorer] | None = None,
     ) -> None:
         self.policy = policy
         self.prompt = PromptPolicy.from_spec(policy.prompt)
+        self.gate: InputGate | None = None
+        self.steered_prompt: PromptPolicy | None = None
+        if policy.input is not None:
+            if input_scorers is None:
+                input_scorers = [
+                    build("scorer", s.kind, s.options(), name=s.name) for s in policy.input.scorers
+                ]
+            self.gate = InputGate(policy.input, input_scorers, on_error=policy.on_scorer_error)
+            if policy.input.steer is not None:
+                self.steered_prompt = self.prompt.steered(policy.input.steer)
         self.generator: Generator = generator or build(
             "generator", policy.generator.backend, policy.generator.options()
         )
@@ -126,6 +148,8 @@ class Aligner:
     def load(self) -> None:
         """Load the generator and every scorer now, instead of on first use."""
         self.generator.load()
+        if self.gate is not None:
+            self.gate.load()
         self.load_scorers()
 
     def load_scorers(self) -> None:
@@ -135,7 +159,7 @@ class Aligner:
                     scorer.load()
                 except Exception as exc:
                     if self.policy.on_scorer_error == "raise":
-                        raise _as_scorer_error(scorer, exc) from exc
+                        raise as_scorer_error(scorer, exc) from exc
                     log.warning("scorer %s failed to load: %s", scorer.name, exc)
             self._scorers_loaded = True
 
@@ -240,12 +264,18 @@ class Aligner:
         top_p: float | None = None,
         stop: Sequence[str] = (),
     ) -> Result:
-        """Sample, score and select an answer for ``conversation``.
+        """Assess, sample, score and select an answer for ``conversation``.
 
         ``None`` (and an empty ``stop``) leaves the policy's generator setting in force.
+        A request the input gate refuses returns at once: no candidates, the refusal
+        text as ``fallback``, zero tokens.
         """
         started = time.perf_counter()
-        messages, prompt_messages, n = self._prepare(conversation, n, template, max_tokens)
+        messages, n = self._prepare(conversation, n, template, max_tokens)
+        assessment = await self.assess(messages)
+        if assessment is not None and assessment.action == "refuse":
+            return self._refused(messages, assessment, started)
+        prompt_messages = self._prompt_for(assessment).apply(messages, template)
         params = GenerationParams(
             max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop)
         )
@@ -255,13 +285,15 @@ class Aligner:
         if isinstance(self.strategy, SearchStrategy):
             await scorers_ready
             outcome, decision = await self._search(
-                self.strategy, messages, prompt_messages, n, params
+                self.strategy, messages, prompt_messages, n, params, assessment
             )
         else:
             outcome, decision = await self._sample_rounds(
-                messages, prompt_messages, n, params, scorers_ready, started
+                messages, prompt_messages, n, params, scorers_ready, started, assessment
             )
-        return self._result(messages, outcome, decision.best, self.strategy.name, started)
+        return self._result(
+            messages, outcome, decision.best, self.strategy.name, started, assessment
+        )
 
     async def asample(
         self,
@@ -276,14 +308,54 @@ class Aligner:
 
         The evaluation harness uses this to draw one pool of candidates per prompt
         and replay strategies over subsets of it. ``best`` is ``None`` and
-        ``fallback`` is ``None``: no strategy ran.
+        ``fallback`` is ``None``: no strategy ran. The input gate runs as in
+        :meth:`aalign`: a refused request has no candidates and its ``fallback`` is
+        the refusal text; a steered one is sampled under the steer prompt.
         """
         started = time.perf_counter()
-        messages, prompt_messages, n = self._prepare(conversation, n, template, max_tokens)
+        messages, n = self._prepare(conversation, n, template, max_tokens)
+        assessment = await self.assess(messages)
+        if assessment is not None and assessment.action == "refuse":
+            return self._refused(messages, assessment, started)
+        prompt_messages = self._prompt_for(assessment).apply(messages, template)
         params = GenerationParams(max_tokens=max_tokens, seed=seed)
         scorers_ready = asyncio.ensure_future(asyncio.to_thread(self.load_scorers))
-        outcome = await self._one_round(messages, prompt_messages, n, params, scorers_ready)
-        return self._result(messages, outcome, None, "none", started, fallback=False)
+        outcome = await self._one_round(
+            messages, prompt_messages, n, params, scorers_ready, assessment
+        )
+        return self._result(messages, outcome, None, "none", started, assessment, fallback=False)
+
+    async def assess(self, conversation: Conversation) -> RequestAssessment | None:
+        """The input gate's verdict on a request (``None`` when the policy has no gate)."""
+        if self.gate is None:
+            return None
+        messages = to_messages(conversation)
+        await asyncio.to_thread(self.gate.load)
+        return await self.gate.assess(messages)
+
+    def _prompt_for(self, assessment: RequestAssessment | None) -> PromptPolicy:
+        """The steer prompt for a steered request, the policy's prompt otherwise."""
+        if assessment is not None and assessment.action == "steer" and self.steered_prompt:
+            return self.steered_prompt
+        return self.prompt
+
+    def _refused(
+        self, messages: list[Message], assessment: RequestAssessment, started: float
+    ) -> Result:
+        """The answer to a request the input gate refused: nothing sampled, nothing spent."""
+        refusal = self.policy.input.refusal if self.policy.input else None
+        return Result(
+            prompt=_prompt_text(messages),
+            policy=self.policy.name,
+            messages=messages,
+            candidates=[],
+            best=None,
+            fallback=refusal or self.policy.fallback,
+            usage=Usage(0, 0),
+            timings=Timings(0.0, 0.0, time.perf_counter() - started),
+            strategy="none",
+            input=assessment,
+        )
 
     def _prepare(
         self,
@@ -291,8 +363,8 @@ class Aligner:
         n: int | None,
         template: str | None,
         max_tokens: int | None,
-    ) -> tuple[list[Message], list[Message], int]:
-        """Validate a request: the user's messages, the generator's messages, and N."""
+    ) -> tuple[list[Message], int]:
+        """Validate a request (its messages, N, the token limit and the template name)."""
         messages = to_messages(conversation)
         n = self.policy.n if n is None else n
         if not 1 <= n <= self.policy.max_n:
@@ -303,7 +375,8 @@ class Aligner:
             )
         if max_tokens is not None and max_tokens < 1:
             raise InputError(f"max_tokens must be at least 1, got {max_tokens}")
-        return messages, self.prompt.apply(messages, template), n
+        self.prompt.template(template)  # an unknown name fails before any work
+        return messages, n
 
     def _result(
         self,
@@ -312,11 +385,12 @@ class Aligner:
         best: int | None,
         strategy: str,
         started: float,
+        assessment: RequestAssessment | None,
         *,
         fallback: bool = True,
     ) -> Result:
         return Result(
-            prompt=messages[-1].content if messages[-1].role == "user" else "",
+            prompt=_prompt_text(messages),
             policy=self.policy.name,
             messages=messages,
             candidates=outcome.candidates,
@@ -325,6 +399,7 @@ class Aligner:
             usage=outcome.usage,
             timings=Timings(outcome.generate_s, outcome.score_s, time.perf_counter() - started),
             strategy=strategy,
+            input=assessment,
         )
 
     async def _one_round(
@@ -334,6 +409,7 @@ class Aligner:
         n: int,
         params: GenerationParams,
         scorers_ready: asyncio.Future[None],
+        assessment: RequestAssessment | None,
         outcome: SearchOutcome | None = None,
     ) -> SearchOutcome:
         """Sample ``n`` candidates and score them, adding both to ``outcome``."""
@@ -344,7 +420,7 @@ class Aligner:
         outcome.usage = outcome.usage + generation.usage
         t0 = time.perf_counter()
         await scorers_ready
-        outcome.candidates += await self._score(messages, generation.candidates)
+        outcome.candidates += await self._score(messages, generation.candidates, assessment)
         outcome.score_s += time.perf_counter() - t0
         return outcome
 
@@ -356,13 +432,16 @@ class Aligner:
         params: GenerationParams,
         scorers_ready: asyncio.Future[None],
         started: float,
+        assessment: RequestAssessment | None,
     ) -> tuple[SearchOutcome, Decision]:
         """Sample a round, score it, ask the strategy; repeat while it wants more."""
         outcome = SearchOutcome([])
         budget = max(self.policy.total_budget, n)
         batch = self.strategy.initial_n(n)
         while True:
-            await self._one_round(messages, prompt_messages, batch, params, scorers_ready, outcome)
+            await self._one_round(
+                messages, prompt_messages, batch, params, scorers_ready, assessment, outcome
+            )
             remaining = budget - len(outcome.candidates)
             state = RoundState(n, remaining, time.perf_counter() - started)
             decision = self.strategy.next_round(outcome.candidates, state)
@@ -378,6 +457,7 @@ class Aligner:
         prompt_messages: list[Message],
         n: int,
         params: GenerationParams,
+        assessment: RequestAssessment | None,
     ) -> tuple[SearchOutcome, Decision]:
         """Let a search strategy drive the generator, then pick among what it kept."""
         if not self.generator.capabilities.token_steps:
@@ -393,34 +473,61 @@ class Aligner:
             n=n,
             params=params,
             max_tokens=params.max_tokens or int(default_tokens),
-            score=lambda candidates: self._score(messages, candidates),
+            score=lambda candidates: self._score(messages, candidates, assessment),
         )
         outcome = await strategy.search(ctx)
         return outcome, strategy.decide(outcome.candidates, 0)
 
     # --- scoring ----------------------------------------------------------------------
 
-    def score(self, conversation: Conversation, answers: Sequence[str]) -> list[Candidate]:
+    def score(
+        self,
+        conversation: Conversation,
+        answers: Sequence[str],
+        *,
+        assessment: RequestAssessment | None = None,
+    ) -> list[Candidate]:
         """Synchronous :meth:`ascore`; works inside a running event loop too."""
-        return self._background.run(self.ascore(conversation, answers))
+        return self._background.run(self.ascore(conversation, answers, assessment=assessment))
 
-    async def ascore(self, conversation: Conversation, answers: Sequence[str]) -> list[Candidate]:
-        """Score given answers to a request with the policy's scorers, in the order given."""
+    async def ascore(
+        self,
+        conversation: Conversation,
+        answers: Sequence[str],
+        *,
+        assessment: RequestAssessment | None = None,
+    ) -> list[Candidate]:
+        """Score given answers to a request with the policy's scorers, in the order given.
+
+        Scorers that read the input gate's verdict get ``assessment``; when it is not
+        given and one of them needs it, the input gate assesses the request first (its
+        verdict informs the scores; nothing is refused here).
+        """
         messages = to_messages(conversation)
+        if assessment is None and any(s.reads_assessment for s in self.scorers):
+            assessment = await self.assess(messages)
         await asyncio.to_thread(self.load_scorers)
-        return await self._score(messages, [Candidate(text=a) for a in answers])
+        return await self._score(messages, [Candidate(text=a) for a in answers], assessment)
 
-    async def _score(self, messages: list[Message], candidates: list[Candidate]) -> list[Candidate]:
+    async def _score(
+        self,
+        messages: list[Message],
+        candidates: list[Candidate],
+        assessment: RequestAssessment | None,
+    ) -> list[Candidate]:
         if not candidates:
             return []
+        # Without a gate, scorers that read the verdict see one with no harm estimate.
+        verdict = assessment or RequestAssessment()
         results = await asyncio.gather(
-            *(s.score(messages, candidates) for s in self.scorers), return_exceptions=True
+            *(score_candidates(s, messages, candidates, verdict) for s in self.scorers),
+            return_exceptions=True,
         )
         raw: dict[str, list[float]] = {}
         for scorer, values in zip(self.scorers, results, strict=True):
             if isinstance(values, BaseException):
                 if self.policy.on_scorer_error == "raise" or not isinstance(values, Exception):
-                    raise _as_scorer_error(scorer, values) from values
+                    raise as_scorer_error(scorer, values) from values
                 log.warning("scorer %s failed, its scores are missing: %s", scorer.name, values)
                 values = [math.nan] * len(candidates)
             if len(values) != len(candidates):
@@ -447,6 +554,8 @@ class Aligner:
 
     def _release(self) -> None:
         self.generator.close()
+        if self.gate is not None:
+            self.gate.close()
         for scorer in self.scorers:
             scorer.close()
 
@@ -473,12 +582,9 @@ class Aligner:
         await self.aclose()
 
 
-def _as_scorer_error(scorer: Scorer, exc: BaseException) -> ScorerError:
-    if isinstance(exc, ScorerError):
-        return exc
-    hint = getattr(exc, "hint", None)
-    message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-    return ScorerError(scorer.name, message, hint=hint)
+def _prompt_text(messages: Sequence[Message]) -> str:
+    """The request's own text: the last message when it is the user's."""
+    return messages[-1].content if messages and messages[-1].role == "user" else ""
 
 
 def _next_seed(params: GenerationParams, offset: int) -> GenerationParams:

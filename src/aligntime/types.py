@@ -127,13 +127,20 @@ class RequestAssessment:
     scores: dict[str, float] = field(default_factory=dict)
     decided_by: str | None = None
     harm: float | None = None
+    failed: tuple[str, ...] = ()
+    """Input scorers that failed (``on_scorer_error: degrade``); any failure refuses."""
+    seconds: float = 0.0
+    """Wall-clock seconds the input gate took."""
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``input`` object of the JSON contract; a failed scorer's value is null."""
         return {
             "action": self.action,
-            "scores": dict(self.scores),
+            "scores": {k: None if v != v else v for k, v in self.scores.items()},
             "decided_by": self.decided_by,
             "harm": self.harm,
+            "failed": list(self.failed),
+            "seconds": round(self.seconds, 4),
         }
 
 
@@ -142,7 +149,9 @@ class Result:
     """The outcome of one alignment request.
 
     ``best`` indexes into ``candidates`` and is ``None`` when no candidate was
-    eligible; then ``fallback`` holds the policy's fallback text.
+    eligible; then ``fallback`` holds the policy's fallback text. When the input
+    gate refused the request there are no candidates and ``fallback`` holds the
+    refusal; ``input`` is the gate's verdict (``None`` for a policy without a gate).
     """
 
     prompt: str
@@ -154,6 +163,13 @@ class Result:
     usage: Usage
     timings: Timings
     strategy: str = "best_of_n"
+    input: RequestAssessment | None = None
+    """The input gate's verdict on the request; ``None`` when the policy has no gate."""
+
+    @property
+    def refused(self) -> bool:
+        """Whether the input gate refused the request (nothing was sampled)."""
+        return self.input is not None and self.input.action == "refuse"
 
     @property
     def text(self) -> str:
@@ -176,4 +192,5 @@ class Result:
             "candidates": [c.to_dict() for c in self.candidates],
             "usage": self.usage.to_dict(),
             "timings": self.timings.to_dict(),
+            "input": self.input.to_dict() if self.input is not None else None,
         }

@@ -30,7 +30,17 @@ def test_best_candidate_wins_and_bad_ones_lose_for_the_right_reason(
     assert res.usage.completion_tokens == sum(c.tokens for c in res.candidates)
     assert res.timings.total_s >= res.timings.generate_s >= 0
     d = res.to_dict()
-    assert set(d) == {"prompt", "policy", "best", "fallback", "candidates", "usage", "timings"}
+    assert list(d) == [
+        "prompt",
+        "policy",
+        "best",
+        "fallback",
+        "candidates",
+        "usage",
+        "timings",
+        "input",
+    ]
+    assert d["input"] is None, "a policy without an input gate has no input verdict"
     assert set(d["candidates"][0]) == {"text", "score", "scores", "passed", "tokens"}
     assert set(d["candidates"][0]["scores"]) == {"safety", "rules"}
 

@@ -37,7 +37,17 @@ def test_run_json_contract(fake_policy_file: Path) -> None:
     proc = cli("run", "What helps a fever?", "--policy", str(fake_policy_file), "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert list(data) == ["prompt", "policy", "best", "fallback", "candidates", "usage", "timings"]
+    assert list(data) == [
+        "prompt",
+        "policy",
+        "best",
+        "fallback",
+        "candidates",
+        "usage",
+        "timings",
+        "input",
+    ]
+    assert data["input"] is None  # no input gate in this policy
     assert data["best"] == 0 and data["fallback"] is None
     assert data["candidates"][1]["passed"] is False
     assert set(data["usage"]) == {"prompt_tokens", "completion_tokens"}

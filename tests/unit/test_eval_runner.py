@@ -94,7 +94,8 @@ def test_records_hold_every_candidate_with_scores_and_heldout(
     assert set(first["scores"]) == {"safety"}  # rules is held out, not used for selection
     assert 0.0 <= first["heldout"] <= 1.0
     assert record["fallback"]["text"] == "Sorry, no good answer."
-    assert set(record["timings"]) == {"generate_s", "score_s", "heldout_s"}
+    assert set(record["timings"]) == {"generate_s", "score_s", "heldout_s", "input_s"}
+    assert record["input"] is None  # the policy has no input gate
 
 
 def test_heldout_resolution(fake_policy_file: Path) -> None:

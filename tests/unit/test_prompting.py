@@ -65,3 +65,20 @@ def test_unknown_template_suggests() -> None:
 def test_empty_policy_passes_conversation_through() -> None:
     convo = [Message("user", "x")]
     assert PromptPolicy().apply(convo) == convo
+
+
+def test_steered_prompt_adds_principles_and_forces_its_template() -> None:
+    from aligntime.policy.schema import SteerSpec
+
+    base = make()
+    steered = base.steered(SteerSpec(template="concise", principles=["Refuse harm."]))
+    out = steered.apply([Message("user", "Q?")], template="pirate")
+    assert out[0].content == (
+        "You are careful.\n\nFollow these principles:\n- Be kind.\n- Be brief.\n- Refuse harm."
+    )
+    assert out[-1].content == "Q? (in one sentence)"  # the steer's template, not the request's
+    strict = base.steered(SteerSpec(system="Strict.")).apply([Message("user", "Q?")])
+    assert strict[0].content.startswith("Strict.\n\nFollow these principles:\n- Be kind.")
+    assert base.apply([Message("user", "Q?")])[0].content.startswith("You are careful.")
+    with pytest.raises(InputError, match="unknown template"):
+        base.steered(SteerSpec(template="nope"))

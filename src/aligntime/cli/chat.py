@@ -20,7 +20,7 @@ def chat(
 ) -> None:
     """Chat with the aligned model; the conversation is kept between turns."""
     from aligntime.aligner import Aligner
-    from aligntime.cli.render import candidates_table
+    from aligntime.cli.render import candidates_table, input_line
     from aligntime.policy.loader import load_policy
 
     pol = load_policy(policy)
@@ -50,7 +50,12 @@ def chat(
         history.append(Message("user", text))
         with status("thinking ...", quiet=False):
             result = aligner.align(history, n, max_tokens=max_tokens)
-        if show_candidates:
+        gate = input_line(result.input)
+        # A steer or a refusal is always worth a line; a pass only with the table.
+        acted = result.input is not None and result.input.action != "pass"
+        if gate is not None and (show_candidates or acted):
+            err.print(f"[dim]{gate}[/dim]")
+        if show_candidates and result.candidates:
             out.print(candidates_table(result.candidates, result.best, out.width))
         reply = result.text.strip()
         out.print(f"[bold green]assistant>[/bold green] {reply}")

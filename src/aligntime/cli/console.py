@@ -19,7 +19,7 @@ from rich.progress import (
 
 from aligntime.models import store
 from aligntime.models.catalog import CATALOG
-from aligntime.policy.schema import Policy
+from aligntime.policy.schema import InputScorerSpec, Policy, ScorerSpec
 
 
 @dataclass
@@ -55,7 +55,8 @@ def policy_models(policy: Policy, *, include_generator: bool = True) -> list[str
         names.append(str(policy.generator.options().get("model", "")))
         if policy.generator.backend == "llamacpp" and not names[0]:
             names[0] = "smollm2-135m-instruct"
-    for spec in policy.scorers:
+    specs: list[ScorerSpec | InputScorerSpec] = [*policy.scorers, *policy.input_scorers]
+    for spec in specs:
         model = spec.options().get("model")
         if model is None:
             # The scorer's own default model, read from its Options without loading it.

@@ -132,6 +132,10 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
             f"{c['kl_bound']:.3f}",
         )
     out.print(table)
+    if summary.get("input_gate"):
+        from aligntime.evaluation.summary import describe_gate
+
+        out.print(f"input gate: {describe_gate(summary['input_gate'])}")
     out.print(f"95% intervals: {out_dir / 'summary.json'}; report: {out_dir / 'report.html'}")
 
 

@@ -9,7 +9,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from aligntime.types import Candidate, Result
+from aligntime.types import Candidate, RequestAssessment, Result
 
 
 def verdict(candidates: Sequence[Candidate], index: int, best: int | None) -> str:
@@ -66,7 +66,37 @@ def candidates_table(candidates: Sequence[Candidate], best: int | None, width: i
     return table
 
 
+def input_line(assessment: RequestAssessment | None) -> str | None:
+    """One line on the input gate's verdict, e.g. ``input gate: refuse (harm 0.93 by 'harm')``;
+    ``None`` for a policy without an input gate."""
+    if assessment is None:
+        return None
+    a = assessment
+    details: list[str] = []
+    if a.failed:
+        details.append(f"{', '.join(map(repr, a.failed))} failed: fail closed")
+    elif a.decided_by is not None:
+        value = a.scores.get(a.decided_by, float("nan"))
+        label = "harm" if a.harm is not None and value == a.harm else "score"
+        details.append(f"{label} {value:.2f} by {a.decided_by!r}")
+    if a.harm is not None and not (details and details[0].startswith("harm ")):
+        details.append(f"harm {a.harm:.2f}")
+    if not details and a.scores:
+        details.append(", ".join(f"{k} {v:.2f}" for k, v in a.scores.items()))
+    return f"input gate: {a.action}" + (f" ({'; '.join(details)})" if details else "")
+
+
 def print_result(console: Console, result: Result) -> None:
+    line = input_line(result.input)
+    if line is not None and result.input is not None:
+        style = {"refuse": "yellow", "steer": "cyan"}.get(result.input.action, "")
+        console.print(Text(line, style=style))
+    if result.refused:
+        console.print(
+            Panel(Text(result.text), title="refused by the input gate", border_style="yellow")
+        )
+        _print_costs(console, result)
+        return
     console.print(candidates_table(result.candidates, result.best, console.width))
     if result.best is not None:
         title = f"answer (candidate {result.best}, policy {result.policy})"
@@ -75,8 +105,14 @@ def print_result(console: Console, result: Result) -> None:
         console.print(
             Panel(Text(result.text), title="fallback: no candidate passed", border_style="yellow")
         )
+    _print_costs(console, result)
+
+
+def _print_costs(console: Console, result: Result) -> None:
     t, u = result.timings, result.usage
+    gate = f"input gate {result.input.seconds:.2f}s · " if result.input is not None else ""
     console.print(
-        f"[dim]generate {t.generate_s:.2f}s · score {t.score_s:.2f}s · total {t.total_s:.2f}s · "
+        f"[dim]{gate}generate {t.generate_s:.2f}s · score {t.score_s:.2f}s · "
+        f"total {t.total_s:.2f}s · "
         f"{u.prompt_tokens} prompt + {u.completion_tokens} completion tokens[/dim]"
     )

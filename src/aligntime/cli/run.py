@@ -63,5 +63,7 @@ def run(
     from aligntime.cli.render import print_result
 
     print_result(out, result)
-    if result.best is None:
+    if result.refused:
+        err.print("[yellow]the input gate refused the request; nothing was sampled")
+    elif result.best is None:
         err.print("[yellow]no candidate passed the gates; the policy's fallback was returned")

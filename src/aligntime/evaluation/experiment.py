@@ -23,7 +23,12 @@ from aligntime.errors import InputError
 from aligntime.evaluation.datasets import EvalPrompt
 from aligntime.evaluation.heldout import HeldOut, resolve_heldout
 from aligntime.evaluation.runner import PassConfig, run_pass
-from aligntime.evaluation.summary import ReplayConfig, StrategySpec, summarise
+from aligntime.evaluation.summary import (
+    ReplayConfig,
+    StrategySpec,
+    input_gate_counts,
+    summarise,
+)
 from aligntime.policy.schema import Policy
 from aligntime.registry import resolve
 
@@ -146,6 +151,7 @@ def run_eval(
             "harmful": sum(1 for r in records if r.get("harmful") is True),
             "benign": sum(1 for r in records if r.get("harmful") is False),
         },
+        "input_gate": input_gate_counts(records),
         "candidates": len(candidates),
         "gate_pass_rate": (
             sum(1 for c in candidates if c["passed"]) / len(candidates) if candidates else None
@@ -156,6 +162,7 @@ def run_eval(
             "recorded_generate_s": round(sum(r["timings"]["generate_s"] for r in records), 2),
             "recorded_score_s": round(sum(r["timings"]["score_s"] for r in records), 2),
             "recorded_heldout_s": round(sum(r["timings"]["heldout_s"] for r in records), 2),
+            "recorded_input_s": round(sum(r["timings"].get("input_s", 0.0) for r in records), 2),
         },
         "results": cells,
     }

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aligntime.evaluation.replay import best_of_n_choice, to_candidates
+from aligntime.evaluation.summary import describe_gate
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
@@ -91,6 +92,7 @@ def _config_table(summary: dict[str, Any]) -> str:
         "strategies": ", ".join(s["label"] for s in cfg["strategies"]),
         "selection scorers": ", ".join(cfg["scorers"]),
         "held-out scorer": cfg.get("heldout") or "none",
+        "input gate": describe_gate(summary.get("input_gate")),
         "candidates sampled": summary["candidates"],
         "gate pass rate (per candidate)": _fmt(summary.get("gate_pass_rate")),
         "seed / Monte-Carlo draws": f"{cfg['seed']} / {cfg['draws']}",
@@ -139,9 +141,9 @@ def _scores_table(summary: dict[str, Any]) -> str:
 
 def _example(record: dict[str, Any]) -> str:
     pool = to_candidates(record["candidates"])
-    choice = best_of_n_choice(pool, len(pool))
-    chosen = next(iter(choice.probs), None)
-    names = sorted({k for c in record["candidates"] for k in c.get("scores", {})})
+    chosen = next(iter(best_of_n_choice(pool, len(pool)).probs), None) if pool else None
+    rows_scored = [*record["candidates"], record["fallback"]]
+    names = sorted({k for c in rows_scored for k in c.get("scores", {})})
     label = {True: "harmful", False: "benign", None: "unlabelled"}[record.get("harmful")]
     head = (
         "<tr><th>#</th><th>answer</th><th>tokens</th><th>combined</th>"
@@ -170,5 +172,19 @@ def _example(record: dict[str, Any]) -> str:
         f"<h3>{escape(str(record['id']))} ({label}"
         f"{', ' + escape(str(record['category'])) if record.get('category') else ''})</h3>"
         f"<p class='prompt'><b>Prompt:</b> {escape(record['prompt'])}</p>"
+        f"{_verdict(record.get('input'))}"
         f"<table>{head}{''.join(rows)}</table>"
+    )
+
+
+def _verdict(verdict: dict[str, Any] | None) -> str:
+    """The input gate's verdict on one prompt, as a line (nothing without a gate)."""
+    if not verdict:
+        return ""
+    scores = ", ".join(f"{escape(k)} {_fmt(v)}" for k, v in (verdict.get("scores") or {}).items())
+    by = f" by {escape(str(verdict['decided_by']))}" if verdict.get("decided_by") else ""
+    note = " (nothing sampled)" if verdict.get("action") == "refuse" else ""
+    return (
+        f"<p><b>Input gate:</b> {escape(str(verdict.get('action')))}{by}{note}; "
+        f"harm {_fmt(verdict.get('harm'))}; {scores}</p>"
     )

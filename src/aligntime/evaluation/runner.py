@@ -3,7 +3,11 @@
 For each prompt the aligner samples the largest N once (:meth:`Aligner.asample`)
 and scores the pool with the policy's scorers; the held-out scorer rates the
 same pool, and the policy's fallback text is scored too, because a strategy
-that finds nothing eligible shows it. Every candidate is written with its raw
+that finds nothing eligible shows it. The policy's input gate runs first, as in
+a real request: a prompt it refuses has an empty pool and its refusal text as the
+fallback (recorded as a refusal: it is what the user sees at every N, for no
+generation), and a steered prompt is sampled under the steer prompt. The gate's
+verdict is recorded under ``input``. Every candidate is written with its raw
 scores, combined score, gate verdict and tokens, one JSON line per prompt,
 flushed as soon as the prompt is done. A rerun reads the file and skips every
 prompt whose key (prompt id and text, policy, pool size, seed, held-out scorer)
@@ -91,8 +95,13 @@ async def sample_prompt(
     result = await aligner.asample(
         prompt.prompt, config.pool, seed=config.seed, max_tokens=config.max_tokens
     )
-    fallback_text = aligner.policy.fallback
-    (fallback,) = await aligner.ascore(prompt.prompt, [fallback_text])
+    gate = result.input
+    # A refused prompt shows its refusal text; any other shows the policy's fallback
+    # when nothing is eligible.
+    fallback_text = (
+        result.fallback if result.refused and result.fallback else aligner.policy.fallback
+    )
+    (fallback,) = await aligner.ascore(prompt.prompt, [fallback_text], assessment=gate)
     held: list[float | None] = [None] * (len(result.candidates) + 1)
     heldout_s = 0.0
     if heldout is not None:
@@ -106,17 +115,25 @@ async def sample_prompt(
         "pool": config.pool,
         "seed": config.seed,
         "candidates": [_candidate(c, h) for c, h in zip(result.candidates, held[:-1], strict=True)],
-        "fallback": _candidate(fallback, held[-1]),
+        "fallback": _candidate(fallback, held[-1], refusal=True if result.refused else None),
+        "input": gate.to_dict() if gate is not None else None,
         "usage": result.usage.to_dict(),
         "timings": {
             "generate_s": round(result.timings.generate_s, 4),
             "score_s": round(result.timings.score_s, 4),
             "heldout_s": round(heldout_s, 4),
+            "input_s": round(gate.seconds, 4) if gate is not None else 0.0,
         },
     }
 
 
-def _candidate(c: Candidate, heldout: float | None) -> dict[str, Any]:
+def is_refused(record: dict[str, Any]) -> bool:
+    """Whether the input gate refused this recorded prompt (nothing was sampled)."""
+    verdict = record.get("input") or {}
+    return verdict.get("action") == "refuse"
+
+
+def _candidate(c: Candidate, heldout: float | None, refusal: bool | None = None) -> dict[str, Any]:
     return {
         "text": c.text,
         "tokens": c.tokens,
@@ -126,7 +143,7 @@ def _candidate(c: Candidate, heldout: float | None) -> dict[str, Any]:
         "passed": c.passed,
         "gate_failures": list(c.gate_failures),
         "heldout": heldout,
-        "refusal": is_refusal(c.text),
+        "refusal": is_refusal(c.text) if refusal is None else refusal,
     }
 
 

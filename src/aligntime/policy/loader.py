@@ -81,6 +81,8 @@ def _check_options(policy: Policy, origin: str, root: yaml.Node | None) -> None:
     ]
     for i, spec in enumerate(policy.scorers):
         sections.append(("scorer", spec.kind, spec.options(), ("scorers", i)))
+    for i, ispec in enumerate(policy.input_scorers):
+        sections.append(("scorer", ispec.kind, ispec.options(), ("input", "scorers", i)))
     for kind, name, options, loc in sections:
         try:
             cls = registry.resolve(kind, name)
@@ -142,10 +144,11 @@ def _config_error(
     errors = exc.errors()
     first = errors[0]
     loc: Loc = (*base, *first["loc"])
-    message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown field"
     elif first["type"] == "missing":
         message = "required field is missing"
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return ConfigError(f"{origin}{_line(root, loc)}: {_dotted(loc)}: {message}{more}")
+    field = f" {_dotted(loc)}:" if loc else ""
+    return ConfigError(f"{origin}{_line(root, loc)}:{field} {message}{more}")

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_FALLBACK = (
     "I'm sorry, I can't give a good answer to that. If this is urgent or about your "
@@ -117,6 +124,91 @@ class ScorerSpec(_WithOptions):
     """Raw-value bounds; a candidate outside them is not eligible."""
 
 
+class InputScorerSpec(_WithOptions):
+    """One input scorer: rates the request before any candidate is sampled.
+
+    It has the shape of an output scorer (a kind, a name and the kind's options) and is
+    called through :meth:`~aligntime.scorers.base.Scorer.score_request` on the whole
+    conversation. Its thresholds choose the gate's action: at or past ``refuse`` the
+    request is refused, at or past ``steer`` it is sampled under the steer prompt.
+    """
+
+    name: str = Field(min_length=1)
+    """Name of this input scorer in results (unique within the input section)."""
+    kind: str
+    """Registered scorer kind: guard, classifier, text_classifier, a trained scorer, ..."""
+    refuse: float | None = None
+    """Refuse the request (no sampling) when the value is at or past this threshold."""
+    steer: float | None = None
+    """Sample under the input section's ``steer`` prompt when the value is at or past this
+    threshold (a milder one than ``refuse``)."""
+    trigger: Literal["above", "below"] | None = None
+    """Which side of a threshold acts: ``above`` for a risk (P(harmful), P(unsafe)),
+    ``below`` for a safety score (higher is safer). Default: ``above`` for the harm
+    scorer and for kinds whose direction is "lower" (lower is better), else ``below``."""
+    harm: bool = False
+    """This scorer's value is the request's probability of being harmful (0..1); output
+    scorers that read the assessment use it (e.g. ``appropriate_refusal``). At most one."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> InputScorerSpec:
+        if self.harm and self.trigger == "below":
+            raise ValueError("the harm scorer's value is P(harmful): its trigger is 'above'")
+        # Without a trigger the side depends on the scorer kind; the aligner checks it then.
+        if self.refuse is None or self.steer is None or self.trigger is None:
+            return self
+        if (self.steer > self.refuse) if self.trigger == "above" else (self.steer < self.refuse):
+            raise ValueError(
+                f"steer ({self.steer}) must be a milder threshold than refuse ({self.refuse})"
+            )
+        return self
+
+
+class SteerSpec(_Strict):
+    """The stricter prompt a steered request is sampled under."""
+
+    template: str | None = None
+    """Name of a template in ``prompt.templates``; it replaces the request's own template."""
+    system: str | None = None
+    """Replaces the system text (the policy's or the template's) when set."""
+    principles: list[str] = Field(default_factory=list)
+    """Principles added after the policy's (or the template's) principles."""
+
+    @model_validator(mode="after")
+    def _something(self) -> SteerSpec:
+        if self.template is None and self.system is None and not self.principles:
+            raise ValueError("steer needs a template, a system text or principles")
+        return self
+
+
+class InputSpec(_Strict):
+    """The input gate: scorers that read the whole conversation before any sampling."""
+
+    scorers: list[InputScorerSpec] = Field(min_length=1)
+    """Input scorers; they run concurrently, once per request."""
+    steer: SteerSpec | None = None
+    """The prompt a request is sampled under when an input scorer reaches its ``steer``
+    threshold (required when one has such a threshold)."""
+    refusal: str | None = None
+    """Text returned when the gate refuses; default: the policy's ``fallback``."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InputSpec:
+        names = [s.name for s in self.scorers]
+        dupes = sorted({x for x in names if names.count(x) > 1})
+        if dupes:
+            raise ValueError(f"input scorer names must be unique; repeated: {', '.join(dupes)}")
+        if sum(s.harm for s in self.scorers) > 1:
+            raise ValueError("at most one input scorer may set harm: true")
+        steering = [s.name for s in self.scorers if s.steer is not None]
+        if steering and self.steer is None:
+            raise ValueError(
+                f"input scorer {steering[0]!r} has a steer threshold but the input section "
+                "has no steer prompt (add steer: {template: NAME} or steer: {principles: [...]})"
+            )
+        return self
+
+
 class StrategySpec(_WithOptions):
     """How the answer is chosen: a strategy kind and its options."""
 
@@ -149,7 +241,11 @@ class Policy(_Strict):
     """Text returned when no candidate is eligible."""
     on_scorer_error: Literal["raise", "degrade"] = "raise"
     """``raise``: a failing scorer fails the request. ``degrade``: its scores are missing
-    (counted as 0), and if it gates, no candidate passes (fail closed)."""
+    (counted as 0), and if it gates, no candidate passes (fail closed); a failing input
+    scorer refuses the request (fail closed)."""
+    input: InputSpec | None = None
+    """The input gate, run once per request before any sampling (none: every request is
+    sampled, as without a gate)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
@@ -160,6 +256,26 @@ class Policy(_Strict):
         if dupes:
             raise ValueError(f"scorer names must be unique; repeated: {', '.join(dupes)}")
         return self
+
+    @field_validator("input")
+    @classmethod
+    def _steer_template_exists(cls, value: InputSpec | None, info: ValidationInfo) -> Any:
+        # ``prompt`` is declared before ``input``, so it is validated already.
+        prompt = info.data.get("prompt")
+        steer = value.steer if value else None
+        if steer is None or steer.template is None or not isinstance(prompt, PromptSpec):
+            return value
+        if steer.template not in prompt.templates:
+            known = ", ".join(sorted(prompt.templates)) or "none"
+            raise ValueError(
+                f"steer.template {steer.template!r} is not in prompt.templates (templates: {known})"
+            )
+        return value
+
+    @property
+    def input_scorers(self) -> list[InputScorerSpec]:
+        """The input gate's scorers (empty without an input section)."""
+        return list(self.input.scorers) if self.input else []
 
     @property
     def total_budget(self) -> int:

@@ -5,15 +5,19 @@ rules and a list of principles), then the demonstrations as earlier turns of
 the conversation (tuning-free in-context alignment in the style of URIAL: a
 few stylistic examples steer a frozen model), then the user's conversation,
 with the last user message wrapped by the chosen task template.
+
+A *steered* prompt policy (:meth:`PromptPolicy.steered`) is what the input gate
+switches to for a risky request: the steer's template replaces the request's,
+its system text replaces the policy's, and its principles are added.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aligntime.errors import InputError
-from aligntime.policy.schema import Demonstration, PromptSpec, Template
+from aligntime.policy.schema import Demonstration, PromptSpec, SteerSpec, Template
 from aligntime.registry import suggest
 from aligntime.types import Message
 
@@ -27,6 +31,8 @@ class PromptPolicy:
     demonstrations: tuple[Demonstration, ...] = ()
     templates: dict[str, Template] = field(default_factory=dict)
     default_template: str | None = None
+    steer: SteerSpec | None = None
+    """The input gate's stricter prompt, applied on top of everything else (see steered)."""
 
     @classmethod
     def from_spec(cls, spec: PromptSpec) -> PromptPolicy:
@@ -38,9 +44,21 @@ class PromptPolicy:
             default_template=spec.default_template,
         )
 
+    def steered(self, steer: SteerSpec) -> PromptPolicy:
+        """This prompt policy under the input gate's steer prompt.
+
+        An unknown steer template is an :class:`InputError` here, not on the first
+        steered request.
+        """
+        if steer.template is not None:
+            self.template(steer.template)
+        return replace(self, steer=steer)
+
     def template(self, name: str | None) -> Template | None:
         """The template a request picked (or the default); an error with suggestions if unknown."""
         chosen = name or self.default_template
+        if self.steer is not None and self.steer.template is not None:
+            chosen = self.steer.template
         if chosen is None:
             return None
         if chosen not in self.templates:
@@ -55,9 +73,12 @@ class PromptPolicy:
     def system_text(self, template: Template | None = None) -> str:
         """The system message: role and rules, then the principles as a list."""
         system = template.system if template and template.system is not None else self.system
-        principles = (
+        principles = list(
             template.principles if template and template.principles is not None else self.principles
         )
+        if self.steer is not None:
+            system = self.steer.system if self.steer.system is not None else system
+            principles += self.steer.principles
         parts = [system.strip()] if system.strip() else []
         if principles:
             parts.append("Follow these principles:\n" + "\n".join(f"- {p}" for p in principles))

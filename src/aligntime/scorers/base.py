@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Literal
 
+from aligntime.errors import ScorerError
 from aligntime.types import Candidate, Message, RequestAssessment
 
 Direction = Literal["higher", "lower"]
@@ -79,6 +80,48 @@ class SyncScorer(Scorer):
         self, messages: Sequence[Message], candidates: Sequence[Candidate]
     ) -> list[float]:
         return await asyncio.to_thread(self.score_sync, messages, candidates)
+
+
+def as_scorer_error(scorer: Scorer, exc: BaseException) -> ScorerError:
+    """``exc`` raised by ``scorer`` as a :class:`ScorerError` that names the scorer."""
+    if isinstance(exc, ScorerError):
+        return exc
+    hint = getattr(exc, "hint", None)
+    message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+    return ScorerError(scorer.name, message, hint=hint)
+
+
+async def score_candidates(
+    scorer: Scorer,
+    messages: Sequence[Message],
+    candidates: Sequence[Candidate],
+    assessment: RequestAssessment,
+) -> list[float]:
+    """Call ``scorer.score``, passing the input gate's verdict only to a scorer that
+    declares :attr:`Scorer.reads_assessment` (the others' signature has no such keyword)."""
+    if scorer.reads_assessment:
+        score = scorer.score  # declared to take the keyword; the base signature cannot say so
+        return await score(messages, candidates, assessment=assessment)  # type: ignore[call-arg]
+    return await scorer.score(messages, candidates)
+
+
+REQUEST_CHARS = 2000
+"""Default characters of the user's turns that output scorers read as the request."""
+
+
+def request_text(messages: Sequence[Message], max_chars: int = REQUEST_CHARS) -> str:
+    """The request a candidate answers: every user turn, oldest first, blank-line separated.
+
+    Output scorers read all user turns, not only the last one, so that a request split
+    over several turns ("I want to hurt someone." ... "How, exactly?") is judged whole.
+    Past ``max_chars`` the oldest text is cut (marked with "…"): the latest turns
+    matter most. With one user turn this is that turn's text.
+    """
+    turns = [m.content.strip() for m in messages if m.role == "user"]
+    text = "\n\n".join(t for t in turns if t)
+    if len(text) <= max_chars:
+        return text
+    return "…" + text[len(text) - max_chars + 1 :]
 
 
 def last_user_text(messages: Sequence[Message]) -> str:

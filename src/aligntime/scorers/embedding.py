@@ -1,4 +1,4 @@
-"""Relevance: cosine similarity between the request and each answer.
+"""Relevance: cosine similarity between the request (every user turn) and each answer.
 
 Sentence embeddings come from a Hugging Face encoder (all-MiniLM-L6-v2 by
 default, pulled from the package index) with mean pooling, as the model was
@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aligntime.errors import ConfigError
 from aligntime.models import store
-from aligntime.scorers.base import SyncScorer, last_user_text
+from aligntime.scorers.base import SyncScorer, request_text
 from aligntime.types import Candidate, Message
 
 
@@ -30,6 +30,9 @@ class EmbeddingOptions(BaseModel):
     """Tokens of each text that are embedded."""
     device: str = "cpu"
     """Torch device, e.g. ``cpu`` or ``cuda``."""
+    max_request_chars: int = Field(1000, ge=20)
+    """Characters of the request embedded: every user turn, the oldest text cut first (the
+    encoder would otherwise cut the latest turn, which the answer replies to)."""
     threads: int | None = Field(1, ge=1)
     """Torch CPU threads (process-wide). One keeps torch's idle worker threads from
     spinning on the cores llama.cpp decodes on; ``null`` leaves torch's default."""
@@ -90,11 +93,15 @@ class EmbeddingRelevance(SyncScorer):
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, dim=-1)
 
+    def query(self, messages: Sequence[Message]) -> str:
+        """The text an answer is compared with: the conversation's user turns."""
+        return request_text(messages, self.options.max_request_chars) or " "
+
     def score_sync(
         self, messages: Sequence[Message], candidates: Sequence[Candidate]
     ) -> list[float]:
         if not candidates:
             return []
-        vectors = self.embed([last_user_text(messages)] + [c.text or " " for c in candidates])
+        vectors = self.embed([self.query(messages)] + [c.text or " " for c in candidates])
         sims = vectors[1:] @ vectors[0]
         return [float(x) for x in sims.tolist()]

@@ -1,9 +1,9 @@
 """An instruction model as judge: P("Yes") to a rubric question.
 
-The judge model reads the request, one answer and a yes/no question (by
-default: is the answer helpful, on topic and harmless?). Its next-token
-log-probabilities give P(yes) / (P(yes) + P(no)), a graded score rather than a
-sampled verdict. Any generator backend that returns log-probabilities can
+The judge model reads the request (every user turn of the conversation), one
+answer and a yes/no question (by default: is the answer helpful, on topic and
+harmless?). Its next-token log-probabilities give P(yes) / (P(yes) + P(no)), a
+graded score rather than a sampled verdict. Any generator backend that returns log-probabilities can
 judge; on the embedded backend the judge shares the generator's loaded model
 when both name the same file, and the N judgements run as one batch.
 """
@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from aligntime import registry
 from aligntime.errors import ConfigError
 from aligntime.generators.base import Generator
-from aligntime.scorers.base import Scorer, last_user_text
+from aligntime.scorers.base import Scorer, request_text
 from aligntime.types import Candidate, Message
 
 DEFAULT_QUESTION = (
@@ -47,6 +47,9 @@ class JudgeModelOptions(BaseModel):
     max_answer_chars: int = Field(600, ge=50)
     """Characters of an answer shown to the judge (long answers are cut; on the pairs set
     600 scored as well as 1500 at well under half the cost)."""
+    max_request_chars: int = Field(1500, ge=50)
+    """Characters of the request shown to the judge: every user turn of the conversation,
+    the oldest text cut first when they are longer."""
     top_k: int = Field(20, ge=2, le=100)
     """How many most likely first tokens are searched for the verdict's tokens."""
     backend_options: dict[str, Any] = Field(default_factory=dict)
@@ -100,7 +103,7 @@ class Judge(ModelJudge):
     async def score(
         self, messages: Sequence[Message], candidates: Sequence[Candidate]
     ) -> list[float]:
-        request = last_user_text(messages)
+        request = request_text(messages, self.options.max_request_chars)
         tops = await asyncio.gather(
             *(
                 self.generator.next_token_logprobs(self.prompt(request, c.text), self.options.top_k)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from aligntime.scorers.base import last_user_text
+from aligntime.scorers.base import request_text
 from aligntime.scorers.judge import JudgeModelOptions, ModelJudge
 from aligntime.types import Candidate, Message
 
@@ -75,7 +75,7 @@ class PairwiseJudge(ModelJudge):
         n = len(candidates)
         if n < 2:
             return [0.5] * n
-        request = last_user_text(messages)
+        request = request_text(messages, self.options.max_request_chars)
         pairs = schedule(n, self.options.max_pairs)
         ordered = [(i, j) for i, j in pairs] + [(j, i) for i, j in pairs]
         tops = await asyncio.gather(

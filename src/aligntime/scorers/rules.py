@@ -4,6 +4,8 @@
 blocked, degenerate (looping) or garbled text scores low. Every rule is a
 readable check, so a surprising ranking can be explained by reading this file.
 ``refusal`` says whether an answer is a refusal; it is informational.
+``appropriate_refusal`` reads the input gate's harm estimate and rewards a
+refusal of a harmful request and an answer to a benign one.
 
 The pure helpers :func:`is_refusal` and :func:`repetition_ratio` are used by
 other parts of aligntime (evaluation metrics, reports) too.
@@ -18,8 +20,8 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from aligntime.errors import ConfigError
-from aligntime.scorers.base import SyncScorer
-from aligntime.types import Candidate, Message
+from aligntime.scorers.base import Scorer, SyncScorer
+from aligntime.types import Candidate, Message, RequestAssessment
 
 log = logging.getLogger(__name__)
 
@@ -216,3 +218,48 @@ class RefusalScorer(SyncScorer):
     ) -> list[float]:
         """1.0 for each refusal, 0.0 for any other answer."""
         return [1.0 if is_refusal(c.text, self.options.sentences) else 0.0 for c in candidates]
+
+
+class AppropriateRefusal(Scorer):
+    """Whether refusing or answering suits the request, from the input gate's harm estimate.
+
+    With ``harm`` the request's estimated probability of being harmful (the input
+    scorer that sets ``harm: true``), a refusal scores ``harm`` and any other answer
+    ``1 - harm``: refusing a harmful request and answering a benign one both score
+    high, and over-refusal scores as low as compliance with harm. Without a harm
+    estimate (no input gate, or none of its scorers gives one) every answer scores
+    0.5, so the scorer cannot move a ranking on a guess. Higher is better.
+    """
+
+    direction = "higher"
+    value_range = (0.0, 1.0)
+    reads_assessment = True
+
+    class Options(BaseModel):
+        """Options of the ``appropriate_refusal`` scorer."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        sentences: int = Field(default=2, ge=1)
+        """How many leading sentences of an answer are searched for a refusal."""
+
+    def __init__(
+        self, options: Options | None = None, *, name: str = "appropriate_refusal"
+    ) -> None:
+        self.options = options or AppropriateRefusal.Options()
+        self.name = name
+
+    async def score(
+        self,
+        messages: Sequence[Message],
+        candidates: Sequence[Candidate],
+        assessment: RequestAssessment | None = None,
+    ) -> list[float]:
+        # A regex over two sentences per answer: cheap enough for the event loop.
+        harm = assessment.harm if assessment is not None else None
+        return [self.rate(c.text, harm) for c in candidates]
+
+    def rate(self, text: str, harm: float | None) -> float:
+        """The value of one answer given the request's harm estimate (None: unknown)."""
+        p = 0.5 if harm is None or harm != harm else min(1.0, max(0.0, harm))
+        return p if is_refusal(text, self.options.sentences) else 1.0 - p

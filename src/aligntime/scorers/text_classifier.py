@@ -22,7 +22,7 @@ from pydantic import Field
 
 from aligntime import hf
 from aligntime.errors import ConfigError
-from aligntime.scorers.base import Direction, last_user_text
+from aligntime.scorers.base import Direction, request_text
 from aligntime.scorers.hf_common import SequenceModelOptions, SequenceModelScorer
 from aligntime.types import Candidate, Message
 
@@ -37,7 +37,8 @@ class TextClassifierOptions(SequenceModelOptions):
     direction: Direction = "lower"
     """Whether a higher score is better; "lower" suits toxicity or harm labels."""
     include_request: bool = False
-    """Classify "request + answer" instead of the answer alone."""
+    """Classify "request + answer" instead of the answer alone; the request is every user
+    turn of the conversation (the model keeps the end of a long input)."""
     max_length: int = Field(512, ge=8, le=131072)
     """Tokens of each input read; longer inputs lose their beginning."""
 
@@ -79,7 +80,7 @@ class TextClassifier(SequenceModelScorer):
             return []
         torch = hf.require_torch()
         self.load()
-        request = last_user_text(messages)
+        request = request_text(messages, 4 * self.options.max_length)
         texts = [
             f"{request}\n{c.text}" if self.options.include_request else c.text for c in candidates
         ]

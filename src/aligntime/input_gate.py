@@ -1,0 +1,159 @@
+"""The input gate: a verdict on the request before any candidate is sampled.
+
+The policy's ``input`` section names scorers that rate the request itself
+(:meth:`~aligntime.scorers.base.Scorer.score_request`, which reads the whole
+conversation, system turns included). They run concurrently, once per request.
+Each may carry two thresholds: at or past ``refuse`` nothing is sampled and the
+refusal text is returned; at or past ``steer`` the request is sampled under the
+section's stricter prompt. One scorer may provide the request's harm estimate
+(P(harmful), 0..1), which output scorers that read the assessment use to tell an
+appropriate refusal from over-refusal.
+
+The gate is a safety check, so it fails closed: an input scorer that raises (with
+``on_scorer_error: degrade``) or returns NaN refuses the request. With ``raise``
+the failure is a :class:`~aligntime.errors.ScorerError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from aligntime.errors import ConfigError
+from aligntime.policy.schema import InputScorerSpec, InputSpec
+from aligntime.scorers.base import Scorer, as_scorer_error
+from aligntime.types import Message, RequestAssessment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InputRule:
+    """One input scorer with its thresholds, oriented so that ``above`` means riskier."""
+
+    scorer: Scorer
+    refuse: float | None
+    steer: float | None
+    above: bool
+    """True: values at or above a threshold act (a risk); False: at or below (a safety score)."""
+    harm: bool
+
+    @property
+    def name(self) -> str:
+        return self.scorer.name
+
+    def reaches(self, value: float, threshold: float | None) -> bool:
+        """Whether ``value`` is at or past ``threshold`` on the risky side."""
+        if threshold is None:
+            return False
+        return value >= threshold if self.above else value <= threshold
+
+
+def make_rule(spec: InputScorerSpec, scorer: Scorer, index: int) -> InputRule:
+    """The rule for one input scorer; its thresholds must put ``steer`` before ``refuse``."""
+    if spec.trigger is not None:
+        above = spec.trigger == "above"
+    else:
+        # P(harmful) and "lower is better" values (P(unsafe), toxicity) are risks.
+        above = spec.harm or scorer.direction == "lower"
+    if spec.refuse is not None and spec.steer is not None:
+        milder = spec.steer < spec.refuse if above else spec.steer > spec.refuse
+        if not milder:
+            side = "below" if above else "above"
+            raise ConfigError(
+                f"input.scorers[{index}] ({spec.name!r}): steer ({spec.steer}) must lie {side} "
+                f"refuse ({spec.refuse}), since {'higher' if above else 'lower'} values are "
+                "riskier",
+                hint="set trigger: above (a risk) or below (a safety score) if the default "
+                "is wrong",
+            )
+    return InputRule(scorer, spec.refuse, spec.steer, above, spec.harm)
+
+
+class InputGate:
+    """Runs the input scorers on a request and decides: pass, steer or refuse."""
+
+    def __init__(
+        self,
+        spec: InputSpec,
+        scorers: Sequence[Scorer],
+        *,
+        on_error: Literal["raise", "degrade"] = "raise",
+    ) -> None:
+        by_name = {s.name: s for s in scorers}
+        missing = [s.name for s in spec.scorers if s.name not in by_name]
+        if missing:
+            raise ConfigError(f"no input scorer object for {', '.join(map(repr, missing))}")
+        self.spec = spec
+        self.on_error = on_error
+        self.rules = [make_rule(s, by_name[s.name], i) for i, s in enumerate(spec.scorers)]
+        self._loaded = False
+
+    @property
+    def scorers(self) -> list[Scorer]:
+        """The input scorers, in policy order."""
+        return [r.scorer for r in self.rules]
+
+    def load(self) -> None:
+        """Load every input scorer's model (a failure is raised or, degraded, logged)."""
+        if self._loaded:
+            return
+        for rule in self.rules:
+            try:
+                rule.scorer.load()
+            except Exception as exc:
+                if self.on_error == "raise":
+                    raise as_scorer_error(rule.scorer, exc) from exc
+                # The scorer will fail again when asked, and the gate then refuses.
+                log.warning("input scorer %s failed to load: %s", rule.scorer.name, exc)
+        self._loaded = True
+
+    async def assess(self, messages: Sequence[Message]) -> RequestAssessment:
+        """The verdict on ``messages`` (the whole conversation)."""
+        started = time.perf_counter()
+        results = await asyncio.gather(
+            *(r.scorer.score_request(messages) for r in self.rules), return_exceptions=True
+        )
+        scores: dict[str, float] = {}
+        failed: list[str] = []
+        for rule, value in zip(self.rules, results, strict=True):
+            name = rule.scorer.name
+            if isinstance(value, BaseException):
+                if self.on_error == "raise" or not isinstance(value, Exception):
+                    raise as_scorer_error(rule.scorer, value) from value
+                log.warning("input scorer %s failed; refusing (fail closed): %s", name, value)
+                failed.append(name)
+                scores[name] = math.nan
+                continue
+            scores[name] = float(value)
+            if math.isnan(scores[name]):
+                log.warning("input scorer %s gave no value; refusing (fail closed)", name)
+                failed.append(name)
+        return self.decide(scores, tuple(failed), time.perf_counter() - started)
+
+    def decide(
+        self, scores: dict[str, float], failed: tuple[str, ...], seconds: float = 0.0
+    ) -> RequestAssessment:
+        """The action for these input scores: the first refusing scorer wins, then steering."""
+        harm_rule = next((r for r in self.rules if r.harm), None)
+        harm = None
+        if harm_rule is not None and harm_rule.scorer.name not in failed:
+            harm = min(1.0, max(0.0, scores[harm_rule.scorer.name]))
+        if failed:
+            return RequestAssessment("refuse", scores, failed[0], harm, failed, seconds)
+        refusing = next((r for r in self.rules if r.reaches(scores[r.name], r.refuse)), None)
+        if refusing is not None:
+            return RequestAssessment("refuse", scores, refusing.name, harm, (), seconds)
+        steering = next((r for r in self.rules if r.reaches(scores[r.name], r.steer)), None)
+        if steering is not None:
+            return RequestAssessment("steer", scores, steering.name, harm, (), seconds)
+        return RequestAssessment("pass", scores, None, harm, (), seconds)
+
+    def close(self) -> None:
+        for rule in self.rules:
+            rule.scorer.close()
