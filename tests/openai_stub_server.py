@@ -5,7 +5,9 @@ own event loop in a thread) so the ``openai`` backend is tested through real
 sockets, keep-alive connections and real faults, not a mocked transport.
 
 A test tells it how to behave with attributes (``honour_n``, ``reject_n``,
-``api_key``, ``forward``, ``logprobs_for``) and with ``script``: a queue of
+``api_key``, ``forward``, ``logprobs_for``, and ``completion_for`` /
+``token_count_for`` for ``/v1/completions`` and vLLM's ``/tokenize``) and with
+``script``: a queue of
 faults consumed one per request, in arrival order:
 
 - ``"500"``, ``"503"``, ``"400"``, ...: that status with an OpenAI-shaped error body
@@ -83,6 +85,12 @@ class StubServer:
         default=lambda body: {"Yes": -0.2, "No": -1.8, "Maybe": -4.0}
     )
     """The top log-probabilities for a ``max_tokens: 1, top_logprobs: k`` request."""
+    completion_for: Callable[[dict[str, Any]], list[tuple[str, dict[str, float]]]] | None = None
+    """Answers ``/v1/completions``: the steps (chosen token, top log-probabilities there)
+    of the completion of a request body; None answers it with a 404, like a chat-only
+    server. The steps are cut at the body's ``max_tokens``."""
+    token_count_for: Callable[[dict[str, Any]], int] | None = None
+    """Answers vLLM's ``/tokenize`` (at the server root) with this token count; None: 404."""
     forward: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     """When set, every chat completion is answered by this (blocking) function; a reply
     with an ``error`` key is sent as a 400."""
@@ -192,6 +200,15 @@ class StubServer:
         if action == "nochoices":
             await self._send(writer, 200, json.dumps({"id": "x", "object": "chat"}).encode())
             return True
+        if path.endswith("/tokenize") and self.token_count_for is not None:
+            count = self.token_count_for(body)
+            reply = {"count": count, "tokens": list(range(count)), "max_model_len": 8192}
+            await self._send(writer, 200, json.dumps(reply).encode())
+            return True
+        if path.endswith("/v1/completions") and self.completion_for is not None:
+            steps = self.completion_for(body)
+            await self._send(writer, 200, json.dumps(_completion(body, steps)).encode())
+            return True
         if not path.endswith("/chat/completions"):
             await self._send(writer, 404, _error(f"no route {path}", "not_found"))
             return True
@@ -265,6 +282,28 @@ class StubServer:
             choices.append(choice)
         completion = sum(len(str(c["message"]["content"]).split()) for c in choices)
         return _reply(body, choices, completion if self.send_usage else None)
+
+
+def _completion(body: dict[str, Any], steps: list[tuple[str, dict[str, float]]]) -> dict[str, Any]:
+    """A /completions reply in OpenAI's legacy shape, with per-token top log-probabilities."""
+    limit = int(body.get("max_tokens", 16))
+    cut = steps[:limit]
+    text = "".join(token for token, _ in cut)
+    offsets = [sum(len(t) for t, _ in cut[:i]) for i in range(len(cut))]
+    choice = {
+        "index": 0,
+        "text": text,
+        "finish_reason": "length" if len(steps) > limit else "stop",
+        "logprobs": {
+            "tokens": [token for token, _ in cut],
+            "token_logprobs": [top.get(token, -0.01) for token, top in cut],
+            "top_logprobs": [top for _, top in cut],
+            "text_offset": offsets,
+        },
+    }
+    reply = _reply(body, [choice], len(cut))
+    reply["object"] = "text_completion"
+    return reply
 
 
 def _reply(body: dict[str, Any], choices: list[Any], completion: int | None) -> dict[str, Any]:
