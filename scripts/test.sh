@@ -17,4 +17,9 @@ fi
 .venv/bin/python -m ruff check .
 .venv/bin/python -m ruff format --check .
 .venv/bin/python -m mypy
+# The full run (no arguments, as CI runs it) also checks the minimal environment:
+# core + [server] only, serving an openai-backend policy with no torch or llama.cpp.
+if [ $# -eq 0 ]; then
+  bash scripts/minimal_env.sh
+fi
 .venv/bin/python -m pytest "$@"

@@ -22,7 +22,7 @@ EXTRA_OF: dict[str, str] = {
     "transformers": "hf",
     "gguf": "hf",
     "accelerate": "hf",
-    "safetensors": "hf",
+    "safetensors": "embedded",
     "fastapi": "server",
     "starlette": "server",
     "uvicorn": "server",
