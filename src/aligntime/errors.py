@@ -29,6 +29,26 @@ class InputError(AligntimeError):
     """A request is invalid: an empty prompt, an out-of-range N, ..."""
 
 
+class ContextLengthError(InputError):
+    """The conversation does not fit the model's context window: the caller's to shorten.
+
+    ``prompt_tokens`` (what the request needed) and ``context_tokens`` (what the
+    model holds) are the backend's counts, ``None`` where it did not say.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        prompt_tokens: int | None = None,
+        context_tokens: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.prompt_tokens = prompt_tokens
+        self.context_tokens = context_tokens
+
+
 class ModelError(AligntimeError):
     """A model is missing, corrupt or cannot be fetched."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import typer
@@ -20,10 +21,45 @@ def read_prompt(prompt: str | None) -> str:
                 "give a prompt, or pipe one on standard input", param_hint="'PROMPT'"
             )
         prompt = "-"
-    text = sys.stdin.read() if prompt == "-" else prompt
+    text = _read_stdin() if prompt == "-" else prompt
+    if any("\ud800" <= ch <= "\udfff" for ch in text):
+        # Python keeps bytes of an argument that are not UTF-8 as lone surrogates.
+        raise InputError("the prompt is not UTF-8 text", hint="give the request as UTF-8 text")
     if not text.strip():
         raise InputError("the prompt is empty", hint="give a non-empty request")
     return text
+
+
+def _read_stdin() -> str:
+    """Standard input as UTF-8 text; anything else is an input error, not a crash."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # already text (a test harness)
+        return sys.stdin.read()
+    data: bytes = stream.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"standard input is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start} is not valid UTF-8",
+            hint="pipe a UTF-8 text file as the prompt",
+        ) from None
+
+
+def check_temperature(value: float | None) -> None:
+    """Refuse a ``--temperature`` that is not a finite number in the policies' range."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise InputError(f"--temperature must be a finite number, got {value}")
+    from pydantic import ValidationError
+
+    from aligntime.generators.options import SamplingOptions
+
+    try:  # the range a policy's generator.temperature allows
+        SamplingOptions(model="-", temperature=value)
+    except ValidationError as exc:
+        raise InputError(f"--temperature: {exc.errors()[0]['msg']}, got {value:g}") from None
 
 
 def run(
@@ -45,6 +81,7 @@ def run(
     from aligntime.policy.loader import load_policy
 
     text = read_prompt(prompt)
+    check_temperature(temperature)
     pol = load_policy(policy)
     if n is not None and not 1 <= n <= pol.max_n:
         raise InputError(f"n must be between 1 and {pol.max_n} for policy {pol.name!r}, got {n}")

@@ -64,16 +64,32 @@ def serve(
     access_log: bool = typer.Option(
         False, "--access-log", envvar="ALIGNTIME_ACCESS_LOG", help="Log each request's path."
     ),
+    forwarded_allow_ips: str = typer.Option(
+        "",
+        "--forwarded-allow-ips",
+        envvar="ALIGNTIME_FORWARDED_ALLOW_IPS",
+        help="Proxies (comma-separated addresses or networks, or *) whose X-Forwarded-For "
+        "names the client; default: none, the header is ignored.",
+    ),
+    shutdown_timeout: float = typer.Option(
+        25.0,
+        "--shutdown-timeout",
+        envvar="ALIGNTIME_SHUTDOWN_TIMEOUT",
+        help="After SIGTERM, seconds requests in flight may finish before they get a 503.",
+    ),
 ) -> None:
     """Serve aligned chat completions over the OpenAI API (POST /v1/chat/completions)."""
     from aligntime.errors import ConfigError
     from aligntime.policy.loader import load_policy
 
     try:
-        import uvicorn
-
         from aligntime.server.app import app_from_policies
-        from aligntime.server.config import ServerOptions, keys_from_env
+        from aligntime.server.config import (
+            ServerOptions,
+            keys_from_env,
+            parse_forwarded_allow_ips,
+        )
+        from aligntime.server.runner import Server, uvicorn_config
     except ImportError as exc:
         from aligntime.extras import missing
 
@@ -92,6 +108,8 @@ def serve(
             timeout_s=timeout,
             audit_db=audit_db,
             batch_wait_ms=batch_wait_ms,
+            forwarded_allow_ips=parse_forwarded_allow_ips(forwarded_allow_ips),
+            shutdown_timeout_s=shutdown_timeout,
         )
     except ValueError as exc:
         raise ConfigError(f"invalid server option: {exc}") from exc
@@ -107,15 +125,8 @@ def serve(
     # One parseable line on stderr: tests and scripts wait for it.
     sys.stderr.write(f"aligntime serving {names} on http://{host}:{bound}\n")
     sys.stderr.flush()
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=access_log,
-        timeout_keep_alive=5,
-        timeout_graceful_shutdown=10,
-    )
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        Server(uvicorn_config(app, access_log=access_log)).run(sockets=[sock])
     finally:
         app.state.service.close()
 

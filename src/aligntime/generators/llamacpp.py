@@ -23,6 +23,7 @@ from pydantic import Field
 
 from aligntime.errors import BackendError, ModelError
 from aligntime.generators.base import Capabilities, Generator
+from aligntime.generators.openai_reply import context_length_error
 from aligntime.generators.options import SamplingOptions
 from aligntime.models import store
 from aligntime.types import Candidate, Generation, GenerationParams, Message, Usage
@@ -85,6 +86,16 @@ class LlamaCppEngine:
         if "error" in reply:
             err = reply["error"]
             message = err.get("message", err) if isinstance(err, dict) else err
+            if isinstance(err, dict) and err.get("type") == "exceed_context_size_error":
+                # The prompt does not fit: the caller's to shorten, not a broken engine.
+                too_long = context_length_error(
+                    str(message),
+                    prompt_tokens=_count(err.get("n_prompt_tokens")),
+                    context_tokens=_count(err.get("n_ctx")),
+                    known=True,
+                )
+                if too_long is not None:
+                    raise too_long
             raise BackendError(f"llama.cpp rejected the request: {message}")
         return reply
 
@@ -252,6 +263,10 @@ def _candidate(choice: dict[str, Any], prefix: str = "") -> Candidate:
         finish_reason=choice.get("finish_reason") or "stop",
         logprob=sum(float(e.get("logprob", 0.0)) for e in logprobs) if logprobs else None,
     )
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) else None
 
 
 def _seed_offset(body: dict[str, Any], chunk: int) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from pydantic import Field, field_validator
 from aligntime.errors import BackendError, ConfigError
 from aligntime.generators.base import Capabilities, Generator
 from aligntime.generators.http_retry import HTTPFailure, RetriesExhausted, RetryPolicy, post_json
-from aligntime.generators.openai_reply import choices_of, collect
+from aligntime.generators.openai_reply import choices_of, collect, context_length_error
 from aligntime.generators.options import SamplingOptions
 from aligntime.types import Generation, GenerationParams, Message
 
@@ -194,6 +194,12 @@ class OpenAIGenerator(Generator):
                 status=exc.last.status,
             ) from exc
         except HTTPFailure as exc:
+            # A prompt too long for the model is the caller's to fix, not a broken backend.
+            too_long = (
+                context_length_error(exc.server_message) if exc.status in (400, 413, 422) else None
+            )
+            if too_long is not None:
+                raise too_long from exc
             raise BackendError(
                 f"{where} rejected the request: {exc.message}",
                 hint=_hint(exc.status),

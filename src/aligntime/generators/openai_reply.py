@@ -14,12 +14,27 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from typing import Any
 
-from aligntime.errors import BackendError
+from aligntime.errors import BackendError, ContextLengthError
 from aligntime.types import Candidate, Usage
 
 log = logging.getLogger(__name__)
+
+# How servers say a prompt is too long: OpenAI and vLLM ("maximum context length is
+# 2048 tokens. However, you requested 2300 tokens"), llama.cpp ("request (631 tokens)
+# exceeds the available context size (512 tokens)"), OpenAI's code and llama.cpp's type.
+_OVERFLOW = re.compile(
+    r"context_length_exceeded|exceed_context_size|maximum context length|context size|"
+    r"context window",
+    re.IGNORECASE,
+)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_LIMIT = re.compile(
+    r"(?:maximum context length is|context size \(|context window of)\s*(\d+)", re.IGNORECASE
+)
+_NEEDED = re.compile(r"(?:you requested|resulted in|request has|request \()\s*(\d+)", re.IGNORECASE)
 
 
 def choices_of(reply: dict[str, Any]) -> list[dict[str, Any]]:
@@ -36,18 +51,52 @@ def choices_of(reply: dict[str, Any]) -> list[dict[str, Any]]:
     return choices
 
 
+def context_length_error(
+    message: str,
+    *,
+    prompt_tokens: int | None = None,
+    context_tokens: int | None = None,
+    known: bool = False,
+) -> ContextLengthError | None:
+    """A :class:`ContextLengthError` when a backend's refusal says the prompt is too long.
+
+    ``known``: the backend said so in a structured field, whatever the message.
+    The token counts come from the arguments or, failing that, from the
+    message's text; either may stay unknown.
+    """
+    if not known and not _OVERFLOW.search(message):
+        return None
+    if context_tokens is None and (found := _LIMIT.search(message)):
+        context_tokens = int(found.group(1))
+    if prompt_tokens is None and (found := _NEEDED.search(message)):
+        prompt_tokens = int(found.group(1))
+    needed = f"{prompt_tokens} tokens" if prompt_tokens is not None else "more tokens"
+    limit = f" of {context_tokens} tokens" if context_tokens is not None else ""
+    return ContextLengthError(
+        f"the conversation needs {needed}, more than the model's context{limit}; "
+        "shorten the messages or lower max_tokens",
+        prompt_tokens=prompt_tokens,
+        context_tokens=context_tokens,
+        hint="the context size is set where the model runs (llamacpp: generator.context)",
+    )
+
+
 def collect(replies: list[dict[str, Any]]) -> tuple[list[Candidate], Usage]:
     """Candidates and summed usage from one native reply or several fan-out replies."""
     candidates: list[Candidate] = []
     prompt_tokens = server_completion = 0
     all_exact = True
+    textless: list[str] = []
     for reply in replies:
         choices = sorted(choices_of(reply), key=lambda c: int(c.get("index", 0) or 0))
         usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else None
         completion = _int(usage, "completion_tokens") if usage else None
         prompt_tokens += (_int(usage, "prompt_tokens") if usage else None) or 0
         server_completion += completion or 0
-        texts = [str(c["message"].get("content") or "") for c in choices]
+        with_text = [c for c in choices if _text(c) is not None]
+        textless += [str(c.get("finish_reason")) for c in choices if _text(c) is None]
+        choices = with_text
+        texts = [str(_text(c)) for c in choices]
         counts: list[int] = []
         for choice, text in zip(choices, texts, strict=True):
             exact = (choice.get("logprobs") or {}).get("content")
@@ -68,12 +117,37 @@ def collect(replies: list[dict[str, Any]]) -> tuple[list[Candidate], Usage]:
                     logprob=_sequence_logprob(choice),
                 )
             )
+    if textless:
+        log.warning("%d choice(s) without text content were dropped", len(textless))
+        if not candidates:
+            raise BackendError(
+                f"the server's reply has no text: every choice's content was null "
+                f"(finish_reason: {', '.join(sorted(set(textless)))})",
+                hint="a reasoning model may have spent max_tokens before answering (raise "
+                "max_tokens), or the model answered with tool calls instead of text",
+            )
     completion_tokens = (
         sum(c.tokens for c in candidates)
         if all_exact or not server_completion
         else server_completion
     )
     return candidates, Usage(prompt_tokens, completion_tokens)
+
+
+def _text(choice: dict[str, Any]) -> str | None:
+    """A choice's answer: its content, or its refusal when content is null; ``None``
+    when it holds no text at all (tool calls, a reasoning model cut off).
+
+    A null content is no answer, and an empty candidate standing for it could be
+    chosen, so such a choice yields no candidate.
+    """
+    message = choice["message"]
+    for key in ("content", "refusal"):
+        value = message.get(key)
+        if isinstance(value, str):
+            # JSON can carry a lone surrogate that no encoder takes further: replace it.
+            return _LONE_SURROGATE.sub("\ufffd", value)
+    return None
 
 
 def _sequence_logprob(choice: dict[str, Any]) -> float | None:

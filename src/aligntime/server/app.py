@@ -2,7 +2,8 @@
 
 The guard is plain ASGI middleware (cheaper than Starlette's ``BaseHTTPMiddleware``)
 that, for every HTTP request, enforces the body size limit, checks the API key
-and the rate limit on ``/v1/`` paths, and times the request for ``/metrics``.
+and the rate limits on ``/v1/`` paths (per key, or per address without keys; and
+failed keys per address), and times the request for ``/metrics``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,7 +27,7 @@ from aligntime.policy.loader import load_policy
 from aligntime.policy.schema import Policy
 from aligntime.server.audit import AuditLog
 from aligntime.server.config import ServerOptions
-from aligntime.server.errors import ApiError
+from aligntime.server.errors import ApiError, internal_error
 from aligntime.server.metrics import Metrics
 from aligntime.server.routes import router
 from aligntime.server.security import Authenticator, RateLimiter
@@ -50,6 +51,9 @@ def create_app(service: AlignmentService) -> FastAPI:
         executor = ThreadPoolExecutor(service.options.worker_threads, "aligntime-worker")
         loop.set_default_executor(executor)
         yield
+        # After uvicorn's drain: flush and close the audit log while the process is
+        # still ours (a signal is re-raised once uvicorn returns, ending it at once).
+        await asyncio.to_thread(service.close)
 
     app = FastAPI(
         title="aligntime",
@@ -81,17 +85,41 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = list(exc.errors())
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
+    errors = [(_field_path(e.get("loc", ())), e) for e in exc.errors()]
+    if not errors:
+        return error_response(ApiError(400, "invalid request", code="invalid_value"))
+    # A value that fits no member of a union (``stop``: a string or a list) fails once
+    # per member; the member it was meant for is the one that did not fail on its type.
+    param, first = min(
+        errors, key=lambda pe: (str(pe[1].get("type", "")).endswith("_type"), -len(pe[0]))
+    )
+    field = ".".join(param) or None
+    reason = str(first.get("msg"))
+    if first.get("type") == "string_unicode":  # a lone surrogate, as the service words it
+        reason = "the text holds a lone UTF-16 surrogate; send valid Unicode"
     if first.get("type") == "json_invalid":
-        message, param = f"the body is not valid JSON: {first.get('msg')}", None
+        message, field = f"the body is not valid JSON: {reason}", None
     else:
-        message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
-    if len(errors) > 1:
-        message += f" (and {len(errors) - 1} more problem(s))"
-    return error_response(ApiError(400, message, param=param, code="invalid_value"))
+        message = f"{field}: {reason}" if field else reason
+    # Problems of the same field (other union members, its parts) are not more problems.
+    others = {p for p, _ in errors if p[: len(param)] != param and param[: len(p)] != p}
+    if others:
+        message += f" (and {len(others)} more problem(s))"
+    return error_response(ApiError(400, message, param=field, code="invalid_value"))
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "none", "dict", "list"}
+
+
+def _field_path(loc: Sequence[int | str]) -> tuple[str, ...]:
+    """The request field an error is about: ``loc`` without ``body`` and union member
+    tags (``str``, ``list[TextPart]``, ``function-after[...]``)."""
+    return tuple(
+        str(part)
+        for part in loc
+        if part != "body"
+        and not (isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or "-" in part))
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -104,11 +132,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     # A bug: log the type and traceback (never the request body), answer in OpenAI shape.
     log.error("unexpected %s while answering %s", type(exc).__name__, request.url.path,
               exc_info=exc)  # fmt: skip
-    return JSONResponse(
-        {"error": {"message": "internal server error", "type": "server_error",
-                   "param": None, "code": "internal_error"}},
-        status_code=500,
-    )  # fmt: skip
+    return error_response(internal_error())
 
 
 class GuardMiddleware:
@@ -120,6 +144,7 @@ class GuardMiddleware:
         self.metrics = service.metrics
         self.auth = Authenticator(service.options.api_keys)
         self.limiter = RateLimiter(service.options.rate_limit)
+        self.auth_failures = RateLimiter(service.options.rate_limit)
         self.max_body = service.options.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -137,15 +162,20 @@ class GuardMiddleware:
                 status[0] = message["status"]
             await send(message)
 
+        chat = path == CHAT_PATH
+        if chat:
+            self.metrics.in_flight.inc()
         try:
             receive = await self._guard(scope, receive, ctx)
             await self.app(scope, receive, send_status)
         except ApiError as exc:
             await _send_error(send_status, exc)
         finally:
+            if chat:
+                self.metrics.in_flight.dec()
             endpoint = path if path in _KNOWN_PATHS else "other"
             self.metrics.requests.labels(endpoint, str(status[0])).inc()
-            if path == CHAT_PATH and ctx.align_s is not None and not ctx.streamed:
+            if chat and ctx.align_s is not None and not ctx.streamed:
                 total = time.perf_counter() - started
                 self.metrics.total_s.observe(total)
                 self.metrics.align_s.observe(ctx.align_s)
@@ -166,9 +196,18 @@ class GuardMiddleware:
         if length is not None and length > self.max_body:
             raise _too_large(self.max_body)
         if scope["path"].startswith("/v1/"):
-            ctx.key_id = self.auth.check(authorization)
-            client = ctx.key_id or (scope.get("client") or ("local", 0))[0]
-            self.limiter.check(client)
+            # The socket's peer, or the client a trusted proxy names (see runner.py).
+            address = str((scope.get("client") or ("local", 0))[0])
+            if self.auth.enabled:
+                # Failed keys spend the address's bucket; once it is empty every
+                # attempt gets 429, the right key too, so guessing learns nothing.
+                self.auth_failures.ensure_left(address)
+                try:
+                    ctx.key_id = self.auth.check(authorization)
+                except ApiError:
+                    self.auth_failures.spend(address)
+                    raise
+            self.limiter.check(ctx.key_id or address)
         if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
             return await _buffer_body(receive, self.max_body)
         return receive

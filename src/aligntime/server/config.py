@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from aligntime.errors import ConfigError
 
 KEYS_ENV = "ALIGNTIME_API_KEYS"
 
@@ -26,13 +29,18 @@ class ServerOptions(BaseModel):
     rate_limit: int = Field(0, ge=0)
     """Requests per minute per API key (per client address without keys); 0: no limit."""
     timeout_s: float = Field(120.0, gt=0)
-    """Seconds a request may take before it is answered with 504."""
+    """Seconds a request may take before it is answered with 504 (the audit commit included)."""
     audit_db: Path | None = None
     """SQLite file of the audit log; ``None``: no audit log (prompts are never stored)."""
     batch_wait_ms: float = Field(2.0, ge=0.0, le=5.0)
     """Longest wait to coalesce concurrent scorer calls into one batch."""
     worker_threads: int = Field(64, ge=4)
     """Worker threads for blocking engine and scorer calls (the event loop's executor)."""
+    forwarded_allow_ips: tuple[str, ...] = ()
+    """Proxies (addresses, networks, ``*``) whose ``X-Forwarded-For`` names the client;
+    empty: the header is ignored, so a client cannot pick its own rate-limit bucket."""
+    shutdown_timeout_s: float = Field(25.0, ge=0.0)
+    """After SIGTERM, seconds requests in flight may still finish before they get a 503."""
 
 
 def keys_from_env(cli_keys: list[str] | None = None) -> frozenset[str]:
@@ -40,3 +48,19 @@ def keys_from_env(cli_keys: list[str] | None = None) -> frozenset[str]:
     keys = {k.strip() for k in (cli_keys or []) if k.strip()}
     keys |= {k.strip() for k in os.environ.get(KEYS_ENV, "").split(",") if k.strip()}
     return frozenset(keys)
+
+
+def parse_forwarded_allow_ips(value: str | None) -> tuple[str, ...]:
+    """``--forwarded-allow-ips``: comma-separated addresses or networks, or ``*``."""
+    entries = tuple(v.strip() for v in (value or "").split(",") if v.strip())
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"--forwarded-allow-ips: {entry!r} is not an IP address or network",
+                hint="give the proxies' addresses, e.g. 127.0.0.1,10.0.0.0/8 (or * for any)",
+            ) from None
+    return entries

@@ -7,7 +7,8 @@ down, 504 on a time-out. A 500 is only ever a bug.
 
 from __future__ import annotations
 
-import json
+from aligntime.errors import ContextLengthError
+from aligntime.server.text import json_bytes
 
 
 class ApiError(Exception):
@@ -43,7 +44,8 @@ class ApiError(Exception):
         }
 
     def json_bytes(self) -> bytes:
-        return json.dumps(self.body(), ensure_ascii=False).encode()
+        """The error body as JSON; never fails, whatever text the message holds."""
+        return json_bytes(self.body())
 
 
 def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> ApiError:
@@ -53,6 +55,37 @@ def bad_request(message: str, *, param: str | None = None, code: str | None = No
 
 def backend_down(message: str) -> ApiError:
     return ApiError(503, message, type="server_error", code="backend_unavailable")
+
+
+def context_length_exceeded(exc: ContextLengthError) -> ApiError:
+    """The client's prompt does not fit the model: a 400, as OpenAI answers it."""
+    return ApiError(400, exc.message, param="messages", code="context_length_exceeded")
+
+
+def audit_unavailable(reason: str) -> ApiError:
+    """The answer is withheld because its audit row could not be committed."""
+    return ApiError(
+        503,
+        f"the audit log could not be written ({reason}), so the answer is withheld",
+        type="server_error",
+        code="audit_unavailable",
+    )
+
+
+def shutting_down(seconds: float) -> ApiError:
+    """The request was still running when the shutdown grace period ended."""
+    return ApiError(
+        503,
+        f"the server is shutting down and the request did not finish within its "
+        f"{seconds:g} s grace period; it was aborted, retry it on another instance",
+        type="server_error",
+        code="shutting_down",
+    )
+
+
+def internal_error() -> ApiError:
+    """A bug: nothing about it is told to the client (it is logged)."""
+    return ApiError(500, "internal server error", type="server_error", code="internal_error")
 
 
 def timed_out(seconds: float) -> ApiError:

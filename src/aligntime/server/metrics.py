@@ -6,7 +6,7 @@ apps in one process count independently.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from aligntime.types import Result
@@ -28,6 +28,9 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "aligntime_requests", "HTTP requests answered", ["endpoint", "status"], registry=r
+        )
+        self.in_flight = Gauge(
+            "aligntime_requests_in_flight", "Chat completions being answered now", registry=r
         )
         self.stage = Histogram(
             "aligntime_stage_seconds",

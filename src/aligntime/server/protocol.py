@@ -11,9 +11,15 @@ with a 400.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+MAX_STOP = 4
+"""Most stop strings a request may give (OpenAI's limit)."""
+
+StopString = Annotated[str, Field(min_length=1)]
+"""A stop string; an empty one would end every answer before it began."""
 
 
 class _Strict(BaseModel):
@@ -105,8 +111,8 @@ class ChatCompletionRequest(BaseModel):
     """OpenAI stream options; ``include_usage`` is honoured."""
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     """Nucleus sampling for this request (default: the policy's)."""
-    stop: str | list[str] | None = Field(None, max_length=4)
-    """Up to four stop strings for this request (default: the policy's)."""
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP)] | None = None
+    """One stop string or a list of up to four, none empty (default: the policy's)."""
     user: str | None = None
     """Accepted; recorded in the audit log when it is on."""
     logprobs: bool | None = None
@@ -213,6 +219,17 @@ class ModelList(BaseModel):
 
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class Health(BaseModel):
+    """Response of ``GET /healthz``."""
+
+    status: Literal["ok", "draining", "unhealthy"]
+    """``ok`` (HTTP 200), or why requests cannot be answered now (HTTP 503)."""
+    models: list[str]
+    """The policies this server serves."""
+    reason: str | None = None
+    """What is wrong, when the status is not ``ok``."""
 
 
 class ErrorDetail(BaseModel):

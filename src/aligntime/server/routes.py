@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -13,10 +12,12 @@ from aligntime.server.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
     ErrorResponse,
+    Health,
     ModelCard,
     ModelList,
 )
 from aligntime.server.service import AlignmentService, RequestContext
+from aligntime.server.text import json_bytes
 
 router = APIRouter()
 
@@ -26,7 +27,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "Unknown model (policy)"},
     413: {"model": ErrorResponse, "description": "Request body too large"},
     429: {"model": ErrorResponse, "description": "Rate limit reached; see Retry-After"},
-    503: {"model": ErrorResponse, "description": "Generator or scorer backend unavailable"},
+    503: {
+        "model": ErrorResponse,
+        "description": "Backend, scorer or audit log unavailable, or shutting down",
+    },
     504: {"model": ErrorResponse, "description": "Request time-out"},
 }
 
@@ -65,7 +69,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     result = await service.complete(body, ctx)
-    return Response(json.dumps(result, ensure_ascii=False), media_type="application/json")
+    return Response(json_bytes(result), media_type="application/json")
 
 
 @router.get("/v1/models", response_model=ModelList, responses={401: _ERRORS[401]})
@@ -80,10 +84,22 @@ async def list_models(request: Request) -> ModelList:
     )
 
 
-@router.get("/healthz")
-async def healthz(request: Request) -> dict[str, object]:
-    """Liveness: the process answers and which policies it serves."""
-    return {"status": "ok", "models": sorted(_service(request).served)}
+@router.get(
+    "/healthz",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "Draining, or the audit log is failing"}},
+)
+async def healthz(request: Request) -> Response:
+    """Readiness: 200 while requests can be answered; 503 with the reason while they
+    cannot (shutting down, or the audit log refuses writes, so answers are withheld)."""
+    service = _service(request)
+    problem = await service.health()
+    status = "ok" if problem is None else "draining" if service.shutdown.draining else "unhealthy"
+    body = Health(status=status, models=sorted(service.served), reason=problem)
+    return Response(
+        json_bytes(body.model_dump(exclude_none=True)), 200 if problem is None else 503,
+        media_type="application/json",
+    )  # fmt: skip
 
 
 @router.get("/metrics", response_class=Response)

@@ -1,4 +1,4 @@
-"""API keys and the per-key rate limit."""
+"""API keys, the per-key rate limit, and the limit on failed authentication."""
 
 from __future__ import annotations
 
@@ -64,18 +64,42 @@ class RateLimiter:
         if self.per_minute <= 0:
             return
         now = self._clock()
-        tokens, last = self._buckets.get(client, (float(self.per_minute), now))
-        tokens = min(float(self.per_minute), tokens + (now - last) * self._rate)
+        tokens = self._tokens(client, now)
         if tokens < 1.0:
             self._buckets[client] = (tokens, now)
-            wait = math.ceil((1.0 - tokens) / self._rate)
-            raise ApiError(
-                429,
-                f"rate limit of {self.per_minute} requests per minute reached; retry in {wait} s",
-                type="rate_limit_error",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": str(wait)},
-            )
-        self._buckets[client] = (tokens - 1.0, now)
+            raise self._refusal(tokens)
+        self._store(client, tokens - 1.0, now)
+
+    def ensure_left(self, client: str) -> None:
+        """Raise 429 when ``client`` has no token left, taking none."""
+        if self.per_minute <= 0:
+            return
+        tokens = self._tokens(client, self._clock())
+        if tokens < 1.0:
+            raise self._refusal(tokens)
+
+    def spend(self, client: str) -> None:
+        """Take a token from ``client`` if one is left; never raises."""
+        if self.per_minute <= 0:
+            return
+        now = self._clock()
+        self._store(client, max(0.0, self._tokens(client, now) - 1.0), now)
+
+    def _tokens(self, client: str, now: float) -> float:
+        tokens, last = self._buckets.get(client, (float(self.per_minute), now))
+        return min(float(self.per_minute), tokens + (now - last) * self._rate)
+
+    def _refusal(self, tokens: float) -> ApiError:
+        wait = math.ceil((1.0 - tokens) / self._rate)
+        return ApiError(
+            429,
+            f"rate limit of {self.per_minute} requests per minute reached; retry in {wait} s",
+            type="rate_limit_error",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(wait)},
+        )
+
+    def _store(self, client: str, tokens: float, now: float) -> None:
+        self._buckets[client] = (tokens, now)
         if len(self._buckets) > 100_000:  # forget idle clients; bounded memory
             self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}

@@ -8,30 +8,54 @@ scorers batched across requests (:mod:`aligntime.server.batching`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aligntime import registry
 from aligntime.aligner import Aligner, build
-from aligntime.errors import BackendError, ConfigError, InputError, ScorerError
+from aligntime.errors import (
+    BackendError,
+    ConfigError,
+    ContextLengthError,
+    InputError,
+    ScorerError,
+)
 from aligntime.policy.schema import Policy
-from aligntime.server.audit import AuditLog, AuditRecord
+from aligntime.server.audit import AuditLog, AuditRecord, AuditUnavailable
 from aligntime.server.batching import BatchingScorer
 from aligntime.server.config import ServerOptions
-from aligntime.server.errors import ApiError, backend_down, bad_request, timed_out
+from aligntime.server.errors import (
+    ApiError,
+    audit_unavailable,
+    backend_down,
+    bad_request,
+    context_length_exceeded,
+    internal_error,
+    shutting_down,
+    timed_out,
+)
+from aligntime.server.lifecycle import Aborted, Shutdown, within
 from aligntime.server.metering import MeteredGenerator, UsageMeter, current_meter
 from aligntime.server.metrics import Metrics
 from aligntime.server.protocol import ChatCompletionRequest
+from aligntime.server.text import find_lone_surrogate, json_bytes
 from aligntime.types import Message, Result, Usage
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+AUDIT_FLOOR_S = 1.0
+"""Least time the audit commit gets when the request's own time is nearly spent."""
+PROBE_EVERY_S = 1.0
+"""Least time between two audit health probes (``/healthz`` after a failed write)."""
 
 
 @dataclass
@@ -113,7 +137,10 @@ class AlignmentService:
         self.options = options
         self.metrics = metrics
         self.audit = audit
+        self.shutdown = Shutdown(options.shutdown_timeout_s)
         self.served: dict[str, Served] = {}
+        self._last_probe = 0.0
+        self._closed = False
         created = int(time.time())
         for al in aligners:
             name = al.policy.name
@@ -129,6 +156,8 @@ class AlignmentService:
 
     def plan(self, req: ChatCompletionRequest) -> Plan:
         """Validate a request against the served policy and the server's limits (4xx)."""
+        _check_text(req)
+        stop = _stop_strings(req.stop)
         served = self.served.get(req.model)
         if served is None:
             raise ApiError(
@@ -184,7 +213,7 @@ class AlignmentService:
             template,
             bool(ext and ext.return_candidates),
             req.top_p,
-            (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ()),
+            stop,
         )
 
     def _variant(self, served: Served, kind: str) -> Aligner:
@@ -210,13 +239,17 @@ class AlignmentService:
 
     # --- running ------------------------------------------------------------------------
 
-    async def run(self, plan: Plan, ctx: RequestContext) -> Outcome:
-        """Align, mapping failures to API errors; fails closed when a gating scorer fails."""
+    async def run(self, plan: Plan, ctx: RequestContext, deadline: float) -> Outcome:
+        """Align, mapping failures to API errors; fails closed when a gating scorer fails.
+
+        ``deadline`` (event-loop time) ends the wait with a 504; the end of the
+        shutdown grace period ends it with a 503.
+        """
         meter = UsageMeter()
         token = current_meter.set(meter)
         t0 = time.perf_counter()
         try:
-            result = await asyncio.wait_for(
+            result = await self._within(
                 plan.aligner.aalign(
                     plan.messages,
                     plan.n,
@@ -227,10 +260,15 @@ class AlignmentService:
                     top_p=plan.top_p,
                     stop=plan.stop,
                 ),
-                self.options.timeout_s,
+                deadline,
+                abortable=True,
             )
         except TimeoutError:
             raise timed_out(self.options.timeout_s) from None
+        except Aborted:
+            raise shutting_down(self.shutdown.grace_s) from None
+        except ContextLengthError as exc:
+            raise context_length_exceeded(exc) from exc
         except BackendError as exc:
             raise backend_down(
                 f"the generator backend of model {plan.served.policy.name!r} is unavailable: {exc}"
@@ -330,17 +368,24 @@ class AlignmentService:
             ]
         return ext
 
+    def deadline(self) -> float:
+        """When a request that starts now must be answered (event-loop time)."""
+        return asyncio.get_running_loop().time() + self.options.timeout_s
+
     async def complete(self, req: ChatCompletionRequest, ctx: RequestContext) -> dict[str, Any]:
         """Answer one non-streaming request; returns only after the audit rows are committed."""
-        rid, created = new_id(), int(time.time())
+        rid, created, deadline = new_id(), int(time.time()), self.deadline()
         try:
             plan = self.plan(req)
-            outcome = await self.run(plan, ctx)
+            outcome = await self.run(plan, ctx, deadline)
         except ApiError as exc:
             await self._audit_error(rid, created, req, ctx, exc)
             raise
+        except Exception:
+            await self._audit_error(rid, created, req, ctx, internal_error())
+            raise  # a bug: the app logs it and answers 500
         body = self.response(plan, outcome, rid, created)
-        await self._audit(rid, created, req, ctx, plan, outcome, body)
+        await self._audit(rid, created, req, ctx, plan, outcome, body, deadline)
         return body
 
     async def stream(
@@ -349,9 +394,10 @@ class AlignmentService:
         """Server-sent events: a role chunk at once, the aligned answer in pieces once
         chosen, a final chunk with ``finish_reason`` and the extension, then ``[DONE]``.
 
-        Errors after the first chunk arrive as an OpenAI error event before ``[DONE]``.
+        Errors after the first chunk, a bug's included, arrive as an OpenAI error
+        event before ``[DONE]``: a stream always ends properly.
         """
-        rid, created = new_id(), int(time.time())
+        rid, created, deadline = new_id(), int(time.time()), self.deadline()
         base = {
             "id": rid,
             "object": "chat.completion.chunk",
@@ -360,28 +406,37 @@ class AlignmentService:
         }
         yield _event(base, {"role": "assistant", "content": ""}, None)
         try:
-            outcome = await self.run(plan, ctx)
+            outcome = await self.run(plan, ctx, deadline)
+            body = self.response(plan, outcome, rid, created)
         except ApiError as exc:
             await self._audit_error(rid, created, req, ctx, exc)
-            yield b"data: " + exc.json_bytes() + b"\n\ndata: [DONE]\n\n"
+            yield _error_event(exc)
             return
-        body = self.response(plan, outcome, rid, created)
+        except Exception:
+            log.exception("unexpected error while streaming %s", rid)
+            await self._audit_error(rid, created, req, ctx, internal_error())
+            yield _error_event(internal_error())
+            return
         # Acknowledged only once audited: nothing of the answer goes out before the commit.
         try:
-            await self._audit(rid, created, req, ctx, plan, outcome, body)
+            await self._audit(rid, created, req, ctx, plan, outcome, body, deadline)
         except ApiError as exc:
-            yield b"data: " + exc.json_bytes() + b"\n\ndata: [DONE]\n\n"
+            yield _error_event(exc)
             return
         choice = body["choices"][0]
         for piece in split_text(choice["message"]["content"]):
             yield _event(base, {"content": piece}, None)
         final = {"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}
         last = {**base, "choices": [final], "aligntime": body["aligntime"]}
-        yield b"data: " + json.dumps(last, ensure_ascii=False).encode() + b"\n\n"
+        yield b"data: " + json_bytes(last) + b"\n\n"
         if req.stream_options and req.stream_options.include_usage:
             tail = {**base, "choices": [], "usage": body["usage"]}
-            yield b"data: " + json.dumps(tail).encode() + b"\n\n"
+            yield b"data: " + json_bytes(tail) + b"\n\n"
         yield b"data: [DONE]\n\n"
+
+    async def _within(self, aw: Awaitable[T], deadline: float, *, abortable: bool) -> T:
+        """``aw``'s result by ``deadline``; when ``abortable``, also by the shutdown's end."""
+        return await within(aw, deadline, self.shutdown if abortable else None)
 
     # --- audit --------------------------------------------------------------------------
 
@@ -394,20 +449,27 @@ class AlignmentService:
         plan: Plan,
         outcome: Outcome,
         body: dict[str, Any],
+        deadline: float,
     ) -> None:
+        """Commit the request's rows; a 503 (the answer withheld) when that fails."""
         if self.audit is None:
             return
+        record = self._record(rid, created, req, ctx, plan, outcome, body)
         try:
-            await self.audit.write(self._record(rid, created, req, ctx, plan, outcome, body))
-        except Exception as exc:
+            await self._within(self.audit.write(record), self._audit_deadline(deadline),
+                               abortable=False)  # fmt: skip
+        except TimeoutError:
+            reason = f"no commit within the {self.options.timeout_s:g} s time-out"
+            log.error("audit log write timed out for %s", rid)
+            raise audit_unavailable(reason) from None
+        except AuditUnavailable as exc:
             # Unaudited answers are not acknowledged: the client gets an error, not the answer.
-            log.error("audit log write failed: %s", type(exc).__name__)
-            raise ApiError(
-                503,
-                "the audit log could not be written, so the answer is withheld",
-                type="server_error",
-                code="audit_unavailable",
-            ) from exc
+            raise audit_unavailable(exc.reason) from exc
+
+    def _audit_deadline(self, deadline: float) -> float:
+        # What remains of the request's time, but never nothing: a commit takes milliseconds.
+        floor = asyncio.get_running_loop().time() + min(AUDIT_FLOOR_S, self.options.timeout_s)
+        return max(deadline, floor)
 
     def _record(
         self,
@@ -448,17 +510,42 @@ class AlignmentService:
     ) -> None:
         if self.audit is None:
             return
-        raw = json.dumps([{"role": m.role, "content": m.text()} for m in req.messages])
+        raw = json.dumps(
+            [{"role": m.role, "content": m.text()} for m in req.messages], ensure_ascii=False
+        )
+        aborted = " (aborted)" if exc.code == "shutting_down" else ""
         row = (
             rid, created, ctx.key_id, req.model, exc.status, int(req.stream), raw, None, None,
-            0, 0, None, None, 0, 0, None, f"{exc.code or exc.type}: {exc.message}", req.user,
+            0, 0, None, None, 0, 0, None, f"{exc.code or exc.type}{aborted}: {exc.message}",
+            req.user,
         )  # fmt: skip
         try:
-            await self.audit.write(AuditRecord(row))
-        except Exception as err:  # the error answer matters more than its audit row
-            log.error("audit of a failed request failed: %s", err)
+            await self._within(self.audit.write(AuditRecord(row)),
+                               self._audit_deadline(self.deadline()), abortable=False)  # fmt: skip
+        except (TimeoutError, AuditUnavailable) as err:
+            # The error answer matters more than its audit row.
+            log.error("audit of a failed request failed: %s", err or "time-out")
 
     # --- lifecycle ----------------------------------------------------------------------
+
+    async def health(self) -> str | None:
+        """Why the server cannot answer now (draining, the audit log failing); None: healthy.
+
+        After an audit failure a small write is tried (at most once a second),
+        so the state clears as soon as the log takes writes again, even while
+        a load balancer keeps traffic away.
+        """
+        if self.shutdown.draining:
+            return "the server is shutting down"
+        if self.audit is None or self.audit.problem is None:
+            return None
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last_probe >= PROBE_EVERY_S:
+            self._last_probe = loop.time()
+            with contextlib.suppress(TimeoutError):  # still failing: the state says so
+                await asyncio.wait_for(self.audit.probe(), timeout=2.0)
+        problem = self.audit.problem
+        return f"audit log: {problem}" if problem else None
 
     def load(self) -> None:
         """Load every served policy's models now (before the first request)."""
@@ -466,10 +553,34 @@ class AlignmentService:
             served.aligner.load()
 
     def close(self) -> None:
+        """Release the models and close the audit log (again: nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         for served in self.served.values():
             served.aligner.close()
         if self.audit is not None:
             self.audit.close()
+
+
+def _check_text(req: ChatCompletionRequest) -> None:
+    """Refuse text that no encoder takes further (a lone surrogate) with a 400 naming it."""
+    hit = find_lone_surrogate(req.model_dump(exclude_none=True))
+    if hit is not None:
+        where, index, char = hit
+        raise bad_request(
+            f"{where or 'the request'}: the text holds a lone UTF-16 surrogate "
+            f"(U+{ord(char):04X}) at character {index}; send valid Unicode",
+            param=where or None,
+            code="invalid_value",
+        )
+
+
+def _stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
+    """``stop`` as a tuple (the protocol model has checked count and emptiness)."""
+    if stop is None:
+        return ()
+    return (stop,) if isinstance(stop, str) else tuple(stop)
 
 
 _WORDS = re.compile(r"\S+\s*|\s+")
@@ -489,7 +600,11 @@ def new_id() -> str:
 
 def _event(base: dict[str, Any], delta: dict[str, str], finish: str | None) -> bytes:
     chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-    return b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
+    return b"data: " + json_bytes(chunk) + b"\n\n"
+
+
+def _error_event(exc: ApiError) -> bytes:
+    return b"data: " + exc.json_bytes() + b"\n\ndata: [DONE]\n\n"
 
 
 def _messages_json(messages: Sequence[Message]) -> str:

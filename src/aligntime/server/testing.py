@@ -10,6 +10,7 @@ for what a thread cannot show (SIGKILL, a load generator in another process).
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -17,8 +18,9 @@ import threading
 import time
 from types import TracebackType
 
-import uvicorn
 from fastapi import FastAPI
+
+from aligntime.server.runner import Server, uvicorn_config
 
 
 class LiveServer:
@@ -32,8 +34,8 @@ class LiveServer:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, 0))
         self.port: int = self._sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=5)
-        self._server = uvicorn.Server(config)
+        # The same settings as ``aligntime serve`` (trusted proxies, drain on shutdown).
+        self._server = Server(uvicorn_config(app))
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
         )
@@ -50,6 +52,10 @@ class LiveServer:
                 raise RuntimeError("the server did not start")
             time.sleep(0.01)
         return self
+
+    def terminate(self) -> None:
+        """What SIGTERM does to ``aligntime serve``: stop accepting, drain, then 503."""
+        self._server.handle_exit(signal.SIGTERM, None)
 
     def __exit__(
         self,
