@@ -227,3 +227,17 @@ def test_read_only_means_read_only(tmp_path: Path) -> None:
         assert [r["id"] for r in read_requests(db)] == ["r1"]
     finally:
         db.chmod(0o644)
+
+
+def test_audit_table_shows_rows_of_an_unexpected_shape(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    log = AuditLog(db)
+    asyncio.run(log.write(_record("r1")))
+    log.close()
+    edit = sqlite3.connect(db)
+    edit.execute("""UPDATE requests SET messages = '{"role": "user"}', created = 'soon'""")
+    edit.commit()
+    edit.close()
+    out = CliRunner().invoke(cli, ["audit", "--db", str(db)], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "soon" in out.output and "1 request(s)" in out.output

@@ -28,24 +28,38 @@ def audit(
     for col in ("time (UTC)", "model", "status", "request", "answer", "cands", "best", "flags"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        when = datetime.fromtimestamp(r["created"], tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        msgs = r["messages"] or []
-        request = next((m["content"] for m in reversed(msgs) if m.get("role") == "user"), "")
         flags = [f for f in ("fallback", "fail_closed", "stream") if r[f]]
         if r["error"]:
-            flags.append(r["error"])
+            flags.append(str(r["error"]))
         table.add_row(
-            when,
-            r["model"],
+            _when(r["created"]),
+            str(r["model"]),
             str(r["status"]),
-            _cut(request),
-            _cut(r["answer"] or ""),
+            _cut(_request_text(r["messages"])),
+            _cut(str(r["answer"] or "")),
             str(len(r["candidates"])),
             "-" if r["best"] is None else str(r["best"]),
             ", ".join(flags),
         )
     out.print(table)
     out.print(f"{len(rows)} request(s) in {db}")
+
+
+def _when(created: object) -> str:
+    """The row's time in UTC; a value that is not a timestamp is shown as it is."""
+    try:
+        when = datetime.fromtimestamp(float(created), tz=timezone.utc)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return str(created)
+    return when.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _request_text(messages: object) -> str:
+    """The last user message; a row not shaped as aligntime writes it shows nothing."""
+    if not isinstance(messages, list):
+        return ""
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    return str(users[-1].get("content", "")) if users else ""
 
 
 def _cut(text: str, width: int = 60) -> str:

@@ -523,8 +523,9 @@ class AlignmentService:
             await self._within(self.audit.write(AuditRecord(row)),
                                self._audit_deadline(self.deadline()), abortable=False)  # fmt: skip
         except (TimeoutError, AuditUnavailable) as err:
-            # The error answer matters more than its audit row.
-            log.error("audit of a failed request failed: %s", err or "time-out")
+            # The error answer matters more than its audit row; the writer has logged
+            # the failure itself (once, not once per request of an outage).
+            log.debug("audit of a failed request failed: %s", err or "time-out")
 
     # --- lifecycle ----------------------------------------------------------------------
 
