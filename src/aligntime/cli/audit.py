@@ -17,7 +17,11 @@ def audit(
     last: int | None = typer.Option(None, "--last", min=1, help="Only the newest N requests."),
     as_json: bool = typer.Option(False, "--json", help='Print {"requests": [...]} as JSON.'),
 ) -> None:
-    """Show audited requests: prompt, answer, decision and every candidate's scores."""
+    """Show audited requests: prompt, input-gate verdict, answer, decision and scores.
+
+    The table's ``input`` column is the input gate's action and the scorer that chose
+    it; ``--json`` gives each request's whole verdict under ``input``.
+    """
     from aligntime.server.audit import read_requests
 
     rows = read_requests(db, last)
@@ -25,7 +29,8 @@ def audit(
         out.file.write(json.dumps({"requests": rows}, ensure_ascii=False) + "\n")
         return
     table = Table(show_lines=False)
-    for col in ("time (UTC)", "model", "status", "request", "answer", "cands", "best", "flags"):
+    columns = ("time (UTC)", "model", "status", "request", "input", "answer", "cands", "best")
+    for col in (*columns, "flags"):
         table.add_column(col, overflow="fold")
     for r in rows:
         flags = [f for f in ("fallback", "fail_closed", "stream") if r[f]]
@@ -36,6 +41,7 @@ def audit(
             str(r["model"]),
             str(r["status"]),
             _cut(_request_text(r["messages"])),
+            _verdict(r.get("input")),
             _cut(str(r["answer"] or "")),
             str(len(r["candidates"])),
             "-" if r["best"] is None else str(r["best"]),
@@ -52,6 +58,23 @@ def _when(created: object) -> str:
     except (TypeError, ValueError, OverflowError, OSError):
         return str(created)
     return when.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _verdict(decision: object) -> str:
+    """The input gate's action and what chose it ("-": no gate, or not recorded)."""
+    if not isinstance(decision, dict) or not decision.get("action"):
+        return "-"
+    action, by = str(decision["action"]), decision.get("decided_by")
+    if not by:
+        return action
+    failed = decision.get("failed")
+    if isinstance(failed, list) and by in failed:
+        return f"{action} ({by} failed)"
+    scores = decision.get("scores")
+    value = scores.get(by) if isinstance(scores, dict) else None
+    if isinstance(value, int | float):
+        return f"{action} ({by} {value:.2f})"
+    return f"{action} ({by})"
 
 
 def _request_text(messages: object) -> str:

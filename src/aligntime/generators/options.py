@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
+
+StopString = Annotated[str, Field(min_length=1)]
+"""A stop string; an empty one would end every candidate before its first token."""
 
 
 class SamplingOptions(BaseModel):
@@ -20,5 +25,5 @@ class SamplingOptions(BaseModel):
     """Most tokens one candidate may have."""
     seed: int | None = None
     """Base random seed; candidate i of a request uses seed + i, for reproducible runs."""
-    stop: list[str] = Field(default_factory=list)
+    stop: list[StopString] = Field(default_factory=list)
     """Strings that end a candidate when generated."""

@@ -41,7 +41,7 @@ from aligntime.server.text import storable_value
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The schema this aligntime writes; ``PRAGMA user_version`` of its databases."""
 
 # Version 0: the tables as first released (no version recorded).
@@ -89,13 +89,22 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE TABLE IF NOT EXISTS health "
         "(id INTEGER PRIMARY KEY CHECK (id = 1), checked REAL NOT NULL)",
     ),
+    # 1 -> 2: the input gate's verdict: its action as a column of its own (to filter
+    # on in SQL) and the whole decision as JSON. NULL for a policy without a gate,
+    # a failed request, and every row written before.
+    1: (
+        "ALTER TABLE requests ADD COLUMN input_action TEXT",
+        "ALTER TABLE requests ADD COLUMN input_json TEXT",
+    ),
 }
 """Statements that bring a database from version ``key`` to ``key + 1``."""
 
 _REQUEST_COLUMNS = (
     "id, created, key_id, model, status, stream, messages, answer, best, fallback, "
-    "fail_closed, strategy, n, prompt_tokens, completion_tokens, timings, error, user"
+    "fail_closed, strategy, n, prompt_tokens, completion_tokens, timings, error, user, "
+    "input_action, input_json"
 )
+_PLACEHOLDERS = ",".join("?" * len(_REQUEST_COLUMNS.split(",")))
 
 
 class AuditUnavailable(Exception):
@@ -108,17 +117,31 @@ class AuditUnavailable(Exception):
 
 @dataclass
 class AuditRecord:
-    """One request and its candidates, ready to insert."""
+    """One request and its candidates, ready to insert.
+
+    ``request`` holds the ``requests`` columns of schema version 1 in order;
+    ``input`` is the input gate's decision (``RequestAssessment.to_dict()``),
+    ``None`` when the policy has no gate or the request failed before it ran.
+    """
 
     request: tuple[Any, ...]
     candidates: list[tuple[Any, ...]] = field(default_factory=list)
+    input: dict[str, Any] | None = None
 
     def storable(self) -> AuditRecord:
         """The record with every string made valid UTF-8 (SQLite refuses lone surrogates)."""
         return AuditRecord(
             tuple(storable_value(v) for v in self.request),
             [tuple(storable_value(v) for v in c) for c in self.candidates],
+            self.input,
         )
+
+    def row(self) -> tuple[Any, ...]:
+        """Every ``requests`` column, the input decision's included."""
+        if self.input is None:
+            return (*self.request, None, None)
+        decision = json.dumps(self.input, ensure_ascii=False)
+        return (*self.request, str(self.input.get("action")), storable_value(decision))
 
 
 @dataclass
@@ -348,8 +371,8 @@ class AuditLog:
             if rows:
                 conn.executemany(
                     f"INSERT OR REPLACE INTO requests ({_REQUEST_COLUMNS}) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    [r.request for r in rows],
+                    f"VALUES ({_PLACEHOLDERS})",
+                    [r.row() for r in rows],
                 )
                 conn.executemany(
                     "INSERT OR REPLACE INTO candidates VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -445,6 +468,10 @@ def _read(conn: sqlite3.Connection, path: Path, last: int | None) -> list[dict[s
         rid = item["id"]
         for key in ("messages", "timings"):
             item[key] = _json(path, rid, key, item[key]) if item[key] else None
+        # Rows of a version-1 database (read as it is, never migrated) have no verdict.
+        item.pop("input_action", None)
+        decision = item.pop("input_json", None)
+        item["input"] = _json(path, rid, "input_json", decision) if decision else None
         for key in ("fallback", "fail_closed", "stream"):
             item[key] = bool(item[key])
         cands = conn.execute(

@@ -16,6 +16,9 @@ How a coalesced batch is scored depends on the scorer:
 - other blocking scorers run every request in one worker-thread hop;
 - other asynchronous scorers (the judge) run concurrently: the llama.cpp engine
   already decodes concurrent requests together in its parallel slots.
+
+A scorer that reads the input gate's verdict (``reads_assessment``) gets it
+through the wrapper and is not batched: the verdict differs per request.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aligntime.scorers.base import Scorer, SyncScorer, last_user_text
-from aligntime.types import Candidate, Message
+from aligntime.scorers.base import Scorer, SyncScorer, last_user_text, score_candidates
+from aligntime.types import Candidate, Message, RequestAssessment
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ class BatchingScorer(Scorer):
         self.name = inner.name
         self.direction = inner.direction
         self.value_range = inner.value_range
+        self.reads_assessment = inner.reads_assessment
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_batch = max_batch
         self._on_batch = on_batch
@@ -67,10 +71,16 @@ class BatchingScorer(Scorer):
         return self.inner.normalise(value)
 
     async def score(
-        self, messages: Sequence[Message], candidates: Sequence[Candidate]
+        self,
+        messages: Sequence[Message],
+        candidates: Sequence[Candidate],
+        assessment: RequestAssessment | None = None,
     ) -> list[float]:
         if not candidates:
             return []
+        if self.reads_assessment:
+            verdict = assessment or RequestAssessment()
+            return await score_candidates(self.inner, messages, candidates, verdict)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[float]] = loop.create_future()
         self._pending.append(((messages, candidates), fut))
@@ -160,7 +170,9 @@ def _each_sync(scorer: SyncScorer, items: list[Item]) -> list[Any]:
 
 def _embed_batch(scorer: Any, items: list[Item]) -> list[list[float]]:
     """One forward pass over every request text and every candidate."""
-    requests = [last_user_text(m) for m, _ in items]
+    # The scorer's own request text (every user turn), so a batch scores as one call would.
+    query = getattr(scorer, "query", None)
+    requests = [query(m) if callable(query) else last_user_text(m) for m, _ in items]
     answers = [c.text or " " for _, cands in items for c in cands]
     vectors = scorer.embed(requests + answers)
     queries, answer_vectors = vectors[: len(requests)], vectors[len(requests) :]

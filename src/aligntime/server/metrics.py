@@ -34,8 +34,8 @@ class Metrics:
         )
         self.stage = Histogram(
             "aligntime_stage_seconds",
-            "Seconds per stage of a chat completion: generate, score, align (the Aligner in "
-            "all), total (inside the server), overhead (total minus align)",
+            "Seconds per stage of a chat completion: input (the input gate), generate, score, "
+            "align (the Aligner in all), total (inside the server), overhead (total minus align)",
             ["stage"],
             buckets=_BUCKETS,
             registry=r,
@@ -60,6 +60,12 @@ class Metrics:
         self.scorer_errors = Counter(
             "aligntime_scorer_errors", "Scorer failures", ["policy", "scorer"], registry=r
         )
+        self.input_actions = Counter(
+            "aligntime_input_actions",
+            "Input-gate verdicts: pass, steer or refuse (refuse without sampling)",
+            ["policy", "action"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "aligntime_scorer_batch_requests",
             "Requests coalesced into one scorer batch",
@@ -73,10 +79,16 @@ class Metrics:
         self.align_s = self.stage.labels("align")
         self.total_s = self.stage.labels("total")
         self.overhead_s = self.stage.labels("overhead")
+        self.input_s = self.stage.labels("input")
 
     def observe_result(self, result: Result) -> None:
-        """Count one finished alignment."""
+        """Count one finished alignment (a request the input gate refused included)."""
         policy = result.policy
+        if result.input is not None:
+            self.input_actions.labels(policy, result.input.action).inc()
+            self.input_s.observe(result.input.seconds)
+        if result.refused:
+            return  # nothing was generated or scored: no stage times to record
         self.generate_s.observe(result.timings.generate_s)
         self.score_s.observe(result.timings.score_s)
         self.candidates.labels(policy).inc(len(result.candidates))

@@ -139,7 +139,8 @@ class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: Literal["stop", "length", "content_filter"]
-    """``content_filter`` when the policy's fallback text replaced every candidate."""
+    """``content_filter`` when the policy's fallback text replaced every candidate, or the
+    input gate refused the request."""
     logprobs: None = None
 
 
@@ -168,6 +169,25 @@ class CandidateOut(BaseModel):
     chosen: bool
 
 
+class InputDecisionOut(BaseModel):
+    """The input gate's verdict on the request, made before anything was sampled."""
+
+    action: Literal["pass", "steer", "refuse"]
+    """``refuse``: nothing was sampled and the refusal text is the answer
+    (``finish_reason`` ``content_filter``, zero completion tokens); ``steer``: sampled
+    under the policy's stricter prompt; ``pass``: sampled as usual."""
+    scores: dict[str, float | None]
+    """Raw value per input scorer; ``null`` where the scorer failed."""
+    decided_by: str | None
+    """The input scorer whose threshold chose the action (``null`` for ``pass``)."""
+    harm: float | None
+    """The request's estimated probability of being harmful, when a scorer gives one."""
+    failed: list[str]
+    """Input scorers that failed; any failure refuses the request (fail closed)."""
+    seconds: float
+    """Wall-clock seconds the input gate took."""
+
+
 class AligntimeResult(BaseModel):
     """Not in the OpenAI spec: how the answer was chosen."""
 
@@ -178,13 +198,16 @@ class AligntimeResult(BaseModel):
     best: int | None
     """Index of the chosen candidate; ``null`` when the fallback was returned."""
     fallback: bool
-    """The policy's fallback text was returned instead of a candidate."""
+    """A text stood in for a candidate: the policy's fallback, or the input gate's refusal."""
     fail_closed: bool
-    """The fallback was returned because a gating scorer failed, not because of the answers."""
+    """The fallback was returned because a gating or input scorer failed, not because of
+    the answers or the request."""
     scorer_errors: list[str]
     """Scorers that failed on this request."""
     timings: dict[str, float]
     """Seconds spent generating, scoring and in all (``generate_s``, ``score_s``, ``total_s``)."""
+    input: InputDecisionOut | None = None
+    """The input gate's verdict; ``null`` when the policy has no input gate."""
     candidates: list[CandidateOut] | None = None
     """Every candidate, when ``return_candidates`` was asked for."""
 

@@ -47,7 +47,7 @@ from aligntime.server.metering import MeteredGenerator, UsageMeter, current_mete
 from aligntime.server.metrics import Metrics
 from aligntime.server.protocol import ChatCompletionRequest
 from aligntime.server.text import find_lone_surrogate, json_bytes
-from aligntime.types import Message, Result, Usage
+from aligntime.types import Message, RequestAssessment, Result, Usage
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ class Served:
     created: int
     gated: frozenset[str]
     """Scorers with a gate: when one of them fails, the request fails closed."""
+    inputs: frozenset[str] = frozenset()
+    """The input gate's scorers: when one of them fails, the request is refused."""
     variants: dict[str, Aligner] = field(default_factory=dict)
     """Per-request strategy overrides, sharing the generator and scorers."""
 
@@ -97,6 +99,9 @@ class Outcome:
     candidates_generated: int
     scorer_errors: list[str]
     fail_closed: bool
+    input: RequestAssessment | None = None
+    """The input gate's verdict (``None`` for a policy without a gate, or when the
+    request failed closed before the gate gave one)."""
 
 
 @dataclass
@@ -150,7 +155,8 @@ class AlignmentService:
                     hint="give each policy file a distinct `name:`; clients pick one by it",
                 )
             gated = frozenset(s.name for s in al.policy.scorers if s.gate is not None)
-            self.served[name] = Served(al.policy, al, created, gated)
+            inputs = frozenset(r.name for r in al.gate.rules) if al.gate else frozenset()
+            self.served[name] = Served(al.policy, al, created, gated, inputs)
 
     # --- planning -----------------------------------------------------------------------
 
@@ -232,7 +238,12 @@ class AlignmentService:
             ) from exc
         base = served.aligner
         variant = Aligner(
-            served.policy, generator=base.generator, scorers=base.scorers, strategy=strategy
+            served.policy,
+            generator=base.generator,
+            scorers=base.scorers,
+            strategy=strategy,
+            # The loaded input scorers too: a variant must not load their models again.
+            input_scorers=base.gate.scorers if base.gate else None,
         )
         served.variants[kind] = variant
         return variant
@@ -275,6 +286,8 @@ class AlignmentService:
             ) from exc
         except ScorerError as exc:
             self.metrics.scorer_errors.labels(plan.served.policy.name, exc.scorer).inc()
+            if exc.scorer in plan.served.inputs and exc.scorer not in plan.served.gated:
+                return self._input_failed(plan, exc, meter)
             if plan.served.gated:
                 # A broken check must not wave an answer through: the fallback, flagged.
                 log.warning("scorer %s failed; failing closed: %s", exc.scorer, exc.message)
@@ -297,11 +310,31 @@ class AlignmentService:
         )
         for name in failed:
             self.metrics.scorer_errors.labels(result.policy, name).inc()
-        fail_closed = result.best is None and bool(plan.served.gated.intersection(failed))
-        if result.best is None:
+        verdict = result.input
+        if verdict is not None and verdict.failed:  # degraded input scorers: refused
+            for name in verdict.failed:
+                self.metrics.scorer_errors.labels(result.policy, name).inc()
+            failed = sorted({*failed, *verdict.failed})
+        if result.refused:
+            fail_closed = verdict is not None and bool(verdict.failed)
+            reason = "fail_closed" if fail_closed else "input_refused"
+        else:
+            fail_closed = result.best is None and bool(plan.served.gated.intersection(failed))
             reason = "fail_closed" if fail_closed else "no_eligible_candidate"
+        if result.best is None:
             self.metrics.fallbacks.labels(result.policy, reason).inc()
-        return Outcome(result, result.usage, len(result.candidates), failed, fail_closed)
+        return Outcome(result, result.usage, len(result.candidates), failed, fail_closed, verdict)
+
+    def _input_failed(self, plan: Plan, exc: ScorerError, meter: UsageMeter) -> Outcome:
+        """An input scorer raised (``on_scorer_error: raise``): the gate cannot say the
+        request is safe, so it is refused, as a degraded gate refuses (fail closed)."""
+        policy = plan.served.policy.name
+        log.warning("input scorer %s failed; refusing (fail closed): %s", exc.scorer, exc.message)
+        verdict = RequestAssessment("refuse", {exc.scorer: math.nan}, exc.scorer, None,
+                                    (exc.scorer,))  # fmt: skip
+        self.metrics.input_actions.labels(policy, "refuse").inc()
+        self.metrics.fallbacks.labels(policy, "fail_closed").inc()
+        return Outcome(None, meter.usage, meter.candidates, [exc.scorer], True, verdict)
 
     # --- responses ----------------------------------------------------------------------
 
@@ -333,9 +366,15 @@ class AlignmentService:
 
     @staticmethod
     def _answer(plan: Plan, outcome: Outcome) -> tuple[str, str]:
+        """The text and ``finish_reason``: OpenAI's ``content_filter`` for any text that
+        stands in for a candidate (the fallback, or the input gate's refusal)."""
         result = outcome.result
-        if result is None or result.best is None:
-            return plan.served.policy.fallback, "content_filter"
+        policy = plan.served.policy
+        if result is None:
+            refusal = policy.input.refusal if outcome.input and policy.input else None
+            return refusal or policy.fallback, "content_filter"
+        if result.best is None:
+            return result.fallback or policy.fallback, "content_filter"
         chosen = result.candidates[result.best]
         return chosen.text, "length" if chosen.finish_reason == "length" else "stop"
 
@@ -351,6 +390,7 @@ class AlignmentService:
             "fail_closed": outcome.fail_closed,
             "scorer_errors": outcome.scorer_errors,
             "timings": result.timings.to_dict() if result else {},
+            "input": outcome.input.to_dict() if outcome.input is not None else None,
         }
         if plan.return_candidates:
             ext["candidates"] = [
@@ -498,7 +538,7 @@ class AlignmentService:
             failures = json.dumps(list(c.gate_failures))
             cand = (rid, i, c.text, c.score, json.dumps(scores), int(c.passed), failures)
             cands.append((*cand, c.tokens, c.finish_reason, chosen))
-        return AuditRecord(row, cands)
+        return AuditRecord(row, cands, ext["input"])
 
     async def _audit_error(
         self,
