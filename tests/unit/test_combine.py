@@ -78,6 +78,9 @@ def test_scores_keep_every_raw_value_including_gate_only() -> None:
     # weight 0 does not enter the score
     assert out[0].score == pytest.approx(0.8)
     assert out[1].score == pytest.approx(0.4)
+    # ...but its gate still decides: the second answer is too unsafe to show.
+    assert out[0].passed and out[0].gate_failures == ()
+    assert not out[1].passed and out[1].gate_failures == ("safety",)
 
 
 def test_gate_failure_keeps_score_but_not_passed() -> None:
@@ -137,3 +140,49 @@ def test_returns_new_candidates_and_keeps_fields() -> None:
 def test_length_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="'a'"):
         combine(_cands(2), {"a": [0.3]}, [_w("a", 1.0)])
+
+
+def test_new_raw_values_replace_scores_already_on_a_candidate() -> None:
+    # A candidate scored before (a partial answer, a replayed record) is judged on the
+    # values of this scoring: a stale harmless value must not wave a harmful answer through.
+    stale = Candidate(text="now harmful", scores={"safety": 0.0, "judge": 0.7})
+    weightings = [_w("quality", 1.0), _w("safety", 0.0, Gate(max=0.5), direction="lower")]
+    (out,) = combine([stale], {"quality": [0.6], "safety": [0.9]}, weightings)
+    assert out.scores == {"safety": 0.9, "judge": 0.7, "quality": 0.6}
+    assert not out.passed and out.gate_failures == ("safety",)
+
+
+def test_a_gated_scorer_without_a_value_fails_its_gate() -> None:
+    # No raw value at all for a gated scorer (it never ran) must not count as a pass,
+    # whichever side of the range the gate guards.
+    weightings = [
+        _w("quality", 1.0),
+        _w("safety", 0.0, Gate(max=0.5), direction="lower"),
+        _w("relevance", 0.0, Gate(min=0.2)),
+    ]
+    (out,) = combine(_cands(1), {"quality": [0.9]}, weightings)
+    assert not out.passed
+    assert out.gate_failures == ("safety", "relevance")
+    assert out.score == pytest.approx(0.9)
+
+
+class _NanNormalise(_Static):
+    """A scorer whose own normalise gives NaN for values it cannot place."""
+
+    def normalise(self, value: float) -> float:
+        return math.nan if value < 0 else value
+
+
+def test_a_weighted_scorer_without_a_value_counts_as_worst() -> None:
+    weightings = [_w("a", 1.0), _w("b", 1.0), _w("c", 2.0, direction="lower")]
+    (out,) = combine(_cands(1), {"a": [1.0]}, weightings)
+    assert out.passed
+    assert out.score == pytest.approx(0.25)  # (1 + 0 + 2 x 0) / 4
+    assert out.scores == {"a": 1.0}
+
+
+def test_a_nan_from_a_scorers_own_normalise_counts_as_worst() -> None:
+    weightings = [_w("a", 1.0), ScorerWeighting("odd", 1.0, None, _NanNormalise("odd"))]
+    out = combine(_cands(2), {"a": [1.0, 1.0], "odd": [-1.0, 0.5]}, weightings)
+    assert out[0].score == pytest.approx(0.5)
+    assert out[1].score == pytest.approx(0.75)

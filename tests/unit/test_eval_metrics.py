@@ -5,16 +5,19 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import statistics
 
 import pytest
 
 from aligntime.evaluation.metrics import (
+    Interval,
     auc,
+    average_ranks,
     credit,
+    expectation,
     expected_max,
     kl_bound,
     mean_ci,
-    normal_ci,
     rank_weights,
     spearman,
     win_rate_vs_single,
@@ -72,9 +75,10 @@ def test_mean_ci_bootstrap_covers_the_mean_and_is_reproducible() -> None:
     ci = mean_ci(xs, seed=3)
     assert ci.low < ci.mean < ci.high
     assert ci == mean_ci(xs, seed=3)
-    # The bootstrap half-width is close to the normal approximation's on this much data.
-    normal = normal_ci(xs)
-    assert (ci.high - ci.low) == pytest.approx(normal.high - normal.low, rel=0.2)
+    # The bootstrap width is close to the normal approximation's (2 x 1.96 standard
+    # errors) on this much data.
+    normal_width = 2 * 1.959964 * statistics.stdev(xs) / math.sqrt(len(xs))
+    assert (ci.high - ci.low) == pytest.approx(normal_width, rel=0.2)
     assert ci.low < 1.0 < ci.high
 
 
@@ -162,3 +166,89 @@ def test_soft_replay_is_reproducible_with_a_seed() -> None:
     b = choose("soft_best_of_n", {}, pool, 2, budget=2, draws=300, seed=5)
     assert a == b
     assert sum(a.probs.values()) == pytest.approx(1.0)
+
+
+# --- gaps found by mutation testing (scripts/mutation.sh) -------------------------------
+
+
+def test_interval_to_dict_rounds_to_six_places_and_keeps_nan() -> None:
+    d = Interval(0.1234567891, math.nan, -2.0000004).to_dict()
+    assert list(d) == ["mean", "low", "high"]
+    assert d["mean"] == 0.123457 and d["high"] == -2.0
+    assert math.isnan(d["low"])
+
+
+def test_mean_ci_defaults_are_2000_resamples_at_95_percent_with_seed_0() -> None:
+    rng = random.Random(4)
+    xs = [rng.uniform(0, 1) for _ in range(30)]
+    assert mean_ci(xs) == mean_ci(xs, level=0.95, resamples=2000, seed=0)
+    assert mean_ci(xs) != mean_ci(xs, seed=1)
+
+
+def test_mean_ci_of_nothing_is_nan_throughout() -> None:
+    empty = mean_ci([math.nan])
+    assert math.isnan(empty.mean) and math.isnan(empty.low) and math.isnan(empty.high)
+
+
+def test_mean_ci_of_two_values_has_a_spread() -> None:
+    ci = mean_ci([0.0, 1.0])
+    assert ci.mean == 0.5
+    assert ci.low == 0.0 and ci.high == 1.0
+
+
+def test_mean_ci_endpoints_are_the_bootstrap_quantiles() -> None:
+    # Resampling [0, 1] twice gives a mean of 0, 0.5 or 1 with probabilities 1/4,
+    # 1/2, 1/4. At level 0.4 the interval runs from the 30% to the 70% quantile of
+    # those means: 0.5 at both ends (0 holds only 25% of the mass).
+    assert mean_ci([0.0, 1.0], level=0.4) == Interval(0.5, 0.5, 0.5)
+    # At level 0.6 (20% and 80% quantiles) it spans all three values' ends.
+    assert mean_ci([0.0, 1.0], level=0.6) == Interval(0.5, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("resamples", [2, 41, 2000, 2001])
+def test_mean_ci_is_equal_tailed(resamples: int) -> None:
+    # Negating the data negates every bootstrap mean (same seed, same draws), so an
+    # equal-tailed interval of -x is exactly minus the interval of x, reversed.
+    rng = random.Random(resamples)
+    xs = [rng.gauss(0.0, 1.0) for _ in range(25)]
+    for level in (0.95, 0.5):
+        ci = mean_ci(xs, level=level, resamples=resamples, seed=7)
+        neg = mean_ci([-x for x in xs], level=level, resamples=resamples, seed=7)
+        assert (neg.low, neg.high) == (-ci.high, -ci.low)
+        assert ci.low < ci.high
+
+
+def test_error_messages_name_the_problem() -> None:
+    with pytest.raises(ValueError, match="n must be at least 1, got 0"):
+        kl_bound(0)
+    with pytest.raises(ValueError, match="^spearman needs two sequences of equal length$"):
+        spearman([1, 2], [1, 2, 3])
+    with pytest.raises(ValueError):
+        expectation([0.5, 0.5], [1.0])
+
+
+def test_credit_of_two_nans_is_a_tie() -> None:
+    assert credit(math.nan, math.nan) == 0.5
+
+
+def test_auc_without_positives_or_negatives_is_nan() -> None:
+    assert math.isnan(auc([], [0.5]))
+    assert math.isnan(auc([0.5], []))
+
+
+def test_average_ranks_share_ties() -> None:
+    assert average_ranks([1.0, 1.0, 2.0]) == [1.5, 1.5, 3.0]
+    assert average_ranks([3.0, 1.0, 3.0, 3.0, 0.0]) == [4.0, 2.0, 4.0, 4.0, 1.0]
+    assert average_ranks([]) == []
+
+
+def test_spearman_small_and_constant_inputs() -> None:
+    assert spearman([1.0, 2.0], [5.0, 9.0]) == pytest.approx(1.0)
+    assert math.isnan(spearman([1.0], [1.0]))
+    assert math.isnan(spearman([1.0, 2.0, 3.0], [4.0, 4.0, 4.0]))
+    assert spearman([1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0]) == pytest.approx(0.8)
+
+
+def test_expectation_is_the_weighted_sum() -> None:
+    assert expectation([0.25, 0.75], [2.0, 4.0]) == pytest.approx(3.5)
+    assert expectation([], []) == 0.0

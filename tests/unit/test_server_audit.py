@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 from typer.testing import CliRunner
 
 from aligntime.cli.main import app as cli
@@ -95,9 +96,19 @@ def test_audit_writer_batches_concurrent_commits(tmp_path: Path) -> None:
     assert len(read_requests(tmp_path / "a.db")) == 200
 
 
-def test_audit_cli_names_a_missing_database(tmp_path: Path) -> None:
-    out = CliRunner().invoke(cli, ["audit", "--db", str(tmp_path / "none.db")])
-    assert out.exit_code != 0
+def test_audit_cli_names_a_missing_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aligntime.cli.main import main
+
+    missing = tmp_path / "none.db"
+    with pytest.raises(SystemExit) as info:
+        main(["audit", "--db", str(missing)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: audit database {missing} does not exist")
+    assert "hint: check --db" in err and "Traceback" not in err
+    assert not missing.exists()  # reading never creates an empty database
 
 
 def test_an_answer_that_cannot_be_audited_is_withheld(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -74,16 +76,54 @@ def test_concurrent_calls_are_coalesced_and_results_go_back_to_their_caller() ->
     assert inner.batches == [10] and sizes == [10]
 
 
+class Slow(Scorer):
+    """Takes ``seconds`` per batch; records when each batch started and its size."""
+
+    name = "slow"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.batches: list[tuple[float, int]] = []
+
+    async def score(
+        self, messages: Sequence[Message], candidates: Sequence[Candidate]
+    ) -> list[float]:
+        raise AssertionError("score_batch should be used")
+
+    async def score_batch(
+        self, items: list[tuple[Sequence[Message], Sequence[Candidate]]]
+    ) -> list[list[float]]:
+        self.batches.append((time.perf_counter(), len(items)))
+        await asyncio.sleep(self.seconds)
+        return [[1.0] * len(c) for _, c in items]
+
+
 def test_a_lone_call_is_not_delayed_and_later_calls_wait_at_most_max_wait() -> None:
-    inner = Counting()
-    scorer = BatchingScorer(inner, max_wait_ms=5)
+    # Bounds are generous (a loaded CI machine); max_wait is far from both the
+    # in-flight batch's duration and zero, so each bound still tells the cases apart.
+    inner = Slow(seconds=1.2)
+    scorer = BatchingScorer(inner, max_wait_ms=400)
 
-    async def main() -> None:
-        assert await scorer.score(conv("q"), cands("abc")) == [3.0]
-        assert await scorer.score(conv("q"), []) == []
+    async def main() -> tuple[float, float, float]:
+        t0 = time.perf_counter()
+        first = asyncio.ensure_future(scorer.score(conv("a"), cands("x")))
+        await asyncio.sleep(0.05)  # the first batch is in flight now
+        t1 = time.perf_counter()
+        later = [asyncio.ensure_future(scorer.score(conv(q), cands("y"))) for q in "bc"]
+        await asyncio.gather(first, *later)
+        assert await scorer.score(conv("q"), []) == []  # nothing to score: no batch
+        return t0, t1, time.perf_counter()
 
-    asyncio.run(main())
-    assert inner.calls == 1
+    t0, t1, done = asyncio.run(main())
+    (start_1, size_1), (start_2, size_2) = inner.batches
+    # The lone first call went to the scorer at once, not after max_wait.
+    assert start_1 - t0 < 0.25
+    assert size_1 == 1
+    # The later calls joined one batch, flushed after max_wait, without waiting for
+    # the batch in flight (1.2 s) to finish.
+    assert size_2 == 2
+    assert 0.39 <= start_2 - t1 < 0.95
+    assert done - t0 < 0.05 + 0.4 + 1.2 + 0.5
 
 
 def test_one_failing_request_does_not_fail_the_others_in_its_batch() -> None:
@@ -117,29 +157,34 @@ def test_other_sync_scorers_run_every_request_in_one_thread_hop() -> None:
 
 
 def test_embedding_batch_matches_per_request_scores(tmp_path: Path) -> None:
-    transformers = pytest.importorskip("transformers")
-    from aligntime.models import store
+    import transformers
+
     from aligntime.scorers.embedding import EmbeddingOptions, EmbeddingRelevance
 
-    try:
-        tokenizer_dir = store.resolve("all-minilm-l6-v2")
-    except Exception:
-        pytest.skip("the MiniLM tokenizer is not cached")
-    # A tiny randomly initialised BERT with MiniLM's tokenizer: real loading, small cost.
-    config = transformers.BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64,
-    )  # fmt: skip
-    model_dir = tmp_path / "tiny-bert"
-    transformers.BertModel(config).save_pretrained(model_dir)
-    transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(model_dir)
-    scorer = EmbeddingRelevance(EmbeddingOptions(model=str(model_dir)))
     items = [
         (conv("How do I boil an egg?"), cands("Boil it for seven minutes.", "Paris is nice.")),
         (conv("What is the capital of France?"), cands("Paris.")),
         (conv("Tell me a joke"), cands("Why did the chicken cross the road?", "No.", "Ha")),
     ]
+    # A tiny randomly initialised BERT and a WordPiece tokenizer over these texts' words,
+    # built here: the real loading and padding code, no model to download, nothing to skip.
+    texts = [m[-1].content for m, _ in items] + [c.text for _, cs in items for c in cs]
+    vocabulary = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *vocabulary]
+    model_dir = tmp_path / "tiny-bert"
+    model_dir.mkdir()
+    (model_dir / "vocab.txt").write_text("\n".join(words) + "\n")
+    transformers.BertTokenizerFast(str(model_dir / "vocab.txt")).save_pretrained(model_dir)
+    config = transformers.BertConfig(
+        vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+    )  # fmt: skip
+    transformers.BertModel(config).save_pretrained(model_dir)
+    scorer = EmbeddingRelevance(EmbeddingOptions(model=str(model_dir), runtime="torch"))
     together = asyncio.run(score_batch(scorer, items))
     alone = [scorer.score_sync(m, c) for m, c in items]
+    # Padding to the longest text of the batch must not change any score.
+    assert [len(row) for row in together] == [2, 1, 3]
     for a, b in zip(together, alone, strict=True):
         assert a == pytest.approx(b, abs=1e-4)
+    assert len({round(v, 4) for row in together for v in row}) > 1  # not a constant

@@ -304,3 +304,85 @@ def test_vote_bad_pattern_is_config_error() -> None:
 def test_strategy_names() -> None:
     names = [s.name for s in (BestOfN(), Rejection(), SoftBestOfN(), MajorityVote(), PassThrough())]
     assert names == ["best_of_n", "rejection", "soft_best_of_n", "vote", "passthrough"]
+
+
+# --- gaps found by mutation testing (scripts/mutation.sh) -------------------------------
+
+
+def test_rejection_later_rounds_are_the_requests_n_not_the_pool_so_far() -> None:
+    # After two rounds of a request with N = 4, eight candidates are in the pool:
+    # the third round is again 4, not 8 (the pool size), until the budget caps it.
+    strategy = Rejection(Rejection.Options(threshold=0.9))
+    eight = _scored(*[0.1] * 8)
+    assert strategy.next_round(eight, RoundState(requested=4, budget=20)).more == 4
+    assert strategy.next_round(eight, RoundState(requested=4, budget=3)).more == 3
+    assert strategy.next_round(_scored(0.1), RoundState(requested=5, budget=20)).more == 5
+
+
+def test_rejection_with_no_candidate_yet_asks_for_one() -> None:
+    # Zero candidates must not ask for zero more (the request would end at once).
+    decision = Rejection(Rejection.Options(threshold=0.5)).decide([], budget=5)
+    assert decision.best is None and decision.more == 1
+
+
+def test_best_of_n_picks_a_passed_candidate_even_when_none_has_a_score() -> None:
+    # Candidates without scores (no weighted scorer) still pass: the first one is shown.
+    assert BestOfN().decide([_c(None), _c(None)], budget=0).best == 0
+    assert BestOfN().decide([_c(None, passed=False), _c(None)], budget=0).best == 1
+
+
+def test_soft_treats_a_non_finite_score_as_missing() -> None:
+    strategy = SoftBestOfN(SoftBestOfN.Options(seed=0))
+    assert strategy.probabilities([_c(float("nan")), _c(0.3)]) == {0: 0.0, 1: 1.0}
+    assert strategy.probabilities([_c(float("inf")), _c(0.3)]) == {0: 0.0, 1: 1.0}
+    picks = {strategy.decide([_c(float("nan")), _c(0.3)], budget=0).best for _ in range(50)}
+    assert picks == {1}
+
+
+def test_strategies_built_without_options_hold_their_defaults() -> None:
+    for cls in (BestOfN, PassThrough, Rejection, SoftBestOfN, MajorityVote):
+        assert cls().options == cls.Options(), cls.name  # type: ignore[call-arg]
+
+
+def test_passthrough_names_every_failed_gate_or_says_a_gate() -> None:
+    failed = Candidate(text="bad", score=0.9, passed=False, gate_failures=("safety", "rules"))
+    assert "safety, rules" in PassThrough().decide([failed], budget=0).reason
+    anonymous = Candidate(text="bad", score=0.9, passed=False)
+    assert PassThrough().decide([anonymous], budget=0).reason.endswith("failed a gate")
+
+
+def test_vote_keeps_a_decimal_point_or_comma_only_between_digits() -> None:
+    assert extract_answer("3.5", "text") == "3.5"
+    assert extract_answer("1,5", "text") == "1,5"
+    assert extract_answer(".5", "text") == "5"  # nothing before the point
+    assert extract_answer("5.", "text") == "5"  # nothing after it
+    assert extract_answer("a.5", "text") == "a 5"
+    assert extract_answer("5.a", "text") == "5 a"
+    assert extract_answer("x.5.y", "text") == "x 5 y"
+    assert extract_answer("7.25 km", "last_line") == "7.25 km"
+    assert extract_answer("Answer: 12", "text", r"\d+") == "12"
+    # Small numbers in plain digits, never in exponent notation ("1.2E-7").
+    assert extract_answer("about 0.00000012 m", "number") == "0.00000012"
+
+
+def test_vote_accepts_a_compiled_pattern() -> None:
+    import re
+
+    assert extract_answer("A) 4  B) 7", "number", re.compile(r"B\) (\d+)")) == "7"
+
+
+def test_vote_pattern_errors_tell_how_to_fix_them() -> None:
+    with pytest.raises(ConfigError) as info:
+        MajorityVote(MajorityVote.Options(pattern="(unclosed"))
+    assert info.value.hint == "give a Python regular expression with one group around the answer"
+    with pytest.raises(ConfigError) as info:
+        MajorityVote(MajorityVote.Options(pattern=r"(a)(b)"))
+    assert info.value.hint == "use one capturing group around the answer; (?:...) does not capture"
+
+
+def test_vote_ranks_a_nan_score_below_any_number() -> None:
+    # Two groups of one vote each: the tie goes to the group whose best member scores
+    # highest, and a NaN (a scorer that failed) is the lowest score, not the highest.
+    cands = [_v("1", float("nan")), _v("2", 0.1)]
+    assert MajorityVote().decide(cands, budget=0).best == 1
+    assert MajorityVote().decide([_v("2", 0.1), _v("1", float("nan"))], budget=0).best == 0

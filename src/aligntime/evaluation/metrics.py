@@ -19,8 +19,6 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-Z95 = 1.959963984540054
-
 
 def rank_weights(k: int, n: int) -> list[float]:
     """P(the candidate of rank r is the best of a random n-subset), for r = 1..k."""
@@ -82,19 +80,6 @@ def mean_ci(
     low = means[math.floor(alpha * (resamples - 1))]
     high = means[math.ceil((1.0 - alpha) * (resamples - 1))]
     return Interval(mean, low, high)
-
-
-def normal_ci(values: Sequence[float]) -> Interval:
-    """Mean with a normal-approximation 95% interval (mean +- 1.96 standard errors)."""
-    xs = [v for v in values if not math.isnan(v)]
-    if not xs:
-        return Interval(math.nan, math.nan, math.nan)
-    mean = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return Interval(mean, mean, mean)
-    var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)
-    half = Z95 * math.sqrt(var / len(xs))
-    return Interval(mean, mean - half, mean + half)
 
 
 def credit(a: float, b: float) -> float:
