@@ -73,6 +73,8 @@ class StubServer:
     """When set, requests without ``Authorization: Bearer <api_key>`` get a 401."""
     retry_after: str = "0"
     """Retry-After header value sent with scripted 429s."""
+    error_headers: dict[str, str] = field(default_factory=dict)
+    """Headers added to every scripted error reply (e.g. ``retry-after-ms``, ``x-should-retry``)."""
     hang_s: float = 5.0
     """How long a scripted ``hang`` waits before answering."""
     delay_s: float = 0.0
@@ -189,6 +191,7 @@ class StubServer:
         if action.isdigit():
             status = int(action)
             extra = {"Retry-After": self.retry_after} if status == 429 else {}
+            extra.update(self.error_headers)
             await self._send(writer, status, _error(f"scripted {status}", "scripted"), extra)
             return True
         if action == "malformed":

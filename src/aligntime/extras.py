@@ -29,6 +29,7 @@ EXTRA_OF: dict[str, str] = {
     "prometheus_client": "server",
     "matplotlib": "eval",
 }
+# The openai client (and its httpx2) are core dependencies: the openai backend needs no extra.
 """Top-level module name -> the extra of ``pyproject.toml`` that installs it."""
 
 

@@ -150,6 +150,34 @@ def test_429_waits_for_retry_after(server: StubServer) -> None:
     assert second.at - first.at >= 0.3
 
 
+def test_retry_after_ms_is_honoured(server: StubServer) -> None:
+    server.error_headers = {"retry-after-ms": "300"}
+    server.script.append("503")
+    generate(make(server, n_mode="native", backoff_s=0.0), 2)
+    first, second = server.chat_requests()
+    assert second.at - first.at >= 0.3
+
+
+def test_x_should_retry_overrides_the_status(server: StubServer) -> None:
+    server.error_headers = {"x-should-retry": "false"}
+    server.script.append("503")
+    with pytest.raises(BackendError, match=r"rejected the request: HTTP 503") as e:
+        generate(make(server, n_mode="native"), 2)
+    assert e.value.status == 503 and "x-should-retry" in (e.value.hint or "")
+    assert len(server.chat_requests()) == 1
+    server.error_headers = {"x-should-retry": "true"}
+    server.script.append("400")
+    assert len(generate(make(server, n_mode="native"), 2).candidates) == 2
+    assert len(server.chat_requests()) == 3  # the 400 was retried, as the server asked
+
+
+def test_requests_go_through_the_official_client(server: StubServer) -> None:
+    generate(make(server, n_mode="native"), 2)
+    headers = server.chat_requests()[-1].headers
+    assert "x-stainless-retry-count" in headers and "/Python " in headers["user-agent"]
+    assert "authorization" not in headers  # no key variable set: no key sent
+
+
 def test_other_4xx_are_not_retried(server: StubServer) -> None:
     server.script.extend(["400", "400"])
     with pytest.raises(BackendError, match=r"rejected the request: HTTP 400: scripted 400"):

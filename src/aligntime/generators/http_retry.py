@@ -1,33 +1,46 @@
-"""POST a JSON body and read a JSON reply, retrying the failures that can pass.
+"""POST a JSON body through the official ``openai`` client and read a JSON reply.
 
-What is retried, and why:
+The client (``openai.AsyncOpenAI``) owns the round trip and its retries: it
+honours ``Retry-After``, ``retry-after-ms`` and ``x-should-retry``, takes proxy
+settings from the environment, and retries what can pass:
 
-- 408 (request timeout), 429 (rate limited) and every 5xx: the server is slow,
-  overloaded or restarting; the same request can succeed later. A 429's
-  ``Retry-After`` (seconds or an HTTP date) is honoured, capped at ``max_backoff_s``.
-- Connection errors, timeouts and a connection dropped mid-response
-  (``httpx.TransportError``): the request may never have reached a healthy
-  worker, or its reply was lost on the way.
-- A 5xx whose body is not JSON is still a 5xx (proxies answer 502/503 with HTML).
+- 408, 409, 429 and every 5xx, whatever the body (proxies answer 502/503 with HTML):
+  the server is slow, overloaded or restarting; the same request can succeed later.
+- Connection errors, timeouts and a connection dropped mid-response: the request
+  may never have reached a healthy worker, or its reply was lost on the way.
 
-Not retried: any other 4xx (the request itself is wrong: a bad key, an unknown
-model, a rejected parameter; sending it again gives the same answer), and a 200
-whose complete body is not a JSON object (a server that answers a well-formed
-request with garbage does so deterministically; a body cut short by a dropped
-connection is a transport error and *is* retried).
+What aligntime adds around it:
+
+- a limit on each *whole* attempt (``timeout_s``): the client's timeouts are per
+  socket operation, so a server that trickles bytes could otherwise hold a
+  request forever;
+- its own backoff (``backoff_s`` doubling up to ``max_backoff_s``, with jitter),
+  with a server's Retry-After capped at ``max_backoff_s``;
+- replies read as plain JSON, so servers that add or omit fields still work, and
+  a 200 whose body is not a JSON object fails at once (a server that answers a
+  well-formed request with garbage does so deterministically: not retried);
+- failures as :class:`HTTPFailure` / :class:`RetriesExhausted` with the server's
+  own message and the number of attempts made.
+
+Not retried: any other 4xx (a bad key, an unknown model, a rejected parameter).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
+import json
 import logging
+import math
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import httpx2
+import openai
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +115,10 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def server_error_message(response: httpx.Response) -> str:
+def server_error_message(response: httpx2.Response) -> str:
     """The human-readable part of an error reply (OpenAI's ``{"error": {"message"}}`` shape)."""
     try:
-        data = response.json()
+        data = json.loads(response.content)
     except ValueError:
         return response.text.strip()[:300]
     if isinstance(data, dict):
@@ -116,38 +129,161 @@ def server_error_message(response: httpx.Response) -> str:
     return str(data)[:300]
 
 
-async def _attempt(
-    client: httpx.AsyncClient,
+class _Attempts:
+    """Attempts made for one logical request (the client retries inside one call)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+_attempts: contextvars.ContextVar[_Attempts | None] = contextvars.ContextVar(
+    "aligntime_http_attempts", default=None
+)
+
+
+class _WholeAttemptLimit(httpx2.AsyncClient):
+    """An HTTP client whose every send, the whole body read included, has a deadline."""
+
+    def __init__(self, *, attempt_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.attempt_timeout_s = attempt_timeout_s
+
+    async def send(self, request: httpx2.Request, **kwargs: Any) -> httpx2.Response:
+        counter = _attempts.get()
+        if counter is not None:
+            counter.count += 1
+        try:
+            return await asyncio.wait_for(
+                self._send_whole(request, **kwargs), timeout=self.attempt_timeout_s
+            )
+        except asyncio.TimeoutError as exc:
+            # A timeout of the client's own kind, so that the client retries it.
+            raise httpx2.ReadTimeout(
+                f"no reply within {self.attempt_timeout_s:g} s", request=request
+            ) from exc
+
+    async def _send_whole(self, request: httpx2.Request, **kwargs: Any) -> httpx2.Response:
+        response = await super().send(request, **kwargs)
+        await response.aread()
+        return response
+
+
+class OpenAIClient(openai.AsyncOpenAI):
+    """The official client with aligntime's backoff between retries."""
+
+    def __init__(self, *, policy: RetryPolicy, **kwargs: Any) -> None:
+        super().__init__(max_retries=policy.max_retries, **kwargs)
+        self.retry_policy = policy
+
+    # The client's hook for the wait before a retry; its own schedule starts at 0.5 s
+    # and has no per-deployment setting.
+    def _calculate_retry_timeout(
+        self,
+        remaining_retries: int,
+        options: Any,
+        response_headers: httpx2.Headers | None = None,
+    ) -> float:
+        retry = max(self.max_retries - remaining_retries, 0)
+        return backoff_delay(self.retry_policy, retry, retry_after_header(response_headers))
+
+
+def make_client(
+    base_url: str, policy: RetryPolicy, *, connect_timeout_s: float, max_connections: int
+) -> OpenAIClient:
+    """A client for one event loop: its connections belong to the loop that opened them."""
+    timeout = httpx2.Timeout(policy.timeout_s, connect=connect_timeout_s)
+    http = _WholeAttemptLimit(
+        attempt_timeout_s=policy.timeout_s,
+        timeout=timeout,
+        limits=httpx2.Limits(max_connections=max_connections),
+        follow_redirects=True,
+    )
+    # The key travels in each request's headers (or is omitted there), so the
+    # client's own key is a placeholder that is never sent.
+    return OpenAIClient(
+        policy=policy, api_key="unused", base_url=base_url, timeout=timeout, http_client=http
+    )
+
+
+def retry_after_header(headers: Mapping[str, str] | None) -> float | None:
+    """A reply's requested wait in seconds: ``retry-after-ms``, else ``Retry-After``."""
+    if not headers:
+        return None
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            value = float(millis) / 1000.0
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value):
+            return max(value, 0.0)
+    return parse_retry_after(headers.get("retry-after"))
+
+
+def _retryable(response: httpx2.Response) -> bool:
+    """Whether the client retried (or, with retries left, would retry) this reply."""
+    should = response.headers.get("x-should-retry")
+    if should in ("true", "false"):
+        return should == "true"
+    status = response.status_code
+    return status in (408, 409, 429) or status >= 500
+
+
+def _status_failure(response: httpx2.Response) -> HTTPFailure:
+    status = response.status_code
+    message = server_error_message(response)
+    retryable = _retryable(response)
+    return HTTPFailure(
+        f"HTTP {status}: {message or response.reason_phrase}",
+        retryable=retryable,
+        status=status,
+        server_message=message,
+        retry_after_s=retry_after_header(response.headers) if retryable else None,
+    )
+
+
+async def post_json(
+    client: openai.AsyncOpenAI,
     url: str,
     body: dict[str, Any],
-    headers: dict[str, str],
-    timeout: float,
+    headers: Mapping[str, str],
+    policy: RetryPolicy,
 ) -> dict[str, Any]:
+    """POST ``body`` to ``url`` (absolute, or relative to the client's base URL).
+
+    Returns the JSON reply. Raises :class:`HTTPFailure` at once for a failure that
+    is not retryable and :class:`RetriesExhausted` when every attempt failed with a
+    retryable one, as the module docstring says. ``headers`` without an
+    ``Authorization`` entry send no key at all.
+    """
+    counter = _Attempts()
+    token = _attempts.set(counter)
+    request_headers: dict[str, Any] = {"Authorization": openai.Omit(), **headers}
     try:
-        # httpx's own timeouts are per socket operation; wait_for bounds the whole attempt,
-        # so a server that trickles bytes cannot hold a request forever.
-        response = await asyncio.wait_for(
-            client.post(url, json=body, headers=headers), timeout=timeout
+        response = await client.post(
+            url,
+            cast_to=httpx2.Response,
+            body=body,
+            options={"headers": request_headers, "max_retries": policy.max_retries},
         )
-    except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
-        raise HTTPFailure(f"no reply within {timeout:g} s", retryable=True) from exc
-    except httpx.TransportError as exc:
-        kind = type(exc).__name__
-        raise HTTPFailure(f"connection failed ({kind}: {exc})", retryable=True) from exc
+    except openai.APIStatusError as exc:
+        failure = _status_failure(exc.response)
+        if failure.retryable:
+            raise RetriesExhausted(failure, max(counter.count, 1)) from exc
+        raise failure from exc
+    except openai.APIConnectionError as exc:
+        cause = exc.__cause__
+        if isinstance(exc, openai.APITimeoutError) or isinstance(cause, httpx2.TimeoutException):
+            message = f"no reply within {policy.timeout_s:g} s"
+        else:
+            message = f"connection failed ({type(cause or exc).__name__}: {cause or exc})"
+        failure = HTTPFailure(message, retryable=True)
+        raise RetriesExhausted(failure, max(counter.count, 1)) from exc
+    finally:
+        _attempts.reset(token)
     status = response.status_code
-    if status >= 400:
-        message = server_error_message(response)
-        retryable = status in (408, 429) or status >= 500
-        retry_after = parse_retry_after(response.headers.get("retry-after")) if retryable else None
-        raise HTTPFailure(
-            f"HTTP {status}: {message or response.reason_phrase}",
-            retryable=retryable,
-            status=status,
-            server_message=message,
-            retry_after_s=retry_after,
-        )
     try:
-        data = response.json()
+        data = json.loads(response.content)
     except ValueError as exc:
         raise HTTPFailure(
             f"the reply is not JSON (HTTP {status}): {response.text[:120]!r}", retryable=False
@@ -157,37 +293,3 @@ async def _attempt(
             f"the reply is not a JSON object (HTTP {status}): {str(data)[:120]}", retryable=False
         )
     return data
-
-
-async def post_json(
-    client: httpx.AsyncClient,
-    url: str,
-    body: dict[str, Any],
-    headers: dict[str, str],
-    policy: RetryPolicy,
-) -> dict[str, Any]:
-    """POST ``body`` and return the JSON reply, retrying as the module docstring says.
-
-    Raises :class:`HTTPFailure` at once for a failure that is not retryable and
-    :class:`RetriesExhausted` when every attempt failed with a retryable one.
-    """
-    retry = 0
-    while True:
-        try:
-            return await _attempt(client, url, body, headers, policy.timeout_s)
-        except HTTPFailure as failure:
-            if not failure.retryable:
-                raise
-            if retry >= policy.max_retries:
-                raise RetriesExhausted(failure, retry + 1) from failure
-            delay = backoff_delay(policy, retry, failure.retry_after_s)
-            log.info(
-                "%s: %s; retry %d/%d in %.2f s",
-                url,
-                failure.message,
-                retry + 1,
-                policy.max_retries,
-                delay,
-            )
-            await asyncio.sleep(delay)
-            retry += 1

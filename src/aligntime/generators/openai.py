@@ -11,7 +11,9 @@ concurrent ``n=1`` requests (candidate i seeded with seed + i). With
 remembered for the base URL and model (for the whole process).
 
 Token counts and usage are read as ``openai_reply`` describes: exact where the
-reply allows, a marked estimate otherwise. Retries follow ``http_retry``.
+reply allows, a marked estimate otherwise. Requests go through the official
+``openai`` client (its retries, Retry-After and proxy handling), as
+``http_retry`` describes.
 """
 
 from __future__ import annotations
@@ -25,12 +27,18 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import httpx
 from pydantic import Field, field_validator
 
 from aligntime.errors import BackendError, ConfigError
 from aligntime.generators.base import Capabilities, Generator
-from aligntime.generators.http_retry import HTTPFailure, RetriesExhausted, RetryPolicy, post_json
+from aligntime.generators.http_retry import (
+    HTTPFailure,
+    OpenAIClient,
+    RetriesExhausted,
+    RetryPolicy,
+    make_client,
+    post_json,
+)
 from aligntime.generators.openai_reply import choices_of, collect, context_length_error
 from aligntime.generators.options import SamplingOptions
 from aligntime.types import Generation, GenerationParams, Message
@@ -141,7 +149,7 @@ class OpenAIGenerator(Generator):
         _native_n[self._key] = native
         self.capabilities = Capabilities(n_sampling=native, logprobs=True, token_steps=False)
 
-    async def _client(self) -> httpx.AsyncClient:
+    async def _client(self) -> OpenAIClient:
         loop = asyncio.get_running_loop()
         # A client of a finished loop holds that loop alive through its connections;
         # dropping it lets both be collected.
@@ -150,9 +158,12 @@ class OpenAIGenerator(Generator):
         entry = self._clients.get(loop)
         if entry is None:
             o = self.options
-            timeout = httpx.Timeout(o.timeout_s, connect=o.connect_timeout_s)
-            limits = httpx.Limits(max_connections=max(o.concurrency, 10))
-            client = httpx.AsyncClient(timeout=timeout, limits=limits)
+            client = make_client(
+                o.base_url,
+                self._retry,
+                connect_timeout_s=o.connect_timeout_s,
+                max_connections=max(o.concurrency, 10),
+            )
             keeper = _close_with_loop(client)
             await keeper.__anext__()
             entry = self._clients[loop] = _LoopClient(client, keeper)
@@ -342,11 +353,11 @@ class OpenAIGenerator(Generator):
 
 @dataclass(frozen=True)
 class _LoopClient:
-    client: httpx.AsyncClient
+    client: OpenAIClient
     keeper: AsyncGenerator[None, None]
 
 
-async def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
+async def _close_with_loop(client: OpenAIClient) -> AsyncGenerator[None, None]:
     """Holds ``client`` open for the life of its event loop, then closes it.
 
     It stays suspended at its ``yield``; when the loop shuts down (``asyncio.run``
@@ -356,7 +367,7 @@ async def _close_with_loop(client: httpx.AsyncClient) -> AsyncGenerator[None, No
     try:
         yield
     finally:
-        await client.aclose()
+        await client.close()
 
 
 def _hint(status: int | None) -> str:
@@ -364,4 +375,6 @@ def _hint(status: int | None) -> str:
         return "check the API key (the variable named by api_key_env) and its permissions"
     if status == 404:
         return "check base_url (it usually ends in /v1) and that the server serves this model"
+    if status is not None and status >= 500:
+        return "the server failed and asked not to be retried (x-should-retry); see its logs"
     return "the server refused the request as sent; its message above says which field"
