@@ -72,10 +72,9 @@ class SentenceEncoder:
                 import onnxruntime as ort
                 from tokenizers import Tokenizer
             except ImportError as exc:
-                raise ConfigError(
-                    "sentence embeddings need the onnxruntime and tokenizers packages",
-                    hint="pip install onnxruntime tokenizers",
-                ) from exc
+                from aligntime.extras import missing
+
+                raise missing("sentence embeddings", exc, extra="embedded") from exc
             onnx_file = _find(store.resolve(self.model), "model.onnx", self.model)
             tok_file = _find(store.resolve(self.tokenizer), "tokenizer.json", self.tokenizer)
             tok = Tokenizer.from_file(str(tok_file))

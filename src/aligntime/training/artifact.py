@@ -113,8 +113,13 @@ def verify_folder(folder: Path) -> None:
 
 def load_folder(folder: Path) -> TrainedModel:
     """Verify and read a trained-scorer folder."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    try:
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+    except ImportError as exc:
+        from aligntime.extras import missing
+
+        raise missing("a trained scorer", exc, extra="embedded") from exc
 
     verify_folder(folder)
     try:
