@@ -18,15 +18,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from pydantic import ValidationError
+
 from aligntime import registry
 from aligntime.background_loop import BackgroundLoop
 from aligntime.errors import ConfigError, InputError, ScorerError
 from aligntime.generators.base import Generator
+from aligntime.generators.options import SamplingOptions
 from aligntime.input_gate import InputGate
 from aligntime.policy.loader import load_policy
 from aligntime.policy.schema import Policy
 from aligntime.prompting.policy import PromptPolicy
-from aligntime.scorers.base import Scorer, as_scorer_error, score_candidates
+from aligntime.scorers.base import Scorer, as_scorer_error
 from aligntime.scorers.combine import Gate, ScorerWeighting, combine
 from aligntime.strategies.base import (
     Decision,
@@ -42,6 +45,7 @@ from aligntime.types import (
     Message,
     RequestAssessment,
     Result,
+    ScoreDetail,
     Timings,
     Usage,
 )
@@ -271,7 +275,9 @@ class Aligner:
         text as ``fallback``, zero tokens.
         """
         started = time.perf_counter()
-        messages, n = self._prepare(conversation, n, template, max_tokens)
+        messages, n = self._prepare(
+            conversation, n, template, max_tokens, temperature=temperature, top_p=top_p
+        )
         assessment = await self.assess(messages)
         if assessment is not None and assessment.action == "refuse":
             return self._refused(messages, assessment, started)
@@ -363,8 +369,11 @@ class Aligner:
         n: int | None,
         template: str | None,
         max_tokens: int | None,
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
     ) -> tuple[list[Message], int]:
-        """Validate a request (its messages, N, the token limit and the template name)."""
+        """Validate a request (its messages, N, the sampling settings and the template name)."""
         messages = to_messages(conversation)
         n = self.policy.n if n is None else n
         if not 1 <= n <= self.policy.max_n:
@@ -375,6 +384,7 @@ class Aligner:
             )
         if max_tokens is not None and max_tokens < 1:
             raise InputError(f"max_tokens must be at least 1, got {max_tokens}")
+        _check_sampling(temperature, top_p)
         self.prompt.template(template)  # an unknown name fails before any work
         return messages, n
 
@@ -520,22 +530,24 @@ class Aligner:
         # Without a gate, scorers that read the verdict see one with no harm estimate.
         verdict = assessment or RequestAssessment()
         results = await asyncio.gather(
-            *(score_candidates(s, messages, candidates, verdict) for s in self.scorers),
+            *(s.score_details(messages, candidates, assessment=verdict) for s in self.scorers),
             return_exceptions=True,
         )
         raw: dict[str, list[float]] = {}
-        for scorer, values in zip(self.scorers, results, strict=True):
-            if isinstance(values, BaseException):
-                if self.policy.on_scorer_error == "raise" or not isinstance(values, Exception):
-                    raise as_scorer_error(scorer, values) from values
-                log.warning("scorer %s failed, its scores are missing: %s", scorer.name, values)
-                values = [math.nan] * len(candidates)
-            if len(values) != len(candidates):
+        labels: dict[str, list[tuple[str, ...]]] = {}
+        for scorer, details in zip(self.scorers, results, strict=True):
+            if isinstance(details, BaseException):
+                if self.policy.on_scorer_error == "raise" or not isinstance(details, Exception):
+                    raise as_scorer_error(scorer, details) from details
+                log.warning("scorer %s failed, its scores are missing: %s", scorer.name, details)
+                details = [ScoreDetail(math.nan)] * len(candidates)
+            if len(details) != len(candidates):
                 raise ScorerError(
-                    scorer.name, f"returned {len(values)} values for {len(candidates)} candidates"
+                    scorer.name, f"returned {len(details)} values for {len(candidates)} candidates"
                 )
-            raw[scorer.name] = list(values)
-        return combine(candidates, raw, self.weightings)
+            raw[scorer.name] = [d.value for d in details]
+            labels[scorer.name] = [d.labels for d in details]
+        return combine(candidates, raw, self.weightings, labels)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -585,6 +597,24 @@ class Aligner:
 def _prompt_text(messages: Sequence[Message]) -> str:
     """The request's own text: the last message when it is the user's."""
     return messages[-1].content if messages and messages[-1].role == "user" else ""
+
+
+def _check_sampling(temperature: float | None, top_p: float | None) -> None:
+    """Refuse sampling settings outside the range a policy's generator allows.
+
+    The CLI and the server check these at their edges; the library checks them here,
+    once, so that a direct caller gets the same clear error instead of a backend's.
+    """
+    given = {k: v for k, v in (("temperature", temperature), ("top_p", top_p)) if v is not None}
+    for field, value in given.items():
+        if not math.isfinite(value):
+            raise InputError(f"{field} must be a finite number, got {value}")
+    try:  # the bounds of a policy's generator.temperature and generator.top_p
+        SamplingOptions(model="-", **given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(p) for p in error["loc"])
+        raise InputError(f"{field}: {error['msg']}, got {given[field]:g}") from None
 
 
 def _next_seed(params: GenerationParams, offset: int) -> GenerationParams:

@@ -1,13 +1,14 @@
 """The input gate: a verdict on the request before any candidate is sampled.
 
 The policy's ``input`` section names scorers that rate the request itself
-(:meth:`~aligntime.scorers.base.Scorer.score_request`, which reads the whole
-conversation, system turns included). They run concurrently, once per request.
-Each may carry two thresholds: at or past ``refuse`` nothing is sampled and the
-refusal text is returned; at or past ``steer`` the request is sampled under the
-section's stricter prompt. One scorer may provide the request's harm estimate
-(P(harmful), 0..1), which output scorers that read the assessment use to tell an
-appropriate refusal from over-refusal.
+(:meth:`~aligntime.scorers.base.Scorer.score_request_details`, which reads the
+whole conversation, system turns included). They run concurrently, once per
+request. Each may carry two thresholds: at or past ``refuse`` nothing is sampled
+and the refusal text is returned; at or past ``steer`` the request is sampled
+under the section's stricter prompt. The verdict keeps the labels the deciding
+scorer gave (a guard's violated categories). One scorer may provide the request's
+harm estimate (P(harmful), 0..1), which output scorers that read the assessment
+use to tell an appropriate refusal from over-refusal.
 
 The gate is a safety check, so it fails closed: an input scorer that raises (with
 ``on_scorer_error: degrade``) or returns NaN refuses the request. With ``raise``
@@ -20,7 +21,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -117,29 +118,41 @@ class InputGate:
         """The verdict on ``messages`` (the whole conversation)."""
         started = time.perf_counter()
         results = await asyncio.gather(
-            *(r.scorer.score_request(messages) for r in self.rules), return_exceptions=True
+            *(r.scorer.score_request_details(messages) for r in self.rules),
+            return_exceptions=True,
         )
         scores: dict[str, float] = {}
+        labels: dict[str, tuple[str, ...]] = {}
         failed: list[str] = []
-        for rule, value in zip(self.rules, results, strict=True):
+        for rule, detail in zip(self.rules, results, strict=True):
             name = rule.scorer.name
-            if isinstance(value, BaseException):
-                if self.on_error == "raise" or not isinstance(value, Exception):
-                    raise as_scorer_error(rule.scorer, value) from value
-                log.warning("input scorer %s failed; refusing (fail closed): %s", name, value)
+            if isinstance(detail, BaseException):
+                if self.on_error == "raise" or not isinstance(detail, Exception):
+                    raise as_scorer_error(rule.scorer, detail) from detail
+                log.warning("input scorer %s failed; refusing (fail closed): %s", name, detail)
                 failed.append(name)
                 scores[name] = math.nan
                 continue
-            scores[name] = float(value)
+            scores[name] = float(detail.value)
+            labels[name] = tuple(detail.labels)
             if math.isnan(scores[name]):
                 log.warning("input scorer %s gave no value; refusing (fail closed)", name)
                 failed.append(name)
-        return self.decide(scores, tuple(failed), time.perf_counter() - started)
+        return self.decide(scores, tuple(failed), time.perf_counter() - started, labels)
 
     def decide(
-        self, scores: dict[str, float], failed: tuple[str, ...], seconds: float = 0.0
+        self,
+        scores: dict[str, float],
+        failed: tuple[str, ...],
+        seconds: float = 0.0,
+        labels: Mapping[str, tuple[str, ...]] | None = None,
     ) -> RequestAssessment:
-        """The action for these input scores: the first refusing scorer wins, then steering."""
+        """The action for these input scores: the first refusing scorer wins, then steering.
+
+        ``labels`` holds what each scorer named as its reasons; the verdict keeps the
+        deciding scorer's.
+        """
+        labels = labels or {}
         harm_rule = next((r for r in self.rules if r.harm), None)
         harm = None
         if harm_rule is not None and harm_rule.scorer.name not in failed:
@@ -148,10 +161,14 @@ class InputGate:
             return RequestAssessment("refuse", scores, failed[0], harm, failed, seconds)
         refusing = next((r for r in self.rules if r.reaches(scores[r.name], r.refuse)), None)
         if refusing is not None:
-            return RequestAssessment("refuse", scores, refusing.name, harm, (), seconds)
+            return RequestAssessment(
+                "refuse", scores, refusing.name, harm, (), seconds, labels.get(refusing.name, ())
+            )
         steering = next((r for r in self.rules if r.reaches(scores[r.name], r.steer)), None)
         if steering is not None:
-            return RequestAssessment("steer", scores, steering.name, harm, (), seconds)
+            return RequestAssessment(
+                "steer", scores, steering.name, harm, (), seconds, labels.get(steering.name, ())
+            )
         return RequestAssessment("pass", scores, None, harm, (), seconds)
 
     def close(self) -> None:

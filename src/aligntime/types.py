@@ -56,6 +56,20 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class ScoreDetail:
+    """One scorer's value for one text, with the labels it gave as reasons.
+
+    ``labels`` name what the scorer found, e.g. the categories a guard model says
+    were violated ("S1 Violent Crimes"); a failed gate names them, so a user sees why
+    an answer (or the request) was rejected. Scorers that only give a number leave
+    them empty.
+    """
+
+    value: float
+    labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Usage:
     """Tokens read and written by the generator for one request (all candidates)."""
 
@@ -131,6 +145,8 @@ class RequestAssessment:
     """Input scorers that failed (``on_scorer_error: degrade``); any failure refuses."""
     seconds: float = 0.0
     """Wall-clock seconds the input gate took."""
+    labels: tuple[str, ...] = ()
+    """What the deciding scorer named as its reasons (e.g. a guard's violated categories)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The ``input`` object of the JSON contract; a failed scorer's value is null."""
@@ -141,6 +157,7 @@ class RequestAssessment:
             "harm": self.harm,
             "failed": list(self.failed),
             "seconds": round(self.seconds, 4),
+            "labels": list(self.labels),
         }
 
 

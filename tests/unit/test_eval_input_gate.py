@@ -108,6 +108,7 @@ def test_refused_prompts_are_recorded_without_a_pool(tmp_path: Path) -> None:
         "harm": 0.05,
         "failed": [],
         "seconds": by_id["b1"]["input"]["seconds"],
+        "labels": [],
     }
     assert by_id["b1"]["fallback"]["text"] == "Sorry, no good answer."
     # Resuming reads the verdicts back and samples nothing.

@@ -105,6 +105,7 @@ def test_refuse_samples_nothing_and_returns_the_refusal() -> None:
         "harm": 0.95,
         "failed": [],
         "seconds": d["input"]["seconds"],
+        "labels": [],
     }
     assert d["candidates"] == [] and d["fallback"] == "I can't help with that."
 

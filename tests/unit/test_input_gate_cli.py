@@ -61,7 +61,7 @@ def test_run_json_carries_the_verdict(gated_policy: Path) -> None:
     assert list(data)[-1] == "input"
     verdict = data["input"]
     assert verdict["action"] == "pass" and verdict["decided_by"] is None
-    assert set(verdict) == {"action", "scores", "decided_by", "harm", "failed", "seconds"}
+    assert set(verdict) == {"action", "scores", "decided_by", "harm", "failed", "seconds", "labels"}
     assert 0.0 <= verdict["harm"] < 0.6 and verdict["scores"] == {"tox": verdict["harm"]}
     assert data["best"] is not None and len(data["candidates"]) == 2
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from aligntime.errors import ScorerError
-from aligntime.types import Candidate, Message, RequestAssessment
+from aligntime.types import Candidate, Message, RequestAssessment, ScoreDetail
 
 Direction = Literal["higher", "lower"]
 
@@ -28,6 +28,9 @@ class Scorer(ABC):
     reads_assessment: bool = False
     """True when :meth:`score` takes the keyword ``assessment`` (the input gate's verdict
     on the request); the aligner passes it only to scorers that declare this."""
+    reports_details: bool = False
+    """True when :meth:`score_details` and :meth:`score_request_details` give labels (the
+    reasons for a value, e.g. a guard's violated categories), not only the values."""
 
     @abstractmethod
     async def score(
@@ -45,6 +48,31 @@ class Scorer(ABC):
         """
         values = await self.score(messages, [Candidate(text=conversation_text(messages))])
         return values[0]
+
+    async def score_details(
+        self,
+        messages: Sequence[Message],
+        candidates: Sequence[Candidate],
+        *,
+        assessment: RequestAssessment | None = None,
+    ) -> list[ScoreDetail]:
+        """One value per candidate with its labels; the aligner calls this, not :meth:`score`.
+
+        ``assessment`` (the input gate's verdict) reaches :meth:`score` only when the
+        scorer declares :attr:`reads_assessment`. The default wraps :meth:`score` with
+        no labels; a scorer that declares :attr:`reports_details` overrides this so that
+        one model pass gives both.
+        """
+        verdict = assessment or RequestAssessment()
+        values = await score_candidates(self, messages, candidates, verdict)
+        return [ScoreDetail(float(v)) for v in values]
+
+    async def score_request_details(self, messages: Sequence[Message]) -> ScoreDetail:
+        """:meth:`score_request` with its labels; the input gate calls this.
+
+        The default wraps :meth:`score_request` with no labels.
+        """
+        return ScoreDetail(float(await self.score_request(messages)))
 
     def load(self) -> None:  # noqa: B027 - optional hook, empty on purpose
         """Load models ahead of the first request (called from a worker thread)."""

@@ -5,7 +5,11 @@ Two steps, in this order:
 1. **Gates.** A scorer may carry a :class:`Gate`: bounds (inclusive) its raw
    value must stay within. A candidate passes when every gate holds; a NaN raw
    value (a scorer that failed) never holds, so a broken safety check cannot
-   wave an answer through. Failed gates are listed in ``gate_failures``.
+   wave an answer through. Failed gates are listed in ``gate_failures`` by
+   scorer name, followed by the labels the scorer gave for that candidate when it
+   gave any (``guard (S1 Violent Crimes, S10 Hate)``). An empty or
+   whitespace-only answer fails the implicit gate ``empty``: it is never chosen,
+   whatever the scorers think of it.
 2. **Weighted score.** Each raw value is mapped to [0, 1] (1 best) by its
    scorer's :meth:`~aligntime.scorers.base.Scorer.normalise`, and the combined
    ``score`` is the weighted mean ``sum(w * norm) / sum(w)`` over scorers with
@@ -54,18 +58,30 @@ class ScorerWeighting:
     scorer: Scorer
 
 
+EMPTY = "empty"
+"""The implicit gate an empty (or whitespace-only) answer fails."""
+
+
+def gate_failure(name: str, labels: Sequence[str] = ()) -> str:
+    """A ``gate_failures`` entry: the scorer's name, then its labels in parentheses."""
+    return f"{name} ({', '.join(labels)})" if labels else name
+
+
 def combine(
     candidates: Sequence[Candidate],
     raw: Mapping[str, Sequence[float]],
     weightings: Sequence[ScorerWeighting],
+    labels: Mapping[str, Sequence[Sequence[str]]] | None = None,
 ) -> list[Candidate]:
     """Return new candidates with ``scores``, ``score``, ``passed`` and ``gate_failures`` set.
 
     ``raw`` maps each scorer name to one raw value per candidate, in the order of
     ``candidates``. Scores already on a candidate are kept unless a scorer of the
-    same name overrides them.
+    same name overrides them. ``labels`` maps a scorer name to the labels it gave
+    each candidate (:class:`~aligntime.types.ScoreDetail`); a failed gate names them.
     """
-    for name, values in raw.items():
+    labels = labels or {}
+    for name, values in [*raw.items(), *labels.items()]:
         if len(values) != len(candidates):
             raise ValueError(
                 f"scorer {name!r} has {len(values)} values for {len(candidates)} candidates"
@@ -79,10 +95,12 @@ def combine(
         scores.update({name: float(values[i]) for name, values in raw.items()})
 
         failures = tuple(
-            w.name
+            gate_failure(w.name, labels[w.name][i] if w.name in labels else ())
             for w in weightings
             if w.gate is not None and not w.gate.holds(scores.get(w.name, math.nan))
         )
+        if not cand.text.strip():
+            failures = (EMPTY, *failures)
 
         score = 0.0
         if total_weight > 0:

@@ -18,7 +18,10 @@ How a coalesced batch is scored depends on the scorer:
   already decodes concurrent requests together in its parallel slots.
 
 A scorer that reads the input gate's verdict (``reads_assessment``) gets it
-through the wrapper and is not batched: the verdict differs per request.
+through the wrapper and is not batched: the verdict differs per request. Nor is
+one that labels its values (``reports_details``, a guard model): its
+:meth:`~aligntime.scorers.base.Scorer.score_details` is called directly, so the
+labels reach the gate failures. Requests (the input gate) are never batched.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from aligntime.scorers.base import Scorer, SyncScorer, last_user_text, score_candidates
-from aligntime.types import Candidate, Message, RequestAssessment
+from aligntime.types import Candidate, Message, RequestAssessment, ScoreDetail
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ class BatchingScorer(Scorer):
         self.direction = inner.direction
         self.value_range = inner.value_range
         self.reads_assessment = inner.reads_assessment
+        self.reports_details = inner.reports_details
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_batch = max_batch
         self._on_batch = on_batch
@@ -69,6 +73,24 @@ class BatchingScorer(Scorer):
 
     def normalise(self, value: float) -> float:
         return self.inner.normalise(value)
+
+    async def score_details(
+        self,
+        messages: Sequence[Message],
+        candidates: Sequence[Candidate],
+        *,
+        assessment: RequestAssessment | None = None,
+    ) -> list[ScoreDetail]:
+        if self.reports_details:
+            # The batch paths below carry values only; the labels need the scorer's own call.
+            return await self.inner.score_details(messages, candidates, assessment=assessment)
+        return await super().score_details(messages, candidates, assessment=assessment)
+
+    async def score_request(self, messages: Sequence[Message]) -> float:
+        return await self.inner.score_request(messages)
+
+    async def score_request_details(self, messages: Sequence[Message]) -> ScoreDetail:
+        return await self.inner.score_request_details(messages)
 
     async def score(
         self,

@@ -17,8 +17,10 @@ of the guard's verdict token. The violated categories are parsed from the guard'
 answer where the format names them (Llama Guard's ``S1,S10``, Qwen3Guard's
 ``Categories:`` line) and, for formats that ask about one category per prompt
 (ShieldGemma, Granite Guardian), are those whose prompt reached
-``category_threshold``. :meth:`GuardScorer.verdicts` and
-:meth:`GuardScorer.request_verdict` return them with the value.
+``category_threshold``. :meth:`GuardScorer.score_details` and
+:meth:`GuardScorer.score_request_details` return them as labels with the value
+(one model pass gives both), so a failed gate names them:
+``guard (S1 Violent Crimes, S10 Hate)``.
 
 A guard is a safety gate, so it fails closed: a backend that fails, or an answer
 with no readable verdict, raises :class:`~aligntime.errors.ScorerError` and the
@@ -32,7 +34,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -62,7 +64,7 @@ from aligntime.scorers.guard.taxonomy import (
     full_taxonomy,
 )
 from aligntime.scorers.guard.verdict import Continuation, VerdictError, read_verdict
-from aligntime.types import Candidate, Message
+from aligntime.types import Candidate, Message, RequestAssessment, ScoreDetail
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +162,10 @@ class GuardVerdict:
     outputs: tuple[str, ...] = ()
     """The guard's greedy answer to each prompt (one per category for per-category formats)."""
 
+    def detail(self) -> ScoreDetail:
+        """The scorer's value with the categories as labels."""
+        return ScoreDetail(self.p_unsafe, tuple(str(c) for c in self.categories))
+
 
 class GuardScorer(Scorer):
     """P(unsafe) from a guard model (Llama Guard, ShieldGemma, Granite Guardian, ...)."""
@@ -167,8 +173,9 @@ class GuardScorer(Scorer):
     Options = GuardOptions
     direction = "lower"
     value_range = (0.0, 1.0)
-    reports_categories: ClassVar[bool] = True
-    """:meth:`verdicts` and :meth:`request_verdict` also return the violated categories."""
+    reports_details = True
+    """:meth:`score_details` and :meth:`score_request_details` label each value with the
+    violated categories."""
 
     def __init__(self, options: GuardOptions, *, name: str = "guard") -> None:
         self.options = options
@@ -192,6 +199,20 @@ class GuardScorer(Scorer):
 
     async def score_request(self, messages: Sequence[Message]) -> float:
         return (await self.request_verdict(messages)).p_unsafe
+
+    async def score_details(
+        self,
+        messages: Sequence[Message],
+        candidates: Sequence[Candidate],
+        *,
+        assessment: RequestAssessment | None = None,
+    ) -> list[ScoreDetail]:
+        """P(unsafe) per candidate, labelled with the violated categories ("S1 Violent Crimes")."""
+        return [v.detail() for v in await self.verdicts(messages, candidates)]
+
+    async def score_request_details(self, messages: Sequence[Message]) -> ScoreDetail:
+        """The request's P(unsafe), labelled with the violated categories."""
+        return (await self.request_verdict(messages)).detail()
 
     def load(self) -> None:
         self.backend.load()
