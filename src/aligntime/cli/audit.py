@@ -22,7 +22,12 @@ def audit(
     The table's ``input`` column is the input gate's action and the scorer that chose
     it; ``--json`` gives each request's whole verdict under ``input``.
     """
-    from aligntime.server.audit import read_requests
+    try:
+        from aligntime.server.audit import read_requests
+    except ImportError as exc:  # the server package imports its web framework
+        from aligntime.extras import missing
+
+        raise missing("aligntime audit", exc, extra="server") from exc
 
     rows = read_requests(db, last)
     if as_json:
