@@ -373,11 +373,11 @@ def test_guided_scores_each_distinct_continuation_once() -> None:
 
 def test_guided_unreported_likelihood_counts_as_certain() -> None:
     # A continuation without a log-probability counts as log-probability 0, no more:
-    # against a certain continuation that scores better, it loses.
+    # against a likely one (-0.2) that scores 0.5 better, it loses.
     class Unreported(Script):
         def _piece(self, row: int, done: list[str], max_tokens: int) -> Candidate:
             piece = super()._piece(row, done, max_tokens)
-            return replace(piece, logprob=None if row == 0 else 0.0)
+            return replace(piece, logprob=None if row == 0 else -0.2)
 
     gen = Unreported([words("b", 20), words("m", 20)])
     out, _ = _search(
