@@ -81,6 +81,8 @@ def input_line(assessment: RequestAssessment | None) -> str | None:
         details.append(f"{label} {value:.2f} by {a.decided_by!r}")
     if a.harm is not None and not (details and details[0].startswith("harm ")):
         details.append(f"harm {a.harm:.2f}")
+    if a.labels:
+        details.append(", ".join(a.labels))
     if not details and a.scores:
         details.append(", ".join(f"{k} {v:.2f}" for k, v in a.scores.items()))
     return f"input gate: {a.action}" + (f" ({'; '.join(details)})" if details else "")

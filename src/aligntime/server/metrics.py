@@ -95,7 +95,8 @@ class Metrics:
         self.tokens.labels(policy).inc(result.usage.completion_tokens)
         for cand in result.candidates:
             for gate in cand.gate_failures:
-                self.gate_failures.labels(policy, gate).inc()
+                # "guard (S1 Violent Crimes)": the series is per scorer, not per category set.
+                self.gate_failures.labels(policy, gate.split(" (", 1)[0]).inc()
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -186,6 +186,8 @@ class InputDecisionOut(BaseModel):
     """Input scorers that failed; any failure refuses the request (fail closed)."""
     seconds: float
     """Wall-clock seconds the input gate took."""
+    labels: list[str] = []
+    """Categories the deciding scorer named (a guard model's violated categories)."""
 
 
 class AligntimeResult(BaseModel):
