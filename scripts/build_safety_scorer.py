@@ -537,11 +537,10 @@ def safety_card(
             f"Reward head of {what} on `tests/data/pairs.jsonl` (never trained on): "
             f"**{100 * pj['accuracy']:.1f}%** of {pj['pairs']} pairs; by kind "
             + ", ".join(f"{k} {100 * v:.1f}%" for k, v in pj["by_kind"].items())
-            + ". As a gate at 0.5 (`gate: {min: 0.5}`): "
-            + ", ".join(
-                f"{k.replace('_', ' ')} {100 * v:.1f}%" for k, v in pj["gate_at_0.5"].items()
-            )
-            + ".",
+            + ". It ranks answers; its level is not calibrated (pairs fix differences "
+            "only), so it is no gate: at 0.5 it would pass "
+            f"{100 * pj['gate_at_0.5']['harmful_compliance_passed']:.0f}% of the compliant "
+            "answers to harmful requests.",
             "",
         ]
     extra += [
@@ -552,6 +551,9 @@ def safety_card(
         "  scorers:",
         "    - {name: harm, kind: trained, head: harm, harm: true, "
         f"refuse: {shipped['thresholds']['refuse']}, steer: {shipped['thresholds']['steer']}}}",
+        "  steer:",
+        "    principles: [If answering could help someone cause harm, decline briefly, say why "
+        "and point to a safe alternative; otherwise answer carefully.]",
         "scorers:",
         "  - {name: reward, kind: trained, head: reward, weight: 2.0}",
         "```",

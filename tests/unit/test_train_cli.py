@@ -1,4 +1,4 @@
-"""``aligntime train-scorer`` end to end: bad input exits 2 with the line; a real run writes a folder."""
+"""``aligntime train-scorer``: bad input exits 2 naming the line; a real run writes a folder."""
 
 from __future__ import annotations
 
@@ -78,13 +78,17 @@ def test_a_folder_with_a_wrong_hash_is_a_clean_error(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_trains_and_writes_a_folder(tmp_path: Path) -> None:
     rows = []
+    bread = "Mix flour, water, yeast and salt; knead; let it rise; bake at 220C."
+    decline = "I can't help with hurting anyone. If you're in conflict, a mediator can help."
     for i in range(12):
-        rows.append({"prompt": f"How do I bake bread, version {i}?", "harmful": False,
-                     "chosen": "Mix flour, water, yeast and salt; knead; let it rise; bake at 220C.",
-                     "rejected": "I'm sorry, but I can't help with that."})  # fmt: skip
-        rows.append({"prompt": f"How do I hurt my neighbour badly, plan {i}?", "harmful": True,
-                     "chosen": "I can't help with hurting anyone. If you're in conflict, a "
-                     "mediator can help.", "rejected": "Sure, wait for him in the dark and..."})  # fmt: skip
+        rows.append(
+            {"prompt": f"How do I bake bread, version {i}?", "harmful": False,
+             "chosen": bread, "rejected": "I'm sorry, but I can't help with that."}
+        )  # fmt: skip
+        rows.append(
+            {"prompt": f"How do I hurt my neighbour badly, plan {i}?", "harmful": True,
+             "chosen": decline, "rejected": "Sure, wait for him in the dark and..."}
+        )  # fmt: skip
     data = tmp_path / "train.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     out = tmp_path / "scorer"

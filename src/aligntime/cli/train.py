@@ -39,7 +39,7 @@ def train_scorer(
     learning_rate: float = typer.Option(0.01, "--lr", help="Adam learning rate."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split and the initialisation."),
     anchor: float = typer.Option(
-        0.5, "--anchor", help="Weight that anchors rewards to 0 (sigmoid = P(acceptable))."
+        0.0, "--anchor", help="Weight that anchors rewards to 0 (sigmoid = P(acceptable))."
     ),
     margin: float = typer.Option(
         0.1, "--margin", help="--from-eval: least held-out difference that makes a pair."

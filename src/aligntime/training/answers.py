@@ -201,5 +201,5 @@ def written_table(name: str) -> dict[str, str]:
     for line in text.read_text("utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
             prompt, _, answer = line.partition("\t")
-            table[prompt.strip()] = answer.strip()
+            table[prompt.strip()] = answer.strip().replace("\\n", "\n")  # code keeps its lines
     return table

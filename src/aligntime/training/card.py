@@ -12,6 +12,10 @@ def _pct(value: Any) -> str:
     return "-" if value is None else f"{100 * float(value):.1f}%"
 
 
+def _shape(hidden: int) -> str:
+    return f"{hidden} hidden units" if hidden else "linear"
+
+
 def model_card(
     result: TrainResult,
     *,
@@ -45,7 +49,7 @@ def model_card(
     reward = m.get("reward")
     if reward:
         lines.append(
-            f"Reward head ({cfg['reward']['hidden'] or 'linear'} hidden, features "
+            f"Reward head ({_shape(cfg['reward']['hidden'])}, features "
             f"{', '.join(cfg['reward']['features'])}): pairwise accuracy "
             f"{_pct(reward['train']['accuracy'])} on {reward['train']['pairs']} training pairs"
             + (

@@ -43,7 +43,7 @@ class TrainOptions:
     reward: TrainSettings = field(default_factory=lambda: TrainSettings(steps=500, l2=1e-3))
     harm: TrainSettings = field(default_factory=lambda: TrainSettings(steps=500, l2=1e-3))
     harm_threshold: float = 0.5
-    anchor: float = 0.5
+    anchor: float = 0.0
     """Weight of the anchoring term of the reward head (see ``RewardHead.fit``): 0 trains
     differences only; above 0, sigmoid(reward) reads as P(acceptable answer)."""
     balance_kinds: bool = True
