@@ -18,7 +18,8 @@ PAIRS = Path(__file__).parents[1] / "data" / "pairs.jsonl"
 
 def tiny_bert(folder: Path) -> Path:
     """A randomly initialised one-layer BERT and a 40-word tokenizer, saved as HF does."""
-    transformers = pytest.importorskip("transformers")
+    import transformers  # the [hf] extra, installed for the tests: missing is an error
+
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     words += "how do i boil an egg paris is nice the capital of france what a joke".split()  # noqa: SIM905
     folder.mkdir()

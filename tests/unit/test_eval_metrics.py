@@ -221,7 +221,7 @@ def test_mean_ci_is_equal_tailed(resamples: int) -> None:
 def test_error_messages_name_the_problem() -> None:
     with pytest.raises(ValueError, match="n must be at least 1, got 0"):
         kl_bound(0)
-    with pytest.raises(ValueError, match="^spearman needs two sequences of equal length$"):
+    with pytest.raises(ValueError, match=r"^spearman needs two sequences of equal length$"):
         spearman([1, 2], [1, 2, 3])
     with pytest.raises(ValueError):
         expectation([0.5, 0.5], [1.0])
