@@ -271,3 +271,18 @@ def test_wrong_keys_from_one_address_do_not_lock_out_another(tmp_path: Path) -> 
             assert codes == [401, 401, 429, 429]
             assert guesser.post(url, json=BODY, headers=right).status_code == 429
             assert user.post(url, json=BODY, headers=right).status_code == 200
+
+
+def test_an_address_flood_does_not_rebuild_the_table_on_every_request() -> None:
+    limiter, clock = _limiter(2)
+    for i in range(100_001):
+        limiter.check(f"c{i}")
+    rebuilt = limiter._buckets
+    # Every client is active, so nothing can be forgotten: the next requests must not
+    # copy the 100k-entry table again each time (that would be O(table) per request).
+    for i in range(1000):
+        limiter.check(f"d{i}")
+    assert limiter._buckets is rebuilt
+    clock.now += 61.0
+    limiter.check("later")  # a minute on, the idle ones go
+    assert len(limiter._buckets) == 1

@@ -50,6 +50,10 @@ class Authenticator:
         return self._ids[presented.decode()]
 
 
+_MAX_CLIENTS = 100_000
+"""Rate-limit buckets kept before idle clients are forgotten."""
+
+
 class RateLimiter:
     """A token bucket per client: ``per_minute`` requests a minute, bursts up to that many."""
 
@@ -57,6 +61,8 @@ class RateLimiter:
         self.per_minute = per_minute
         self._rate = per_minute / 60.0
         self._buckets: dict[str, tuple[float, float]] = {}
+        self._prune_at = _MAX_CLIENTS
+        self._pruned = float("-inf")
         self._clock = time.monotonic
 
     def check(self, client: str) -> None:
@@ -101,5 +107,18 @@ class RateLimiter:
 
     def _store(self, client: str, tokens: float, now: float) -> None:
         self._buckets[client] = (tokens, now)
-        if len(self._buckets) > 100_000:  # forget idle clients; bounded memory
-            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
+        size = len(self._buckets)
+        if size > self._prune_at or (size > _MAX_CLIENTS and now - self._pruned >= 60):
+            self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        """Forget clients idle for a minute (their bucket is full again anyway).
+
+        Clients seen within the minute are kept, so an address flood never resets an
+        active client's bucket. The next prune waits until the table has doubled or a
+        minute has passed: with 100,000 active addresses a prune on every request would
+        cost a full table rebuild per request; this way it is amortised O(1).
+        """
+        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
+        self._pruned = now
+        self._prune_at = max(_MAX_CLIENTS, 2 * len(self._buckets))
