@@ -58,7 +58,12 @@ def _sha256(path: Path) -> str:
 
 def save_folder(model: TrainedModel, folder: Path, card: str) -> None:
     """Write the folder (created if needed); the manifest is written last."""
-    from safetensors.numpy import save_file
+    try:
+        from safetensors.numpy import save_file
+    except ImportError as exc:
+        from aligntime.extras import missing
+
+        raise missing("saving a trained scorer", exc, extra="embedded") from exc
 
     folder.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, np.ndarray] = {}
