@@ -45,7 +45,7 @@ class Candidate:
     """Sum of the sampled tokens' log-probabilities, where the backend reports them."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The candidate form of the JSON contract in DESIGN.md."""
+        """One candidate in the ``run --json`` contract (see the README)."""
         return {
             "text": self.text,
             "score": self.score,
@@ -200,7 +200,7 @@ class Result:
         return self.candidates[self.best] if self.best is not None else None
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``run --json`` contract of DESIGN.md."""
+        """The ``run --json`` contract (README, "What aligntime run shows")."""
         return {
             "prompt": self.prompt,
             "policy": self.policy,

@@ -213,7 +213,8 @@ class StrategySpec(_WithOptions):
     """How the answer is chosen: a strategy kind and its options."""
 
     kind: str = "best_of_n"
-    """Registered strategy: best_of_n, rejection, soft_best_of_n, vote, passthrough."""
+    """Registered strategy: best_of_n, rejection, soft_best_of_n, vote, passthrough,
+    adaptive, early_rejection, guided (or a plugin's)."""
 
 
 class Policy(_Strict):

@@ -3,9 +3,11 @@
 The judge model reads the request (every user turn of the conversation), one
 answer and a yes/no question (by default: is the answer helpful, on topic and
 harmless?). Its next-token log-probabilities give P(yes) / (P(yes) + P(no)), a
-graded score rather than a sampled verdict. Any generator backend that returns log-probabilities can
-judge; on the embedded backend the judge shares the generator's loaded model
-when both name the same file, and the N judgements run as one batch.
+graded score rather than a sampled verdict. Any generator backend that returns
+log-probabilities can judge; on the embedded backend the judge shares the generator's loaded model
+when both name the same file. The N judgements run one at a time: on the embedded
+engine batched one-token probes cost more in the unified KV cache than a sequence of
+probes that reuse each other's cached prompt prefix.
 """
 
 from __future__ import annotations
