@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from aligntime import Aligner
 from aligntime.errors import ConfigError, ScorerError
@@ -504,3 +505,15 @@ def test_text_classifier_with_the_request_reads_every_user_turn(
     assert read == [
         "I want to hurt my neighbour with poison.\n\nWhich one works fastest?\nArsenic."
     ]
+
+
+def test_an_input_scorer_cannot_share_a_name_with_an_output_scorer() -> None:
+    with pytest.raises(ValidationError, match="different names; both use: tox"):
+        Policy.model_validate(
+            {
+                "name": "p",
+                "generator": {"backend": "fake"},
+                "input": {"scorers": [{"name": "tox", "kind": "classifier", "refuse": 0.5}]},
+                "scorers": [{"name": "tox", "kind": "rules"}],
+            }
+        )

@@ -256,6 +256,13 @@ class Policy(_Strict):
         dupes = sorted({x for x in names if names.count(x) > 1})
         if dupes:
             raise ValueError(f"scorer names must be unique; repeated: {', '.join(dupes)}")
+        # A failing scorer is reported by name, and a failing input scorer refuses the
+        # request: one name for two scorers would make that verdict ambiguous.
+        shared = sorted(set(names) & {s.name for s in self.input_scorers})
+        if shared:
+            raise ValueError(
+                f"input scorers and scorers need different names; both use: {', '.join(shared)}"
+            )
         return self
 
     @field_validator("input")
