@@ -169,12 +169,7 @@ def load_jsonl(path: Path) -> Dataset:
     if not path.is_file():
         raise InputError(f"training file {str(path)!r} does not exist")
     data = Dataset([], [])
-    for number, line in _lines(path):
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise InputError(f"{where}: not valid JSON ({exc})") from exc
+    for where, row in _json_rows(path):
         item = parse_row(row, where, path.stem)
         if isinstance(item, PreferencePair):
             data.pairs.append(item)
@@ -185,14 +180,20 @@ def load_jsonl(path: Path) -> Dataset:
     return data
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
+def _json_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """Each non-blank line of a JSONL file, parsed, with ``file:line`` for error messages."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text ({exc})") from exc
     for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            yield number, line
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            yield where, json.loads(line)
+        except ValueError as exc:
+            raise InputError(f"{where}: not valid JSON ({exc})") from exc
 
 
 def from_eval(
@@ -261,12 +262,7 @@ def from_audit(db: Path, labels: Path) -> Dataset:
     if not labels.is_file():
         raise InputError(f"labels file {str(labels)!r} does not exist")
     data = Dataset([], [])
-    for number, line in _lines(labels):
-        where = f"{labels}:{number}"
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise InputError(f"{where}: not valid JSON ({exc})") from exc
+    for where, row in _json_rows(labels):
         if not isinstance(row, dict) or not isinstance(row.get("id"), str):
             raise InputError(f"{where}: needs a string field 'id' (an audited request id)")
         req = requests.get(row["id"])
