@@ -13,7 +13,7 @@ import pytest
 from aligntime.scorers.base import Scorer, SyncScorer
 from aligntime.scorers.classifier import SafetyClassifier
 from aligntime.scorers.rules import RulesScorer
-from aligntime.server.batching import BatchingScorer, score_batch
+from aligntime.server.batching import BatchingScorer
 from aligntime.types import Candidate, Message
 
 
@@ -138,13 +138,51 @@ def test_one_failing_request_does_not_fail_the_others_in_its_batch() -> None:
     assert isinstance(bad, ValueError)
 
 
+class Plugin(Scorer):
+    """A third-party async scorer that declares nothing about batching."""
+
+    name = "plugin"
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.most_at_once = 0
+
+    async def score(
+        self, messages: Sequence[Message], candidates: Sequence[Candidate]
+    ) -> list[float]:
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        await asyncio.sleep(0.05)
+        self.running -= 1
+        if messages[-1].content == "bad":
+            raise ValueError("bad request")
+        return [float(len(messages[-1].content))] * len(candidates)
+
+
+def test_a_plugin_scorer_is_batched_across_requests_through_the_contract_alone() -> None:
+    inner = Plugin()
+    sizes: list[int] = []
+    scorer = BatchingScorer(inner, max_wait_ms=5, on_batch=lambda name, n: sizes.append(n))
+
+    async def main() -> list[object]:
+        calls = [scorer.score(conv(t), cands("a")) for t in ("one", "bad", "three", "four")]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    one, bad, three, four = asyncio.run(main())
+    # One batch of four requests, scored concurrently by the default score_batch; the
+    # failing request gets its own error and the others their values.
+    assert sizes == [4] and inner.most_at_once == 4
+    assert (one, three, four) == ([3.0], [5.0], [4.0])
+    assert isinstance(bad, ValueError)
+
+
 def test_classifier_batches_every_request_in_one_call_with_the_same_values() -> None:
     clf = SafetyClassifier()
     items = [
         (conv("q1"), cands("Have a lovely day.", "You idiot, damn it.")),
         (conv("q2"), cands("Boil it for seven minutes.")),
     ]
-    together = asyncio.run(score_batch(clf, items))
+    together = asyncio.run(clf.score_batch(items))
     alone = [clf.score_sync(m, c) for m, c in items]
     assert [v for row in together for v in row] == pytest.approx([v for row in alone for v in row])
     assert together[0][1] > 0.6 > together[0][0]
@@ -153,7 +191,7 @@ def test_classifier_batches_every_request_in_one_call_with_the_same_values() -> 
 def test_other_sync_scorers_run_every_request_in_one_thread_hop() -> None:
     rules = RulesScorer()
     items = [(conv("a"), cands("A good clear answer here.")), (conv("b"), cands(""))]
-    assert asyncio.run(score_batch(rules, items)) == [rules.score_sync(m, c) for m, c in items]
+    assert asyncio.run(rules.score_batch(items)) == [rules.score_sync(m, c) for m, c in items]
 
 
 def test_embedding_batch_matches_per_request_scores(tmp_path: Path) -> None:
@@ -181,7 +219,7 @@ def test_embedding_batch_matches_per_request_scores(tmp_path: Path) -> None:
     )  # fmt: skip
     transformers.BertModel(config).save_pretrained(model_dir)
     scorer = EmbeddingRelevance(EmbeddingOptions(model=str(model_dir), runtime="torch"))
-    together = asyncio.run(score_batch(scorer, items))
+    together = asyncio.run(scorer.score_batch(items))
     alone = [scorer.score_sync(m, c) for m, c in items]
     # Padding to the longest text of the batch must not change any score.
     assert [len(row) for row in together] == [2, 1, 3]

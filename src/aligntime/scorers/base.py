@@ -12,6 +12,9 @@ from aligntime.types import Candidate, Message, RequestAssessment, ScoreDetail
 
 Direction = Literal["higher", "lower"]
 
+BatchItem = tuple[Sequence[Message], Sequence[Candidate]]
+"""One request's part of a batch: its conversation and the candidates to rate."""
+
 
 class Scorer(ABC):
     """Rates candidates; one raw value per candidate, in the order given.
@@ -19,7 +22,8 @@ class Scorer(ABC):
     ``direction`` says whether a higher raw value is better ("higher") or worse
     ("lower", e.g. a toxicity probability); ``value_range`` is the (low, high)
     interval raw values fall in, used to normalise them before they are combined.
-    Scorers batch over the candidates of a request.
+    Scorers batch over the candidates of a request; :meth:`score_batch` rates several
+    requests at once (the server coalesces concurrent requests through it).
     """
 
     name: str = "scorer"
@@ -37,6 +41,22 @@ class Scorer(ABC):
         self, messages: Sequence[Message], candidates: Sequence[Candidate]
     ) -> list[float]:
         """Return one raw value per candidate. ``messages`` is the user's conversation."""
+
+    async def score_batch(
+        self, items: Sequence[BatchItem]
+    ) -> Sequence[list[float] | BaseException]:
+        """Rate several requests' candidates at once: one list of values per item, in order.
+
+        An item whose scoring failed gets its exception instead of values, so that one
+        bad request does not fail the others it was batched with. The default rates the
+        items concurrently with :meth:`score` (an engine that batches concurrent calls,
+        such as llama.cpp's parallel slots, still sees them together); a scorer with a
+        cheaper joint pass (one classifier call over every answer) overrides this.
+        """
+        if len(items) == 1:
+            return [await self.score(*items[0])]
+        calls = (self.score(messages, candidates) for messages, candidates in items)
+        return list(await asyncio.gather(*calls, return_exceptions=True))
 
     async def score_request(self, messages: Sequence[Message]) -> float:
         """Rate the request itself, before any answer exists (the input gate calls this).
@@ -108,6 +128,34 @@ class SyncScorer(Scorer):
         self, messages: Sequence[Message], candidates: Sequence[Candidate]
     ) -> list[float]:
         return await asyncio.to_thread(self.score_sync, messages, candidates)
+
+    async def score_batch(
+        self, items: Sequence[BatchItem]
+    ) -> Sequence[list[float] | BaseException]:
+        """Every item in one worker-thread hop; a failing item gets its exception."""
+        return await asyncio.to_thread(self.score_batch_sync, items)
+
+    def score_batch_sync(self, items: Sequence[BatchItem]) -> Sequence[list[float] | BaseException]:
+        """Blocking :meth:`score_batch`: :meth:`score_sync` item by item.
+
+        Scorers with a joint forward pass override this (and keep the thread hop).
+        """
+        results: list[list[float] | BaseException] = []
+        for messages, candidates in items:
+            try:
+                results.append(self.score_sync(messages, candidates))
+            except Exception as exc:  # one request's failure must not fail the others
+                results.append(exc)
+        return results
+
+
+def split_rows(values: Sequence[float], items: Sequence[BatchItem]) -> list[list[float]]:
+    """Cut one flat list of values (every item's candidates in order) back into items."""
+    rows, start = [], 0
+    for _, candidates in items:
+        rows.append([float(v) for v in values[start : start + len(candidates)]])
+        start += len(candidates)
+    return rows
 
 
 def as_scorer_error(scorer: Scorer, exc: BaseException) -> ScorerError:

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from aligntime.errors import ConfigError
-from aligntime.scorers.base import SyncScorer
+from aligntime.scorers.base import BatchItem, SyncScorer, split_rows
 from aligntime.types import Candidate, Message
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -84,3 +84,8 @@ class SafetyClassifier(SyncScorer):
             for owner, prob in zip(owners, self._predict(pieces), strict=True):
                 values[owner] = max(values[owner], float(prob))
         return values
+
+    def score_batch_sync(self, items: Sequence[BatchItem]) -> list[list[float]]:
+        """Every item's answers in one classifier call: the classifier reads the answers only."""
+        flat = [candidate for _, candidates in items for candidate in candidates]
+        return split_rows(self.score_sync((), flat), items)

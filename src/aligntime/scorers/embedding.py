@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aligntime.errors import ConfigError
 from aligntime.models import store
-from aligntime.scorers.base import SyncScorer, request_text
+from aligntime.scorers.base import BatchItem, SyncScorer, request_text, split_rows
 from aligntime.scorers.sentence_encoder import DEFAULT_MODEL, DEFAULT_TOKENIZER, SentenceEncoder
 from aligntime.types import Candidate, Message
 
@@ -161,8 +161,16 @@ class EmbeddingRelevance(SyncScorer):
     def score_sync(
         self, messages: Sequence[Message], candidates: Sequence[Candidate]
     ) -> list[float]:
-        if not candidates:
-            return []
-        vectors = self.embed([self.query(messages)] + [c.text or " " for c in candidates])
-        sims = vectors[1:] @ vectors[0]
-        return [float(x) for x in sims.tolist()]
+        return self.score_batch_sync([(messages, candidates)])[0]
+
+    def score_batch_sync(self, items: Sequence[BatchItem]) -> list[list[float]]:
+        """One forward pass over every item's request and every answer."""
+        if not any(candidates for _, candidates in items):
+            return [[] for _ in items]
+        queries = [self.query(messages) for messages, _ in items]
+        answers = [c.text or " " for _, candidates in items for c in candidates]
+        vectors = self.embed(queries + answers)
+        # Row j of the answers belongs to item owners[j]; unit vectors, so a dot is a cosine.
+        owners = np.repeat(np.arange(len(items)), [len(candidates) for _, candidates in items])
+        sims = (vectors[len(queries) :] * vectors[owners]).sum(axis=1)
+        return split_rows(sims.tolist(), items)

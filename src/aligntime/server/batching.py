@@ -5,17 +5,11 @@ busy are coalesced: the first call of an idle scorer is flushed on the next
 turn of the event loop (so a lone request waits for nothing), and while a batch
 is in flight, new calls wait at most ``max_wait_ms`` to join the next one.
 
-How a coalesced batch is scored depends on the scorer:
-
-- one that defines ``score_batch(requests)`` (a list of ``(messages,
-  candidates)`` pairs → one list of values per request) is called once;
-- the safety classifier, which ignores the conversation, classifies every
-  request's candidates in one call;
-- the embedding scorer embeds every request text and every candidate in one
-  forward pass;
-- other blocking scorers run every request in one worker-thread hop;
-- other asynchronous scorers (the judge) run concurrently: the llama.cpp engine
-  already decodes concurrent requests together in its parallel slots.
+A coalesced batch goes to the scorer's own
+:meth:`~aligntime.scorers.base.Scorer.score_batch`, the contract every scorer
+(plugins included) has: the default runs the requests concurrently (blocking
+scorers in one worker-thread hop), and scorers with a joint pass (the safety
+classifier, the embedding scorer) score the whole batch in one model call.
 
 A scorer that reads the input gate's verdict (``reads_assessment``) gets it
 through the wrapper and is not batched: the verdict differs per request. Nor is
@@ -29,14 +23,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from aligntime.scorers.base import Scorer, SyncScorer, last_user_text, score_candidates
+from aligntime.scorers.base import BatchItem, Scorer, score_candidates
 from aligntime.types import Candidate, Message, RequestAssessment, ScoreDetail
 
 log = logging.getLogger(__name__)
-
-Item = tuple[Sequence[Message], Sequence[Candidate]]
 
 
 class BatchingScorer(Scorer):
@@ -59,7 +50,7 @@ class BatchingScorer(Scorer):
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_batch = max_batch
         self._on_batch = on_batch
-        self._pending: list[tuple[Item, asyncio.Future[list[float]]]] = []
+        self._pending: list[tuple[BatchItem, asyncio.Future[list[float]]]] = []
         self._pending_candidates = 0
         self._timer: asyncio.Handle | None = None
         self._inflight = 0
@@ -129,12 +120,12 @@ class BatchingScorer(Scorer):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, batch: list[tuple[Item, asyncio.Future[list[float]]]]) -> None:
+    async def _run(self, batch: list[tuple[BatchItem, asyncio.Future[list[float]]]]) -> None:
         try:
             if self._on_batch is not None:
                 self._on_batch(self.name, len(batch))
             try:
-                results = await score_batch(self.inner, [item for item, _ in batch])
+                results = await self.inner.score_batch([item for item, _ in batch])
             except Exception as exc:
                 for _, fut in batch:
                     if not fut.done():
@@ -149,58 +140,3 @@ class BatchingScorer(Scorer):
                     fut.set_result(values)
         finally:
             self._inflight -= 1
-
-
-async def score_batch(scorer: Scorer, items: list[Item]) -> list[Any]:
-    """Score several requests' candidates at once; one list of values (or an error) each."""
-    custom = getattr(scorer, "score_batch", None)
-    if callable(custom):
-        return list(await custom(items))
-    if len(items) == 1:
-        return [await scorer.score(*items[0])]
-    kind = type(scorer).__name__
-    if kind == "SafetyClassifier" and isinstance(scorer, SyncScorer):
-        # The classifier reads the answers only, so every request's answers go in one call.
-        flat = [c for _, cands in items for c in cands]
-        values = await scorer.score(items[0][0], flat)
-        return _split(values, items)
-    if kind == "EmbeddingRelevance" and hasattr(scorer, "embed"):
-        return await asyncio.to_thread(_embed_batch, scorer, items)
-    if isinstance(scorer, SyncScorer):
-        return await asyncio.to_thread(_each_sync, scorer, items)
-    calls = (scorer.score(m, c) for m, c in items)
-    return list(await asyncio.gather(*calls, return_exceptions=True))
-
-
-def _split(values: Sequence[float], items: list[Item]) -> list[list[float]]:
-    out, start = [], 0
-    for _, cands in items:
-        out.append([float(v) for v in values[start : start + len(cands)]])
-        start += len(cands)
-    return out
-
-
-def _each_sync(scorer: SyncScorer, items: list[Item]) -> list[Any]:
-    results: list[Any] = []
-    for messages, cands in items:
-        try:
-            results.append(scorer.score_sync(messages, cands))
-        except Exception as exc:  # one request's failure must not fail the others
-            results.append(exc)
-    return results
-
-
-def _embed_batch(scorer: Any, items: list[Item]) -> list[list[float]]:
-    """One forward pass over every request text and every candidate."""
-    # The scorer's own request text (every user turn), so a batch scores as one call would.
-    query = getattr(scorer, "query", None)
-    requests = [query(m) if callable(query) else last_user_text(m) for m, _ in items]
-    answers = [c.text or " " for _, cands in items for c in cands]
-    vectors = scorer.embed(requests + answers)
-    queries, answer_vectors = vectors[: len(requests)], vectors[len(requests) :]
-    out, start = [], 0
-    for i, (_, cands) in enumerate(items):
-        block = answer_vectors[start : start + len(cands)]
-        out.append([float(x) for x in (block @ queries[i]).tolist()])
-        start += len(cands)
-    return out
