@@ -18,7 +18,7 @@ import sys
 import typer
 
 from aligntime import __version__
-from aligntime.cli import audit, batch, chat, models, policies, run, score, serve, train
+from aligntime.cli import audit, batch, chat, export, models, policies, run, score, serve, train
 from aligntime.cli import eval as eval_cmd
 from aligntime.cli.console import state
 from aligntime.errors import AligntimeError
@@ -62,6 +62,7 @@ app.command("eval")(eval_cmd.evaluate)
 app.command("eval-scorer")(eval_cmd.evaluate_scorer)
 app.command("train-scorer")(train.train_scorer)
 app.command("batch")(batch.batch)
+app.command("export")(export.export)
 app.add_typer(models.app, name="models")
 app.add_typer(policies.app, name="policies")
 
