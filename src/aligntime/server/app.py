@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from aligntime import __version__
 from aligntime.policy.loader import load_policy
 from aligntime.policy.schema import Policy
+from aligntime.server import ui
 from aligntime.server.audit import AuditLog
 from aligntime.server.config import ServerOptions
 from aligntime.server.errors import ApiError, internal_error
@@ -64,6 +65,9 @@ def create_app(service: AlignmentService) -> FastAPI:
     )
     app.state.service = service
     app.include_router(router)
+    app.include_router(ui.api_router)
+    if service.options.ui:
+        app.include_router(ui.pages_router)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)

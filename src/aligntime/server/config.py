@@ -6,11 +6,12 @@ import ipaddress
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aligntime.errors import ConfigError
 
 KEYS_ENV = "ALIGNTIME_API_KEYS"
+AUDIT_KEYS_ENV = "ALIGNTIME_AUDIT_KEYS"
 
 
 class ServerOptions(BaseModel):
@@ -41,12 +42,27 @@ class ServerOptions(BaseModel):
     empty: the header is ignored, so a client cannot pick its own rate-limit bucket."""
     shutdown_timeout_s: float = Field(25.0, ge=0.0)
     """After SIGTERM, seconds requests in flight may still finish before they get a 503."""
+    audit_keys: frozenset[str] = frozenset()
+    """Keys that may also read the audit log (``GET /v1/aligntime/audit``); each is an
+    accepted API key too. Without one, the audit log cannot be read over HTTP."""
+    ui: bool = True
+    """Serve the playground pages (``/``, ``/audit``, ``/reports``); the API is the same."""
+    reports_dir: Path | None = None
+    """A folder of ``aligntime eval`` outputs (or one) the playground lists; ``None``: none."""
+
+    @model_validator(mode="after")
+    def _audit_keys_are_api_keys(self) -> ServerOptions:
+        # A key with the audit right must pass the API's own authentication first.
+        if not self.audit_keys <= self.api_keys:
+            self.api_keys = self.api_keys | self.audit_keys
+        return self
 
 
-def keys_from_env(cli_keys: list[str] | None = None) -> frozenset[str]:
-    """Keys given on the command line plus the comma-separated ``ALIGNTIME_API_KEYS``."""
+def keys_from_env(cli_keys: list[str] | None = None, env: str = KEYS_ENV) -> frozenset[str]:
+    """Keys given on the command line plus the comma-separated variable ``env``
+    (``ALIGNTIME_API_KEYS``; ``ALIGNTIME_AUDIT_KEYS`` for the audit right)."""
     keys = {k.strip() for k in (cli_keys or []) if k.strip()}
-    keys |= {k.strip() for k in os.environ.get(KEYS_ENV, "").split(",") if k.strip()}
+    keys |= {k.strip() for k in os.environ.get(env, "").split(",") if k.strip()}
     return frozenset(keys)
 
 

@@ -1,0 +1,175 @@
+"""Helpers of the browser tests: policies, the request guard, axe-core, screenshots.
+
+The playground in a real browser: Debian's headless Chromium driven by Playwright.
+
+``aligntime serve`` runs as a process of its own on loopback. Every page is
+opened in a context whose router lets requests reach that server only: any
+other host is aborted and recorded, and the test using the page fails
+(:class:`Guard`). Console errors, page errors and Content-Security-Policy
+violations fail the test too. Screenshots go to ``$ALIGNTIME_TEST_OUTPUT/browser``
+(default ``test-output/browser`` in the repository).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+AXE = Path(__file__).with_name("vendor") / "axe.min.js"
+USER_KEY = "user-key-1"
+"""An ordinary API key: may ask, may not read the audit log."""
+AUDIT_KEY = "auditor-key-1"
+"""A key with the audit right (``--audit-key``)."""
+
+SCRIPT_TEXT = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> Rest.'
+"""A candidate that would run if the page inserted model text as HTML."""
+
+POLICIES = {
+    "helpful": """
+        name: helpful
+        description: fake backend, one candidate fails the safety gate
+        generator:
+          backend: fake
+          responses:
+            - "Keep the child hydrated, let them rest, and call a doctor if the fever is high."
+            - "You idiot, figure it out yourself, damn it."
+            - "Give fluids and watch the temperature."
+        n: 3
+        max_n: 8
+        prompt:
+          templates:
+            concise: {prompt: "{prompt} (briefly)"}
+        scorers:
+          - {name: safety, kind: classifier, weight: 0.5, gate: {max: 0.6}}
+          - {name: rules, kind: rules, weight: 1.0}
+        fallback: "Sorry, no good answer."
+    """,
+    "scripted": f"""
+        name: scripted
+        description: fake backend whose best candidate is markup
+        generator:
+          backend: fake
+          responses:
+            - {SCRIPT_TEXT!r}
+            - "You idiot, figure it out yourself, damn it."
+        n: 2
+        max_n: 4
+        scorers:
+          - {{name: safety, kind: classifier, weight: 0.5, gate: {{max: 0.6}}}}
+          - {{name: rules, kind: rules, weight: 1.0}}
+    """,
+}
+
+
+def chromium_path() -> str:
+    """Debian's Chromium; scripts/test.sh installs it. Missing is an error, not a skip."""
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.fail("Chromium is not installed: run scripts/test.sh (apt-get install chromium)")
+
+
+def output_dir() -> Path:
+    base = Path(os.environ.get("ALIGNTIME_TEST_OUTPUT", ROOT / "test-output"))
+    path = base / "browser"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen[str]
+
+    @property
+    def origin(self) -> str:
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+
+@dataclass
+class Guard:
+    """What a page did that it must not: requests elsewhere, errors, CSP violations."""
+
+    origin: str
+    foreign: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    expected: list[str] = field(default_factory=list)
+    """Console error substrings a test provoked on purpose (a 401, a 403)."""
+
+    def route(self, route: Any) -> None:
+        url = route.request.url
+        parts = urlsplit(url)
+        if parts.scheme in ("blob", "data") or f"{parts.scheme}://{parts.netloc}" == self.origin:
+            route.continue_()
+            return
+        self.foreign.append(url)
+        route.abort()
+
+    def console(self, message: Any) -> None:
+        text = message.text
+        if message.type == "error" and not any(e in text for e in self.expected):
+            self.problems.append(f"console: {text}")
+        elif "Content Security Policy" in text:
+            self.problems.append(f"CSP: {text}")
+
+    def check(self) -> None:
+        assert not self.foreign, f"requests to hosts other than the server: {self.foreign}"
+        assert not self.problems, "\n".join(self.problems)
+
+
+def write_policies(folder: Path) -> list[Path]:
+    paths = []
+    for name, text in POLICIES.items():
+        path = folder / f"{name}.yaml"
+        path.write_text(textwrap.dedent(text))
+        paths.append(path)
+    return paths
+
+
+def make_report(folder: Path, policy: Path) -> Path:
+    """A real ``aligntime eval`` output folder (fake backend, two prompts)."""
+    prompts = folder / "prompts.jsonl"
+    prompts.write_text('{"prompt": "My child has a fever."}\n{"prompt": "How do I boil an egg?"}\n')
+    out = folder / "reports" / "fever-eval"
+    subprocess.run(
+        [sys.executable, "-m", "aligntime", "eval", "-p", str(policy), "--prompts", str(prompts),
+         "--n", "1,2", "--strategies", "best_of_n,vote", "--heldout", "none", "--draws", "20",
+         "--out", str(out)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    return out.parent
+
+
+def use_key(page: Any, key: str) -> None:
+    page.fill("#api-key", key)
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "() => document.querySelector('#key-status').textContent.includes('set')"
+    )
+
+
+def axe_violations(page: Any) -> list[dict[str, Any]]:
+    """axe-core's serious and critical violations in the page as it is now.
+
+    The source is evaluated through the debugging protocol, which the page's CSP
+    does not govern (an injected <script> tag would rightly be refused).
+    """
+    page.evaluate(AXE.read_text(encoding="utf-8") + "\n;0")
+    result = page.evaluate("async () => (await axe.run(document)).violations")
+    return [
+        {"id": v["id"], "impact": v["impact"], "nodes": [n["target"] for n in v["nodes"]][:5]}
+        for v in result
+        if v["impact"] in ("serious", "critical")
+    ]
