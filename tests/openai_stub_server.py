@@ -6,9 +6,10 @@ sockets, keep-alive connections and real faults, not a mocked transport.
 
 A test tells it how to behave with attributes (``honour_n``, ``reject_n``,
 ``api_key``, ``forward``, ``logprobs_for``, and ``completion_for`` /
-``token_count_for`` for ``/v1/completions`` and vLLM's ``/tokenize``) and with
-``script``: a queue of
-faults consumed one per request, in arrival order:
+``token_count_for`` for ``/v1/completions`` and vLLM's ``/tokenize``, and
+``continuation`` with ``full_answer`` for a conversation that ends with a partial
+answer) and with ``script``: a queue of faults consumed one per request, in
+arrival order:
 
 - ``"500"``, ``"503"``, ``"400"``, ...: that status with an OpenAI-shaped error body
 - ``"429"``: rate limited, with ``Retry-After: <retry_after>``
@@ -93,6 +94,18 @@ class StubServer:
     server. The steps are cut at the body's ``max_tokens``."""
     token_count_for: Callable[[dict[str, Any]], int] | None = None
     """Answers vLLM's ``/tokenize`` (at the server root) with this token count; None: 404."""
+    continuation: str = "continue_final_message"
+    """How a final assistant message is treated, as real servers do:
+    ``continue_final_message`` (vLLM, SGLang): continued when the request says so, and
+    ``add_generation_prompt`` left true with it is a 400; ``prefill`` (llama.cpp's server):
+    always continued, the reply echoing the partial answer; ``strict`` (a hosted API): the
+    fields it does not know are a 400. Not continued, it is an earlier turn."""
+    full_answer: str = "The sea is calm today and the small waves are blue ."
+    """What continued answers continue: a partial answer made of its first words gets the
+    next ones (a word a token, at most ``max_tokens``); any other gets none."""
+    fresh_from_full: bool = False
+    """Answer fresh requests with ``full_answer`` too, cut at ``max_tokens`` words (then
+    finish_reason ``length``), as a model that always gives that answer would."""
     forward: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     """When set, every chat completion is answered by this (blocking) function; a reply
     with an ``error`` key is sent as a 400."""
@@ -218,6 +231,10 @@ class StubServer:
         if self.reject_n and int(body.get("n", 1)) > 1:
             await self._send(writer, 400, _error("n must be 1 for this model", "invalid_request"))
             return True
+        refusal = self._refuse_continuation(body)
+        if refusal is not None:
+            await self._send(writer, 400, _error(refusal, "invalid_request"))
+            return True
         self._in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self._in_flight)
         try:
@@ -254,9 +271,59 @@ class StubServer:
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
         await writer.drain()
 
+    def _refuse_continuation(self, body: dict[str, Any]) -> str | None:
+        """The message of a 400 for the continuation fields, as the server in play words it."""
+        fields = [f for f in ("continue_final_message", "add_generation_prompt") if f in body]
+        if self.continuation == "strict" and fields:
+            return f"Unrecognized request argument supplied: {fields[0]}"
+        both = body.get("continue_final_message") and body.get("add_generation_prompt", True)
+        if self.continuation == "continue_final_message" and both:
+            return "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
+        return None
+
+    def _partial(self, body: dict[str, Any]) -> str | None:
+        """The partial answer this request continues, if it continues one."""
+        messages = body.get("messages") or []
+        if not messages or messages[-1].get("role") != "assistant":
+            return None
+        if self.continuation == "prefill" or body.get("continue_final_message"):
+            return str(messages[-1].get("content", ""))
+        return None
+
+    def _continued(self, body: dict[str, Any], partial: str) -> dict[str, Any]:
+        done, words = partial.split(), self.full_answer.split()
+        rest = words[len(done) :] if words[: len(done)] == done else []
+        limit = int(body.get("max_tokens", 16))
+        new = rest[:limit]
+        text = " ".join(new)
+        if text and partial and not partial[-1].isspace():
+            text = " " + text
+        following = text  # with max_tokens 1, the next token as a tokenizer spells it
+        if self.continuation == "prefill":
+            text = partial + text  # llama.cpp's reply holds the whole turn
+        choice: dict[str, Any] = {
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": "length" if len(rest) > limit else "stop",
+        }
+        if body.get("logprobs"):
+            choice["logprobs"] = {"content": [{"token": w, "logprob": -0.5} for w in new]}
+        if body.get("top_logprobs") and body.get("max_tokens") == 1:
+            top = [{"token": following, "logprob": -0.1}, {"token": "and", "logprob": -2.5}]
+            choice["logprobs"] = {
+                "content": [{"token": following, "logprob": -0.1, "top_logprobs": top}]
+            }
+        n = int(body.get("n", 1)) if self.honour_n else 1
+        choices = [{"index": i, **choice} for i in range(n)]
+        return _reply(body, choices, n * len(new) if self.send_usage else None)
+
     async def _complete(self, body: dict[str, Any]) -> dict[str, Any]:
         if self.forward is not None:
             return await asyncio.to_thread(self.forward, body)
+        partial = self._partial(body)
+        if partial is None and self.fresh_from_full and not body.get("top_logprobs"):
+            partial = ""
+        if partial is not None:
+            return self._continued(body, partial)
         if body.get("top_logprobs") and body.get("max_tokens") == 1:
             top = self.logprobs_for(body)
             entries = [{"token": t, "logprob": lp} for t, lp in top.items()]

@@ -141,3 +141,50 @@ def test_aligner_on_the_openai_backend_with_real_text(server: StubServer, tmp_pa
     assert res.text.strip()
     assert all(0.0 <= c.scores["judge"] <= 1.0 for c in res.candidates)
     al.close()
+
+
+def test_extend_continues_a_partial_answer_on_the_real_model(server: StubServer) -> None:
+    # llama.cpp's server loop continues a final assistant message by itself, ignores the
+    # continue_final_message fields that continuation: auto sends, and echoes the
+    # partial answer in its reply.
+    gen = remote(server)
+    partial = "The sea is"
+    out = asyncio.run(gen.extend(SEA, [partial, partial], 6, GenerationParams(seed=2)))
+    sent = server.chat_requests()[-1].body
+    assert sent["continue_final_message"] is True
+    assert sent["messages"][-1] == {"role": "assistant", "content": partial}
+    assert gen.capabilities.token_steps
+    for c in out.candidates:
+        assert c.text.strip() and not c.text.startswith(partial), c.text
+        assert 0 < c.tokens <= 6 and c.finish_reason in ("stop", "length")
+    assert out.usage.completion_tokens == sum(c.tokens for c in out.candidates)
+    # The same continuation the embedded backend gives (greedy, one at a time).
+    greedy = GenerationParams(temperature=0.0)
+    over_http = asyncio.run(gen.extend(SEA, [partial], 6, greedy)).candidates[0]
+    embedded = LlamaCppGenerator(LlamaCppOptions(model=MODEL))
+    local = asyncio.run(embedded.extend(SEA, [partial], 6, greedy)).candidates[0]
+    assert over_http.text == local.text
+
+
+def test_early_rejection_over_openai_on_the_real_model(server: StubServer, tmp_path: Path) -> None:
+    policy = f"""
+    name: remote-search
+    generator: {{backend: openai, base_url: "{server.base_url}", model: {MODEL}, max_tokens: 24}}
+    n: 3
+    scorers:
+      - {{name: rules, kind: rules}}
+    strategy: {{kind: early_rejection, chunk_tokens: 8, keep: 0.5}}
+    """
+    path = tmp_path / "search.yaml"
+    path.write_text(textwrap.dedent(policy))
+    before = len(server.chat_requests())
+    al = Aligner.from_policy(path)
+    res = al.align("Write one sentence about the sea.", seed=4)
+    al.close()
+    assert res.best is not None and res.text.strip()
+    continued = [
+        r.body
+        for r in server.chat_requests()[before:]
+        if r.body["messages"][-1]["role"] == "assistant"
+    ]
+    assert continued, "early rejection must continue the kept partial answers"

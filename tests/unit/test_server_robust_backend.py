@@ -18,7 +18,7 @@ import pytest
 from aligntime.errors import BackendError, ContextLengthError
 from aligntime.generators.llamacpp import LlamaCppEngine
 from aligntime.generators.openai import OpenAIGenerator, OpenAIOptions
-from aligntime.generators.openai_reply import collect
+from aligntime.generators.openai_chat import collect
 from aligntime.policy.loader import parse_policy
 from aligntime.server import ServerOptions, app_from_policies
 from aligntime.server.testing import LiveServer

@@ -5,6 +5,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
+
+from pydantic import BaseModel
 
 from aligntime.types import Generation, GenerationParams, Message
 
@@ -29,8 +32,18 @@ class Generator(ABC):
     prompt prefix) where the engine has it, and fan out concurrently otherwise.
     """
 
-    capabilities: Capabilities = Capabilities()
     name: str = "generator"
+    Options: ClassVar[type[BaseModel] | None] = None
+    """The pydantic model of the options a policy gives this implementation (its keys
+    in the policy section); ``None``: it takes none. :func:`aligntime.registry.build`
+    validates the keys against it and passes the instance to the constructor."""
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this backend can do. Read it where it matters, never copy it: a backend
+        that learns what its server does (``openai``) reports what it knows now.
+        A backend whose abilities are fixed sets a class attribute instead."""
+        return Capabilities()
 
     @abstractmethod
     async def generate(

@@ -23,10 +23,19 @@ from pydantic import Field
 
 from aligntime.errors import BackendError, ModelError
 from aligntime.generators.base import Capabilities, Generator
-from aligntime.generators.openai_reply import context_length_error
+from aligntime.generators.openai_chat import (
+    chat_body,
+    collect,
+    context_length_error,
+    continuation_body,
+    continuations,
+    logprobs_body,
+    part_body,
+    top_logprobs,
+)
 from aligntime.generators.options import SamplingOptions
 from aligntime.models import store
-from aligntime.types import Candidate, Generation, GenerationParams, Message, Usage
+from aligntime.types import Generation, GenerationParams, Message
 
 log = logging.getLogger(__name__)
 
@@ -159,23 +168,9 @@ class LlamaCppGenerator(Generator):
         _ = self.engine
 
     def _body(self, messages: Sequence[Message], params: GenerationParams) -> dict[str, Any]:
-        o = self.options
-        body: dict[str, Any] = {
-            "messages": [m.to_dict() for m in messages],
-            "max_tokens": params.max_tokens or o.max_tokens,
-            "temperature": o.temperature if params.temperature is None else params.temperature,
-            "top_p": params.top_p or o.top_p,
-            # The per-token log-probabilities are how we learn each choice's
-            # length: llama.cpp's usage block counts the first choice only.
-            "logprobs": True,
-        }
-        stop = list(params.stop) or o.stop
-        if stop:
-            body["stop"] = stop
-        seed = params.seed if params.seed is not None else o.seed
-        if seed is not None:
-            body["seed"] = seed
-        return body
+        # The per-token log-probabilities are how we learn each choice's length:
+        # llama.cpp's usage block counts the first choice only.
+        return chat_body(messages, self.options.resolve(params), logprobs=True)
 
     async def generate(
         self, messages: Sequence[Message], n: int, params: GenerationParams
@@ -183,20 +178,11 @@ class LlamaCppGenerator(Generator):
         engine = await asyncio.to_thread(lambda: self.engine)
         body = self._body(messages, params)
         # Requests larger than the slot count are split; llama.cpp queues them.
-        sizes = [min(engine.parallel, n - i) for i in range(0, n, engine.parallel)]
-        replies = await asyncio.gather(
-            *(
-                asyncio.to_thread(engine.chat, {**body, "n": size, **_seed_offset(body, i)})
-                for i, size in enumerate(sizes)
-            )
-        )
-        candidates: list[Candidate] = []
-        prompt_tokens = 0
-        for reply in replies:
-            prompt_tokens += int(reply.get("usage", {}).get("prompt_tokens", 0))
-            for choice in sorted(reply["choices"], key=lambda c: c.get("index", 0)):
-                candidates.append(_candidate(choice))
-        usage = Usage(prompt_tokens, sum(c.tokens for c in candidates))
+        parts = [
+            part_body(body, min(engine.parallel, n - i), i) for i in range(0, n, engine.parallel)
+        ]
+        replies = await asyncio.gather(*(asyncio.to_thread(engine.chat, p) for p in parts))
+        candidates, usage = collect(list(replies))
         return Generation(candidates, usage)
 
     async def extend(
@@ -207,70 +193,21 @@ class LlamaCppGenerator(Generator):
         params: GenerationParams,
     ) -> Generation:
         engine = await asyncio.to_thread(lambda: self.engine)
-        body = self._body(messages, params)
-        body["max_tokens"] = max_tokens
-
+        body = {**self._body(messages, params), "max_tokens": max_tokens}
         # A final assistant message is a prefill: llama.cpp's chat template leaves
         # the turn open and continues it, and a slot that already holds the prefix
         # reuses its cache, so only the new tokens cost a forward pass each.
-        def one(i: int, prefix: str) -> dict[str, Any]:
-            request = {
-                **body,
-                "messages": [*body["messages"], {"role": "assistant", "content": prefix}],
-                "n": 1,
-                **_seed_offset(body, i),
-            }
-            return engine.chat(request)
-
-        replies = await asyncio.gather(
-            *(asyncio.to_thread(one, i, prefix) for i, prefix in enumerate(prefixes))
-        )
-        candidates = [
-            _candidate(reply["choices"][0], prefix)
-            for reply, prefix in zip(replies, prefixes, strict=True)
-        ]
-        prompt_tokens = sum(int(r.get("usage", {}).get("prompt_tokens", 0)) for r in replies)
-        return Generation(candidates, Usage(prompt_tokens, sum(c.tokens for c in candidates)))
+        requests = [continuation_body(body, prefix, i) for i, prefix in enumerate(prefixes)]
+        replies = await asyncio.gather(*(asyncio.to_thread(engine.chat, r) for r in requests))
+        return continuations(replies, prefixes)
 
     async def next_token_logprobs(
         self, messages: Sequence[Message], top_k: int = 20
     ) -> dict[str, float]:
-        body = {
-            "messages": [m.to_dict() for m in messages],
-            "max_tokens": 1,
-            "temperature": 0.0,
-            "logprobs": True,
-            "top_logprobs": top_k,
-        }
         engine = await asyncio.to_thread(lambda: self.engine)
-        reply = await engine.probe(body)
-        content = reply["choices"][0].get("logprobs", {}).get("content") or []
-        if not content:
-            raise BackendError("llama.cpp returned no log-probabilities")
-        return {e["token"]: float(e["logprob"]) for e in content[0].get("top_logprobs", [])}
-
-
-def _candidate(choice: dict[str, Any], prefix: str = "") -> Candidate:
-    """A candidate from one chat choice; with a prefill ``prefix``, only the new text."""
-    logprobs = (choice.get("logprobs") or {}).get("content") or []
-    text = (choice.get("message") or {}).get("content") or ""
-    # llama.cpp echoes the prefilled part of the turn in the reply's content.
-    if prefix and text.startswith(prefix):
-        text = text[len(prefix) :]
-    return Candidate(
-        text=text,
-        tokens=len(logprobs),
-        finish_reason=choice.get("finish_reason") or "stop",
-        logprob=sum(float(e.get("logprob", 0.0)) for e in logprobs) if logprobs else None,
-    )
+        reply = await engine.probe(logprobs_body(messages, top_k))
+        return top_logprobs(reply, "llama.cpp")
 
 
 def _count(value: Any) -> int | None:
     return value if isinstance(value, int) else None
-
-
-def _seed_offset(body: dict[str, Any], chunk: int) -> dict[str, Any]:
-    """Distinct seeds for each chunk of a split request, so chunks don't repeat each other."""
-    if "seed" not in body or chunk == 0:
-        return {}
-    return {"seed": int(body["seed"]) + 7919 * chunk}

@@ -10,10 +10,20 @@ concurrent ``n=1`` requests (candidate i seeded with seed + i). With
 ``n_mode: auto`` this is detected on the first request with n > 1 and
 remembered for the base URL and model (for the whole process).
 
-Token counts and usage are read as ``openai_reply`` describes: exact where the
-reply allows, a marked estimate otherwise. Requests go through the official
-``openai`` client (its retries, Retry-After and proxy handling), as
-``http_retry`` describes.
+Continuing partial answers (``extend``, which the search strategies
+``early_rejection`` and ``guided`` need): the partial answer goes as a final
+assistant message. With ``continuation: auto`` the first such request also
+carries ``continue_final_message: true`` and ``add_generation_prompt: false``,
+which vLLM, SGLang and TGI need and llama.cpp's server ignores (it continues a
+final assistant message anyway); a server that refuses those fields is
+remembered as one that cannot continue answers, as is one told
+``continuation: off``. A server that accepts the fields but starts a new turn
+instead cannot be told apart from one that continues: name the mode there.
+
+What requests and replies look like is ``openai_chat``'s part: token counts are
+exact where the reply allows, a marked estimate otherwise. This module sends
+them: through the official ``openai`` client (its retries, Retry-After and
+proxy handling), as ``http_retry`` describes, fanning out where needed.
 """
 
 from __future__ import annotations
@@ -39,20 +49,39 @@ from aligntime.generators.http_retry import (
     make_client,
     post_json,
 )
-from aligntime.generators.openai_reply import choices_of, collect, context_length_error
+from aligntime.generators.openai_chat import (
+    CONTINUE_FINAL_MESSAGE,
+    chat_body,
+    choices_of,
+    collect,
+    context_length_error,
+    continuation_body,
+    continuations,
+    logprobs_body,
+    part_body,
+    top_logprobs,
+)
 from aligntime.generators.options import SamplingOptions
-from aligntime.types import Generation, GenerationParams, Message
+from aligntime.types import Generation, GenerationParams, Message, Usage
 
 log = logging.getLogger(__name__)
 
 NMode = Literal["auto", "native", "fanout"]
+Continuation = Literal["auto", "continue_final_message", "prefill", "off"]
 
 # (base_url, model) -> whether the server honours n; shared by every generator in the
 # process so a judge and a generator on the same server probe it once between them.
 _native_n: dict[tuple[str, str], bool] = {}
 
+# (base_url, model) -> whether the server continues a final assistant message, learnt as
+# _native_n is.
+_continues: dict[tuple[str, str], bool] = {}
+
 # An error message that names the parameter n: "'n'", "`n`", "n must be 1", "Invalid n".
 _MENTIONS_N = re.compile(r"(?<![\w-])['\"`]?n['\"`]?(?![\w-])")
+# An error message that names a field of CONTINUE_FINAL_MESSAGE ("Unrecognized request
+# argument supplied: continue_final_message").
+_MENTIONS_CONTINUE = re.compile("|".join(CONTINUE_FINAL_MESSAGE))
 
 
 class OpenAIOptions(SamplingOptions):
@@ -82,6 +111,11 @@ class OpenAIOptions(SamplingOptions):
     """Most requests in flight at once when fanning out."""
     logprobs: bool = True
     """Ask for per-token log-probabilities so candidate token counts are exact."""
+    continuation: Continuation = "auto"
+    """How to continue a partial answer (search strategies): ``continue_final_message``
+    (vLLM, SGLang, TGI), ``prefill`` (a final assistant message alone: llama.cpp's server,
+    Ollama), ``off``, or ``auto``: send both fields, and learn from a refusal that the
+    server cannot."""
     extra_body: dict[str, Any] = Field(default_factory=dict)
     """Further request fields (e.g. vLLM's ``top_k``); the fields aligntime sets itself win."""
 
@@ -104,6 +138,8 @@ class OpenAIGenerator(Generator):
         self._headers = {"Content-Type": "application/json", **self._auth_header()}
         self._url = f"{options.base_url}/chat/completions"
         self._key = (options.base_url, options.model)
+        # Fields of every request; the ones aligntime sets itself win over extra_body.
+        self._fixed = {**options.extra_body, "model": options.model}
         self._retry = RetryPolicy(
             options.max_retries, options.backoff_s, options.max_backoff_s, options.timeout_s
         )
@@ -112,8 +148,17 @@ class OpenAIGenerator(Generator):
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = (
             weakref.WeakKeyDictionary()
         )
-        self.capabilities = Capabilities(
-            n_sampling=self._native() is True, logprobs=True, token_steps=False
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this server is known to do, read afresh: the first requests probe it.
+
+        Continuing answers counts as possible until the server refuses to.
+        """
+        return Capabilities(
+            n_sampling=self._native() is True,
+            logprobs=True,
+            token_steps=self._continuation() is not None,
         )
 
     def _auth_header(self) -> dict[str, str]:
@@ -147,7 +192,13 @@ class OpenAIGenerator(Generator):
                 "sampling natively" if native else "fanning out n=1 requests",
             )
         _native_n[self._key] = native
-        self.capabilities = Capabilities(n_sampling=native, logprobs=True, token_steps=False)
+
+    def _continuation(self) -> dict[str, Any] | None:
+        """Fields that ask for a continuation; None when the server cannot continue answers."""
+        mode = self.options.continuation
+        if mode == "off" or (mode == "auto" and _continues.get(self._key) is False):
+            return None
+        return {} if mode == "prefill" else CONTINUE_FINAL_MESSAGE
 
     async def _client(self) -> OpenAIClient:
         loop = asyncio.get_running_loop()
@@ -172,24 +223,8 @@ class OpenAIGenerator(Generator):
     # --- requests ---------------------------------------------------------------------
 
     def _body(self, messages: Sequence[Message], params: GenerationParams) -> dict[str, Any]:
-        o = self.options
-        body: dict[str, Any] = {
-            **o.extra_body,
-            "model": o.model,
-            "messages": [m.to_dict() for m in messages],
-            "max_tokens": params.max_tokens or o.max_tokens,
-            "temperature": o.temperature if params.temperature is None else params.temperature,
-            "top_p": params.top_p or o.top_p,
-        }
-        if o.logprobs:
-            body["logprobs"] = True
-        stop = list(params.stop) or o.stop
-        if stop:
-            body["stop"] = stop
-        seed = params.seed if params.seed is not None else o.seed
-        if seed is not None:
-            body["seed"] = seed
-        return body
+        sampling = self.options.resolve(params)
+        return chat_body(messages, sampling, logprobs=self.options.logprobs, fixed=self._fixed)
 
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         """One request with retries; every failure becomes a BackendError."""
@@ -276,14 +311,10 @@ class OpenAIGenerator(Generator):
     ) -> tuple[list[dict[str, Any]], list[BackendError]]:
         """``count`` concurrent n=1 requests; candidate i gets seed + i when a seed is set."""
         gate = asyncio.Semaphore(self.options.concurrency)
-        seed = body.get("seed")
 
         async def one(i: int) -> dict[str, Any]:
-            single = {**body, "n": 1}
-            if seed is not None:
-                single["seed"] = int(seed) + i
             async with gate:
-                return await self._post(single)
+                return await self._post(part_body(body, 1, i))
 
         results = await asyncio.gather(
             *(one(first + i) for i in range(count)), return_exceptions=True
@@ -299,37 +330,74 @@ class OpenAIGenerator(Generator):
                 replies.append(result)
         return replies, errors
 
+    async def extend(
+        self,
+        messages: Sequence[Message],
+        prefixes: Sequence[str],
+        max_tokens: int,
+        params: GenerationParams,
+    ) -> Generation:
+        fields = self._continuation()
+        if fields is None:
+            return await super().extend(messages, prefixes, max_tokens, params)
+        body = {**self._body(messages, params), **fields, "max_tokens": max_tokens}
+        requests = [continuation_body(body, prefix, i) for i, prefix in enumerate(prefixes)]
+        if not requests:
+            return Generation([], Usage())
+        replies = [await self._continue(requests[0])]  # alone: it may be the probe
+        gate = asyncio.Semaphore(self.options.concurrency)
+
+        async def one(request: dict[str, Any]) -> dict[str, Any]:
+            async with gate:
+                return await self._post(request)
+
+        replies += await asyncio.gather(*(one(r) for r in requests[1:]))
+        return continuations(replies, prefixes)
+
+    async def _continue(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send a request that continues a partial answer; the first one with
+        ``continuation: auto`` learns whether the server can."""
+        if self.options.continuation != "auto" or self._key in _continues:
+            return await self._post(request)
+        try:
+            reply = await self._post(request)
+        except BackendError as exc:
+            failure = exc.__cause__
+            if (
+                isinstance(failure, HTTPFailure)
+                and failure.status in (400, 422)
+                and _MENTIONS_CONTINUE.search(failure.server_message) is not None
+            ):
+                _continues[self._key] = False
+                log.info("%s (%s) cannot continue answers", *self._key)
+                raise BackendError(
+                    f"{self.options.base_url} (model {self.options.model!r}) does not continue "
+                    f"partial answers: {failure.message}",
+                    hint="search strategies need a server that does (vLLM, SGLang, TGI, "
+                    "llama.cpp); set the generator's continuation to prefill if this one "
+                    "continues a final assistant message without those fields",
+                    status=failure.status,
+                ) from exc
+            raise
+        _continues[self._key] = True
+        return reply
+
     async def next_token_logprobs(
         self, messages: Sequence[Message], top_k: int = 20
     ) -> dict[str, float]:
-        body = {
-            **self.options.extra_body,
-            "model": self.options.model,
-            "messages": [m.to_dict() for m in messages],
-            "max_tokens": 1,
-            "temperature": 0.0,
-            "logprobs": True,
-            "top_logprobs": top_k,
-        }
-        reply = await self._post(body)
-        choices = choices_of(reply)
-        if not choices:
+        body = logprobs_body(messages, top_k, self._fixed)
+        if not messages or messages[-1].role != "assistant":
+            return top_logprobs(await self._post(body), self.options.base_url)
+        # The next token of a partial answer.
+        fields = self._continuation()
+        if fields is None:
             raise BackendError(
-                f"{self.options.base_url} returned no choices for a logprobs request"
+                f"{self.options.base_url} (model {self.options.model!r}) cannot continue "
+                "partial answers, so it cannot give their next token's log-probabilities",
+                hint="set the generator's continuation option to a mode the server supports",
             )
-        content = (choices[0].get("logprobs") or {}).get("content") or []
-        if not content or not isinstance(content[0], dict):
-            raise BackendError(
-                f"{self.options.base_url} returned no log-probabilities",
-                hint="the server or model does not support logprobs/top_logprobs; "
-                "judge with a backend that does",
-            )
-        try:
-            return {str(e["token"]): float(e["logprob"]) for e in content[0]["top_logprobs"]}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BackendError(
-                f"{self.options.base_url} returned malformed top_logprobs: {exc!r}"
-            ) from exc
+        reply = await self._continue({**body, **fields})
+        return top_logprobs(reply, self.options.base_url)
 
     # --- lifecycle --------------------------------------------------------------------
 

@@ -1,6 +1,11 @@
-"""Reading chat-completion replies: candidates, token counts and usage.
+"""What the OpenAI chat-completions API looks like: request bodies and replies.
 
-Each candidate's ``tokens`` is exact when its choice carries per-token
+Every backend that speaks this API builds its requests and reads its replies
+here, whoever carries them: the ``openai`` backend over HTTP, the ``llamacpp``
+backend in process (llama.cpp's own server loop takes the same JSON). How a
+request is sent (retries, fan-out, slots) is each backend's own business.
+
+Replies: each candidate's ``tokens`` is exact when its choice carries per-token
 log-probabilities, or when it came alone in its reply (the reply's
 ``usage.completion_tokens``). Otherwise it is an *estimate*: the reply's
 completion tokens shared out by text length, or about four characters per
@@ -8,6 +13,13 @@ token when the server sends no usage at all (logged at debug level). Usage is
 the server's own, summed over replies; where every candidate's count is exact
 their sum is used instead, because some servers (llama.cpp) count only the
 first choice of an ``n`` request.
+
+Continuing a partial answer: the conversation ends with the partial answer as
+an assistant message. vLLM, SGLang and TGI continue it when asked with
+``continue_final_message: true`` and ``add_generation_prompt: false``;
+llama.cpp's server continues a final assistant message by itself (its
+"assistant prefill") and ignores both fields. Some servers echo the partial
+answer at the start of the reply; only the new text is kept.
 """
 
 from __future__ import annotations
@@ -15,10 +27,13 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from aligntime.errors import BackendError, ContextLengthError
-from aligntime.types import Candidate, Usage
+from aligntime.generators.options import Sampling, seed_at
+from aligntime.types import Candidate, Generation, Message, Usage
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +50,105 @@ _LIMIT = re.compile(
     r"(?:maximum context length is|context size \(|context window of)\s*(\d+)", re.IGNORECASE
 )
 _NEEDED = re.compile(r"(?:you requested|resulted in|request has|request \()\s*(\d+)", re.IGNORECASE)
+
+
+CONTINUE_FINAL_MESSAGE: dict[str, Any] = {
+    "continue_final_message": True,
+    "add_generation_prompt": False,
+}
+"""Fields that ask vLLM, SGLang and TGI to continue the final assistant message."""
+
+
+def chat_body(
+    messages: Sequence[Message],
+    sampling: Sampling,
+    *,
+    logprobs: bool,
+    fixed: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The body of a sampling request; ``fixed`` fields (the model name) come first and lose to
+    none of the sampling fields."""
+    body: dict[str, Any] = {
+        **(fixed or {}),
+        "messages": [m.to_dict() for m in messages],
+        "max_tokens": sampling.max_tokens,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+    }
+    if logprobs:
+        body["logprobs"] = True
+    if sampling.stop:
+        body["stop"] = list(sampling.stop)
+    if sampling.seed is not None:
+        body["seed"] = sampling.seed
+    return body
+
+
+def part_body(body: dict[str, Any], n: int, first: int) -> dict[str, Any]:
+    """``body`` asking for ``n`` of its request's candidates, those from position ``first``
+    on, seeded as :func:`~aligntime.generators.options.seed_at` says."""
+    part = {**body, "n": n}
+    if body.get("seed") is not None:
+        part["seed"] = seed_at(int(body["seed"]), first)
+    return part
+
+
+def continuation_body(body: dict[str, Any], prefix: str, index: int) -> dict[str, Any]:
+    """``body`` asking for one continuation of ``prefix``, the request's partial answer
+    number ``index``."""
+    messages = [*body["messages"], {"role": "assistant", "content": prefix}]
+    return part_body({**body, "messages": messages}, 1, index)
+
+
+def logprobs_body(
+    messages: Sequence[Message], top_k: int, fixed: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A greedy one-token request for the top ``top_k`` first tokens of the reply."""
+    return {
+        **(fixed or {}),
+        "messages": [m.to_dict() for m in messages],
+        "max_tokens": 1,
+        "temperature": 0.0,
+        "logprobs": True,
+        "top_logprobs": top_k,
+    }
+
+
+def top_logprobs(reply: dict[str, Any], where: str) -> dict[str, float]:
+    """The first token's top log-probabilities in a reply to :func:`logprobs_body`."""
+    choices = choices_of(reply)
+    if not choices:
+        raise BackendError(f"{where} returned no choices for a logprobs request")
+    content = (choices[0].get("logprobs") or {}).get("content") or []
+    if not content or not isinstance(content[0], dict):
+        raise BackendError(
+            f"{where} returned no log-probabilities",
+            hint="the server or model does not support logprobs/top_logprobs; "
+            "judge with a backend that does",
+        )
+    try:
+        return {str(e["token"]): float(e["logprob"]) for e in content[0]["top_logprobs"]}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BackendError(f"{where} returned malformed top_logprobs: {exc!r}") from exc
+
+
+def continuations(replies: Sequence[dict[str, Any]], prefixes: Sequence[str]) -> Generation:
+    """One candidate per prefix from the replies to :func:`continuation_body`, new text only."""
+    candidates: list[Candidate] = []
+    prompt_tokens = 0
+    for reply, prefix in zip(replies, prefixes, strict=True):
+        found, usage = collect([reply])
+        if len(found) != 1:
+            raise BackendError(
+                f"the server returned {len(found)} choices for one continuation, not 1"
+            )
+        candidate = found[0]
+        if prefix and candidate.text.startswith(prefix):
+            # The server echoed the partial answer; the contract returns new text only.
+            candidate = replace(candidate, text=candidate.text[len(prefix) :])
+        candidates.append(candidate)
+        prompt_tokens += usage.prompt_tokens
+    return Generation(candidates, Usage(prompt_tokens, sum(c.tokens for c in candidates)))
 
 
 def choices_of(reply: dict[str, Any]) -> list[dict[str, Any]]:

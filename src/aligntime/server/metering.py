@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aligntime.generators.base import Generator
+from aligntime.generators.base import Capabilities, Generator
 from aligntime.types import Generation, GenerationParams, Message, Usage
 
 
@@ -42,7 +42,11 @@ class MeteredGenerator(Generator):
     def __init__(self, inner: Generator) -> None:
         self.inner = inner
         self.name = inner.name
-        self.capabilities = inner.capabilities
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """The inner generator's, read through: they change as it probes its server."""
+        return self.inner.capabilities
 
     def __getattr__(self, attr: str) -> Any:
         # Backend-specific attributes (``options``, ``engine``) stay reachable.
