@@ -17,9 +17,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from aligntime import registry
 from aligntime.models import store
 from aligntime.models.catalog import CATALOG
-from aligntime.policy.schema import InputScorerSpec, Policy, ScorerSpec
+from aligntime.policy.schema import Policy
 
 
 @dataclass
@@ -48,21 +49,12 @@ def print_table(table: RenderableType) -> None:
 
 def policy_models(policy: Policy, *, include_generator: bool = True) -> list[str]:
     """Catalogue models that a policy's generator and scorers name (with their defaults)."""
-    from aligntime.aligner import build
-
     names: list[str] = []
-    if include_generator:
-        names.append(str(policy.generator.options().get("model", "")))
-        if policy.generator.backend == "llamacpp" and not names[0]:
-            names[0] = "smollm2-135m-instruct"
-    specs: list[ScorerSpec | InputScorerSpec] = [*policy.scorers, *policy.input_scorers]
-    for spec in specs:
-        model = spec.options().get("model")
-        if model is None:
-            # The scorer's own default model, read from its Options without loading it.
-            scorer = build("scorer", spec.kind, spec.options(), name=spec.name)
-            model = getattr(getattr(scorer, "options", None), "model", "")
-        names.append(str(model))
+    for kind, _, section in policy.sections():
+        if kind == "scorer" or (kind == "generator" and include_generator):
+            # The implementation's own default model, read from its Options without loading it.
+            options = registry.validate(kind, section.implementation, section.build_options())
+            names.append(str(getattr(options, "model", "") or ""))
     seen: list[str] = []
     for name in names:
         if name in CATALOG and name not in seen:

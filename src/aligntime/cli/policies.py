@@ -1,14 +1,16 @@
-"""``aligntime policies``: list, show and validate policies."""
+"""``aligntime policies``: list, show and validate policies; the options they can set."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.syntax import Syntax
 from rich.table import Table
 
+from aligntime import registry
 from aligntime.cli.console import out, print_table
 from aligntime.policy.loader import load_policy, preset_names, preset_text
 
@@ -59,3 +61,44 @@ def validate(files: list[str] = typer.Argument(..., help="Policy files or preset
     for name in files:
         pol = load_policy(name)
         out.print(f"{name}: ok (policy {pol.name!r}, {len(pol.scorers)} scorers)")
+
+
+@app.command("schema")
+def schema(
+    as_json: bool = typer.Option(
+        False, "--json", help='Print {"generator": {NAME: JSON schema, ...}, ...} as JSON.'
+    ),
+) -> None:
+    """Show every option of every registered generator, scorer and strategy."""
+    found = {kind: registry.option_schemas(kind) for kind in registry.KINDS}
+    if as_json:
+        out.file.write(json.dumps(found, indent=1) + "\n")
+        return
+    for kind, schemas in found.items():
+        table = Table(title=f"{kind} ({registry.selector(kind)}: NAME)", title_justify="left")
+        for col in ("name", "option", "type", "default", "description"):
+            table.add_column(col, overflow="fold")
+        for name, model_schema in schemas.items():
+            props = model_schema.get("properties", {})
+            if not props:
+                table.add_row(name, "-", "", "", model_schema.get("description", "no options"))
+            required = model_schema.get("required", [])
+            for i, (option, prop) in enumerate(props.items()):
+                # No "default" in the schema: required, or built per instance (an empty list).
+                default = json.dumps(prop["default"]) if "default" in prop else ""
+                default = "(required)" if option in required else default
+                row = (option, _type(prop), default, prop.get("description", ""))
+                table.add_row(name if i == 0 else "", *row)
+        print_table(table)
+
+
+def _type(prop: dict[str, Any]) -> str:
+    """A JSON schema property's type, short: ``integer``, ``string | null``, ``list``."""
+    if "enum" in prop:
+        return " | ".join(json.dumps(v) for v in prop["enum"])
+    if "anyOf" in prop:
+        return " | ".join(_type(p) for p in prop["anyOf"])
+    if "$ref" in prop:
+        return str(prop["$ref"]).rsplit("/", 1)[-1]
+    name = str(prop.get("type", "any"))
+    return {"array": "list", "object": "mapping"}.get(name, name)

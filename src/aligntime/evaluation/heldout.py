@@ -15,9 +15,9 @@ import yaml
 from pydantic import ValidationError
 
 from aligntime import registry
-from aligntime.aligner import build
 from aligntime.errors import ConfigError, InputError
 from aligntime.policy.schema import Policy, ScorerSpec
+from aligntime.registry import build
 from aligntime.scorers.base import Scorer
 
 HELDOUT_QUESTION = (
@@ -71,7 +71,7 @@ def resolve_heldout(policy: Policy, spec: str | None) -> tuple[Policy, HeldOut |
             raw = yaml.safe_load(spec)
             parsed = ScorerSpec.model_validate({"name": "heldout", **raw})
             scorer = build("scorer", parsed.kind, parsed.options(), name=parsed.name)
-        except (yaml.YAMLError, TypeError, ValidationError) as exc:
+        except (yaml.YAMLError, TypeError, ValidationError, ConfigError) as exc:
             raise InputError(
                 f"--heldout: not a valid scorer spec: {exc}",
                 hint="e.g. '{kind: judge, question: \"Is the answer correct?\"}'",

@@ -1,24 +1,26 @@
 """Load a policy from a preset name or a YAML file, with errors that point at the line.
 
 Validation runs in two passes: the policy's own schema, then each selected
-implementation's ``Options`` model over the keys of its section. Either way,
-an error names the file, the line and the dotted field path.
+implementation's ``Options`` model over the keys of its section (through
+:func:`aligntime.registry.validate`, the check :func:`aligntime.registry.build`
+makes). The validated options stay on their section, so building the aligner
+does not validate them again. Either way, an error names the file, the line and
+the dotted field path.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from aligntime import registry
 from aligntime.errors import ConfigError
 from aligntime.policy.schema import Policy
-
-Loc = tuple[str | int, ...]
+from aligntime.registry import Loc, Where
 
 
 def preset_names() -> list[str]:
@@ -69,11 +71,16 @@ def parse_policy(text: str, origin: str = "<string>") -> Policy:
         raise ConfigError(f"{origin}: invalid YAML: nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: a policy must be a YAML mapping, got {type(data).__name__}")
+    line = partial(_line, root)
     try:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
-        raise _config_error(exc, origin, root, ()) from exc
-    _check_options(policy, origin, root)
+        raise Where(origin, line=line).invalid(exc) from exc
+    for kind, loc, section in policy.sections():
+        at = Where(origin, loc, line)
+        section.bind(
+            registry.validate(kind, section.implementation, section.options(), where=at), at
+        )
     return policy
 
 
@@ -151,51 +158,8 @@ def _expanded(
     return values, chars
 
 
-def _check_options(policy: Policy, origin: str, root: yaml.Node | None) -> None:
-    """Validate each implementation's inline options against its Options model."""
-    sections: list[tuple[registry.Kind, str, dict[str, Any], Loc]] = [
-        ("generator", policy.generator.backend, policy.generator.options(), ("generator",)),
-        ("strategy", policy.strategy.kind, policy.strategy.options(), ("strategy",)),
-    ]
-    for i, spec in enumerate(policy.scorers):
-        sections.append(("scorer", spec.kind, spec.options(), ("scorers", i)))
-    for i, ispec in enumerate(policy.input_scorers):
-        sections.append(("scorer", ispec.kind, ispec.options(), ("input", "scorers", i)))
-    for kind, name, options, loc in sections:
-        try:
-            cls = registry.resolve(kind, name)
-        except ConfigError as exc:
-            field = "backend" if kind == "generator" else "kind"
-            line = _line(root, (*loc, field))
-            raise ConfigError(
-                f"{origin}{line}: {_dotted((*loc, field))}: {exc.message}", hint=exc.hint
-            ) from exc
-        model = getattr(cls, "Options", None)
-        if model is None:
-            if options:
-                raise ConfigError(
-                    f"{origin}: {_dotted(loc)}: {name!r} takes no options, got {sorted(options)}"
-                )
-            continue
-        try:
-            validate_options(model, options)
-        except ValidationError as exc:
-            raise _config_error(exc, origin, root, loc) from exc
-
-
-def validate_options(model: type[BaseModel], options: dict[str, Any]) -> BaseModel:
-    return model.model_validate(options)
-
-
-def _dotted(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _line(root: yaml.Node | None, loc: Loc) -> str:
-    """``:LINE`` of the deepest YAML node that ``loc`` reaches, or empty."""
+def _line(root: yaml.Node | None, loc: Loc) -> int | None:
+    """The line of the deepest YAML node that ``loc`` reaches (None: no node)."""
     node = root
     found = None
     for part in loc:
@@ -213,20 +177,4 @@ def _line(root: yaml.Node | None, loc: Loc) -> str:
             break
     if found is None and node is not None and node is not root:
         found = node
-    return f":{found.start_mark.line + 1}" if found is not None else ""
-
-
-def _config_error(
-    exc: ValidationError, origin: str, root: yaml.Node | None, base: Loc
-) -> ConfigError:
-    errors = exc.errors()
-    first = errors[0]
-    loc: Loc = (*base, *first["loc"])
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown field"
-    elif first["type"] == "missing":
-        message = "required field is missing"
-    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    field = f" {_dotted(loc)}:" if loc else ""
-    return ConfigError(f"{origin}{_line(root, loc)}:{field} {message}{more}")
+    return found.start_mark.line + 1 if found is not None else None

@@ -3,21 +3,25 @@
 Sections that select an implementation (``generator.backend``, ``scorers[].kind``,
 ``strategy.kind``) accept that implementation's own options inline; the loader
 checks them against the implementation's ``Options`` model, so an unknown or
-misspelt option is an error that names its field.
+misspelt option is an error that names its field, and keeps the validated model
+on the section for :func:`aligntime.registry.build`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from aligntime.registry import Kind, Loc, Where
 
 DEFAULT_FALLBACK = (
     "I'm sorry, I can't give a good answer to that. If this is urgent or about your "
@@ -33,10 +37,32 @@ class _WithOptions(BaseModel):
     """A section whose unknown keys are the selected implementation's options."""
 
     model_config = ConfigDict(extra="allow")
+    _selector: ClassVar[str] = "kind"
+    _validated: BaseModel | None = PrivateAttr(default=None)
+    _where: Where | None = PrivateAttr(default=None)
+
+    @property
+    def implementation(self) -> str:
+        """The registered name this section selects (its ``backend`` or ``kind``)."""
+        return str(getattr(self, self._selector))
 
     def options(self) -> dict[str, Any]:
         """The implementation-specific keys of this section."""
         return dict(self.model_extra or {})
+
+    def bind(self, validated: BaseModel | None, where: Where) -> None:
+        """Keep the options the loader validated and where the section is in its file."""
+        self._validated, self._where = validated, where
+
+    def build_options(self) -> BaseModel | dict[str, Any]:
+        """What :func:`~aligntime.registry.build` takes: the validated options when the
+        loader checked them (so they are validated once), else the section's keys."""
+        return self._validated if self._validated is not None else self.options()
+
+    @property
+    def where(self) -> Where | None:
+        """Where the loader found this section (None: the policy was made in code)."""
+        return self._where
 
 
 class Demonstration(_Strict):
@@ -94,6 +120,8 @@ class GeneratorSpec(_WithOptions):
 
     backend: str = "llamacpp"
     """Registered backend name: llamacpp, fake, ..."""
+
+    _selector: ClassVar[str] = "backend"
 
 
 class GateSpec(_Strict):
@@ -279,6 +307,16 @@ class Policy(_Strict):
                 f"steer.template {steer.template!r} is not in prompt.templates (templates: {known})"
             )
         return value
+
+    def sections(self) -> list[tuple[Kind, Loc, _WithOptions]]:
+        """Every section that selects an implementation: its kind and its field path."""
+        found: list[tuple[Kind, Loc, _WithOptions]] = [
+            ("generator", ("generator",), self.generator),
+            ("strategy", ("strategy",), self.strategy),
+        ]
+        found += [("scorer", ("scorers", i), s) for i, s in enumerate(self.scorers)]
+        found += [("scorer", ("input", "scorers", i), s) for i, s in enumerate(self.input_scorers)]
+        return found
 
     @property
     def input_scorers(self) -> list[InputScorerSpec]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Literal
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel
 
 from aligntime.errors import ScorerError
 from aligntime.types import Candidate, Message, RequestAssessment, ScoreDetail
@@ -27,6 +29,10 @@ class Scorer(ABC):
     """
 
     name: str = "scorer"
+    Options: ClassVar[type[BaseModel] | None] = None
+    """The pydantic model of the options a policy gives this implementation (its keys
+    in the policy section); ``None``: it takes none. :func:`aligntime.registry.build`
+    validates the keys against it and passes the instance to the constructor."""
     direction: Direction = "higher"
     value_range: tuple[float, float] = (0.0, 1.0)
     reads_assessment: bool = False

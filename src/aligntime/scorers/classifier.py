@@ -14,16 +14,17 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from aligntime.errors import ConfigError
+from aligntime.registry import OptionsModel
 from aligntime.scorers.base import BatchItem, SyncScorer, split_rows
 from aligntime.types import Candidate, Message
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
-class ClassifierOptions(BaseModel):
+class ClassifierOptions(OptionsModel):
     """Options of the ``classifier`` scorer."""
 
     model_config = ConfigDict(extra="forbid")

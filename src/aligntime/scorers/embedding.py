@@ -20,16 +20,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from aligntime.errors import ConfigError
 from aligntime.models import store
+from aligntime.registry import OptionsModel
 from aligntime.scorers.base import BatchItem, SyncScorer, request_text, split_rows
 from aligntime.scorers.sentence_encoder import DEFAULT_MODEL, DEFAULT_TOKENIZER, SentenceEncoder
 from aligntime.types import Candidate, Message
 
 
-class EmbeddingOptions(BaseModel):
+class EmbeddingOptions(OptionsModel):
     """Options of the ``embedding`` scorer."""
 
     model_config = ConfigDict(extra="forbid")

@@ -10,14 +10,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from aligntime import hf
+from aligntime.registry import OptionsModel
 from aligntime.scorers.base import SyncScorer
 from aligntime.scorers.batching import run_batched
 
 
-class SequenceModelOptions(BaseModel):
+class SequenceModelOptions(OptionsModel):
     """Options every sequence-classification scorer takes."""
 
     model_config = ConfigDict(extra="forbid")

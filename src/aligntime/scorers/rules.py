@@ -17,9 +17,10 @@ import logging
 import re
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from aligntime.errors import ConfigError
+from aligntime.registry import OptionsModel
 from aligntime.scorers.base import Scorer, SyncScorer
 from aligntime.types import Candidate, Message, RequestAssessment
 
@@ -96,6 +97,25 @@ def line_repetition_ratio(text: str) -> float:
     return 1.0 - len(set(lines)) / len(lines)
 
 
+class RulesOptions(OptionsModel):
+    """Options of the ``rules`` scorer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_words: int = Field(default=3, ge=0)
+    """Answers with fewer words score 0.2 (set 1 for tasks with one-word answers)."""
+    max_words: int | None = Field(default=None, ge=1)
+    """Answers with more words are penalised in proportion (None: no limit)."""
+    max_repetition: float = Field(default=0.3, ge=0.0, le=1.0)
+    """Share of repeated word 3-grams (or lines) above which a text is degenerate."""
+    block_patterns: list[str] = Field(default_factory=list)
+    """Regular expressions (case-insensitive); an answer matching any scores 0."""
+    penalise_refusal: bool = False
+    """Score refusals low; off by default because refusing a harmful request is right."""
+    penalise_truncation: bool = True
+    """Score 0.9x an answer cut off by the token limit before a sentence ended."""
+
+
 class RulesScorer(SyncScorer):
     """Answer quality in [0, 1] from transparent rules; higher is better.
 
@@ -110,26 +130,10 @@ class RulesScorer(SyncScorer):
     direction = "higher"
     value_range = (0.0, 1.0)
 
-    class Options(BaseModel):
-        """Options of the ``rules`` scorer."""
+    Options = RulesOptions
 
-        model_config = ConfigDict(extra="forbid")
-
-        min_words: int = Field(default=3, ge=0)
-        """Answers with fewer words score 0.2 (set 1 for tasks with one-word answers)."""
-        max_words: int | None = Field(default=None, ge=1)
-        """Answers with more words are penalised in proportion (None: no limit)."""
-        max_repetition: float = Field(default=0.3, ge=0.0, le=1.0)
-        """Share of repeated word 3-grams (or lines) above which a text is degenerate."""
-        block_patterns: list[str] = Field(default_factory=list)
-        """Regular expressions (case-insensitive); an answer matching any scores 0."""
-        penalise_refusal: bool = False
-        """Score refusals low; off by default because refusing a harmful request is right."""
-        penalise_truncation: bool = True
-        """Score 0.9x an answer cut off by the token limit before a sentence ended."""
-
-    def __init__(self, options: Options | None = None, *, name: str = "rules") -> None:
-        self.options = options or RulesScorer.Options()
+    def __init__(self, options: RulesOptions | None = None, *, name: str = "rules") -> None:
+        self.options = options or RulesOptions()
         self.name = name
         self._blocked: list[re.Pattern[str]] = []
         for i, pattern in enumerate(self.options.block_patterns):
@@ -189,6 +193,15 @@ class RulesScorer(SyncScorer):
         return min(1.0, max(0.0, score))
 
 
+class RefusalOptions(OptionsModel):
+    """Options of the ``refusal`` scorer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sentences: int = Field(default=2, ge=1)
+    """How many leading sentences of an answer are searched for a refusal."""
+
+
 class RefusalScorer(SyncScorer):
     """1.0 when an answer is a refusal, else 0.0 (see :func:`is_refusal`).
 
@@ -201,16 +214,10 @@ class RefusalScorer(SyncScorer):
     direction = "higher"
     value_range = (0.0, 1.0)
 
-    class Options(BaseModel):
-        """Options of the ``refusal`` scorer."""
+    Options = RefusalOptions
 
-        model_config = ConfigDict(extra="forbid")
-
-        sentences: int = Field(default=2, ge=1)
-        """How many leading sentences of an answer are searched for a refusal."""
-
-    def __init__(self, options: Options | None = None, *, name: str = "refusal") -> None:
-        self.options = options or RefusalScorer.Options()
+    def __init__(self, options: RefusalOptions | None = None, *, name: str = "refusal") -> None:
+        self.options = options or RefusalOptions()
         self.name = name
 
     def score_sync(
@@ -218,6 +225,15 @@ class RefusalScorer(SyncScorer):
     ) -> list[float]:
         """1.0 for each refusal, 0.0 for any other answer."""
         return [1.0 if is_refusal(c.text, self.options.sentences) else 0.0 for c in candidates]
+
+
+class AppropriateRefusalOptions(OptionsModel):
+    """Options of the ``appropriate_refusal`` scorer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sentences: int = Field(default=2, ge=1)
+    """How many leading sentences of an answer are searched for a refusal."""
 
 
 class AppropriateRefusal(Scorer):
@@ -235,18 +251,12 @@ class AppropriateRefusal(Scorer):
     value_range = (0.0, 1.0)
     reads_assessment = True
 
-    class Options(BaseModel):
-        """Options of the ``appropriate_refusal`` scorer."""
-
-        model_config = ConfigDict(extra="forbid")
-
-        sentences: int = Field(default=2, ge=1)
-        """How many leading sentences of an answer are searched for a refusal."""
+    Options = AppropriateRefusalOptions
 
     def __init__(
-        self, options: Options | None = None, *, name: str = "appropriate_refusal"
+        self, options: AppropriateRefusalOptions | None = None, *, name: str = "appropriate_refusal"
     ) -> None:
-        self.options = options or AppropriateRefusal.Options()
+        self.options = options or AppropriateRefusalOptions()
         self.name = name
 
     async def score(

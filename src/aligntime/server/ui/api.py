@@ -159,7 +159,7 @@ async def audit_list(
         )
     except audit_view.AuditReadError as exc:
         raise _read_failed(exc) from exc
-    return _json({"data": reports.finite(rows), "flags": list(audit_view.FLAGS)})
+    return _json({"data": rows, "flags": list(audit_view.FLAGS)})
 
 
 @router.get("/audit/{rid}")
@@ -172,7 +172,7 @@ async def audit_one(request: Request, rid: str) -> Response:
         raise _read_failed(exc) from exc
     if item is None:
         raise ApiError(404, f"no audited request has the id {rid!r}", code="not_found")
-    return _json(reports.finite(item))
+    return _json(item)
 
 
 # --- evaluation reports ------------------------------------------------------------------
@@ -201,7 +201,7 @@ async def report_list(request: Request) -> Response:
     def listing() -> list[dict[str, Any]]:
         return [reports.describe(n, f) for n, f in reports.find_reports(root).items()]
 
-    return _json({"data": reports.finite(await asyncio.to_thread(listing))})
+    return _json({"data": await asyncio.to_thread(listing)})
 
 
 @router.get("/report")
@@ -209,7 +209,7 @@ async def report_open(request: Request, name: Annotated[str, Query(min_length=1)
     """One report: its summary, plot names and first prompts with their candidates."""
     folder = await _report_folder(request, name)
     body = await asyncio.to_thread(reports.open_report, folder)
-    return _json(reports.finite({"name": name, **body}))
+    return _json({"name": name, **body})
 
 
 @router.get("/report/plot")

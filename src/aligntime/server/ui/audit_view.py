@@ -7,12 +7,13 @@ writes that answers wait on. Filters are SQL, so a large log is not read whole.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
+
+from aligntime.server.ui.reports import loads
 
 Flag = Literal["fallback", "gate_failure", "scorer_error", "error"]
 FLAGS: tuple[Flag, ...] = ("fallback", "gate_failure", "scorer_error", "error")
@@ -151,6 +152,6 @@ def _json(text: Any) -> Any:
     if not text:
         return None
     try:
-        return json.loads(text)
+        return loads(text)
     except (TypeError, ValueError):
         return None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -73,21 +72,16 @@ def plot_path(folder: Path, name: str) -> Path | None:
     return found.get(name)
 
 
-def finite(value: Any) -> Any:
-    """``value`` with every NaN or infinity as ``None``: a record's metric with no data
-    must reach a browser as JSON (whose ``JSON.parse`` refuses ``NaN``)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value
+def loads(text: str | bytes) -> Any:
+    """JSON as files and the audit log hold it, with ``NaN`` and infinities read as
+    ``None``: a metric with no data must reach a browser as JSON, whose ``JSON.parse``
+    refuses them."""
+    return json.loads(text, parse_constant=lambda _: None)
 
 
 def _summary(folder: Path) -> dict[str, Any]:
     try:
-        data = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
+        data = loads((folder / SUMMARY).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         log.warning("cannot read %s: %s", folder / SUMMARY, exc)
         return {}
@@ -104,7 +98,7 @@ def _examples(path: Path, limit: int) -> list[dict[str, Any]]:
                 if len(out) >= limit:
                     break
                 try:
-                    record = json.loads(line)
+                    record = loads(line)
                 except ValueError:
                     continue
                 if isinstance(record, dict):
