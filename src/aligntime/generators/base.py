@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
-from aligntime.types import Generation, GenerationParams, Message
+from aligntime.types import Generation, GenerationParams, Message, Usage
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,17 @@ class Capabilities:
     token_steps: bool = False
     """Continues partial answers a few tokens at a time (:meth:`Generator.extend`), as
     search strategies need."""
+
+
+@dataclass(frozen=True)
+class PartialAnswers:
+    """What :meth:`Generator.extend` was asked: continue each of ``prefixes`` (partial
+    answers to ``messages``) by at most ``max_tokens`` tokens."""
+
+    messages: Sequence[Message]
+    prefixes: Sequence[str]
+    max_tokens: int
+    params: GenerationParams
 
 
 class Generator(ABC):
@@ -77,8 +88,16 @@ class Generator(ABC):
         ``tokens`` count only new tokens); ``finish_reason`` is "stop" when the answer
         ended and "length" when the step's token limit cut it. Prefixes are continued
         concurrently and share the engine's batching. Only backends whose
-        ``capabilities.token_steps`` is True implement this.
+        ``capabilities.token_steps`` is True implement this, in
+        :meth:`continue_answers`.
         """
+        if not prefixes:
+            return Generation([], Usage())
+        return await self.continue_answers(PartialAnswers(messages, prefixes, max_tokens, params))
+
+    async def continue_answers(self, partial: PartialAnswers) -> Generation:
+        """The work of :meth:`extend`, given at least one prefix: what a backend that
+        continues partial answers implements."""
         raise NotImplementedError(f"the {self.name} backend cannot continue partial answers")
 
     def load(self) -> None:  # noqa: B027 - optional hook, empty on purpose

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pydantic import Field
 
 from aligntime.errors import BackendError
-from aligntime.generators.base import Capabilities, Generator
+from aligntime.generators.base import Capabilities, Generator, PartialAnswers
 from aligntime.generators.options import SamplingOptions
 from aligntime.types import Candidate, Generation, GenerationParams, Message, Usage
 
@@ -73,22 +73,17 @@ class FakeGenerator(Generator):
         prompt_tokens = sum(len(m.content.split()) for m in messages)
         return Generation(candidates, Usage(prompt_tokens, sum(c.tokens for c in candidates)))
 
-    async def extend(
-        self,
-        messages: Sequence[Message],
-        prefixes: Sequence[str],
-        max_tokens: int,
-        params: GenerationParams,
-    ) -> Generation:
+    async def continue_answers(self, partial: PartialAnswers) -> Generation:
         """Continue each prefix with the rest of the configured response it begins
         (a word is a token); a prefix that begins none of them is complete."""
+        max_tokens = partial.max_tokens
         self.calls += 1
         if self.options.delay_s:
             await asyncio.sleep(self.options.delay_s)
         if self.calls <= self.options.fail_times:
             raise BackendError("the fake backend was told to fail")
         candidates = []
-        for prefix in prefixes:
+        for prefix in partial.prefixes:
             done = prefix.split()
             # Several responses may begin with the prefix; take them in turn.
             matches = [
@@ -104,7 +99,8 @@ class FakeGenerator(Generator):
                 text = " " + text
             finish = "length" if len(rest) > max_tokens else "stop"
             candidates.append(Candidate(text=text, tokens=len(new), finish_reason=finish))
-        prompt_tokens = sum(len(m.content.split()) for m in messages) * len(prefixes)
+        prompt_tokens = sum(len(m.content.split()) for m in partial.messages)
+        prompt_tokens *= len(partial.prefixes)
         return Generation(candidates, Usage(prompt_tokens, sum(c.tokens for c in candidates)))
 
     def _next_text(self, request: str) -> str:

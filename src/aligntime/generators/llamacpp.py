@@ -22,17 +22,8 @@ from typing import Any
 from pydantic import Field
 
 from aligntime.errors import BackendError, ModelError
-from aligntime.generators.base import Capabilities, Generator
-from aligntime.generators.openai_chat import (
-    chat_body,
-    collect,
-    context_length_error,
-    continuation_body,
-    continuations,
-    logprobs_body,
-    part_body,
-    top_logprobs,
-)
+from aligntime.generators import openai_chat as chat
+from aligntime.generators.base import Capabilities, Generator, PartialAnswers
 from aligntime.generators.options import SamplingOptions
 from aligntime.models import store
 from aligntime.types import Generation, GenerationParams, Message
@@ -97,7 +88,7 @@ class LlamaCppEngine:
             message = err.get("message", err) if isinstance(err, dict) else err
             if isinstance(err, dict) and err.get("type") == "exceed_context_size_error":
                 # The prompt does not fit: the caller's to shorten, not a broken engine.
-                too_long = context_length_error(
+                too_long = chat.context_length_error(
                     str(message),
                     prompt_tokens=_count(err.get("n_prompt_tokens")),
                     context_tokens=_count(err.get("n_ctx")),
@@ -170,7 +161,7 @@ class LlamaCppGenerator(Generator):
     def _body(self, messages: Sequence[Message], params: GenerationParams) -> dict[str, Any]:
         # The per-token log-probabilities are how we learn each choice's length:
         # llama.cpp's usage block counts the first choice only.
-        return chat_body(messages, self.options.resolve(params), logprobs=True)
+        return chat.chat_body(messages, self.options.resolve(params), logprobs=True)
 
     async def generate(
         self, messages: Sequence[Message], n: int, params: GenerationParams
@@ -179,34 +170,30 @@ class LlamaCppGenerator(Generator):
         body = self._body(messages, params)
         # Requests larger than the slot count are split; llama.cpp queues them.
         parts = [
-            part_body(body, min(engine.parallel, n - i), i) for i in range(0, n, engine.parallel)
+            chat.part_body(body, min(engine.parallel, n - i), i)
+            for i in range(0, n, engine.parallel)
         ]
         replies = await asyncio.gather(*(asyncio.to_thread(engine.chat, p) for p in parts))
-        candidates, usage = collect(list(replies))
+        candidates, usage = chat.collect(list(replies))
         return Generation(candidates, usage)
 
-    async def extend(
-        self,
-        messages: Sequence[Message],
-        prefixes: Sequence[str],
-        max_tokens: int,
-        params: GenerationParams,
-    ) -> Generation:
+    async def continue_answers(self, partial: PartialAnswers) -> Generation:
         engine = await asyncio.to_thread(lambda: self.engine)
-        body = {**self._body(messages, params), "max_tokens": max_tokens}
+        body = {**self._body(partial.messages, partial.params), "max_tokens": partial.max_tokens}
         # A final assistant message is a prefill: llama.cpp's chat template leaves
         # the turn open and continues it, and a slot that already holds the prefix
         # reuses its cache, so only the new tokens cost a forward pass each.
-        requests = [continuation_body(body, prefix, i) for i, prefix in enumerate(prefixes)]
+        prefixes = partial.prefixes
+        requests = [chat.continuation_body(body, p, i) for i, p in enumerate(prefixes)]
         replies = await asyncio.gather(*(asyncio.to_thread(engine.chat, r) for r in requests))
-        return continuations(replies, prefixes)
+        return chat.continuations(replies, prefixes)
 
     async def next_token_logprobs(
         self, messages: Sequence[Message], top_k: int = 20
     ) -> dict[str, float]:
         engine = await asyncio.to_thread(lambda: self.engine)
-        reply = await engine.probe(logprobs_body(messages, top_k))
-        return top_logprobs(reply, "llama.cpp")
+        reply = await engine.probe(chat.logprobs_body(messages, top_k))
+        return chat.top_logprobs(reply, "llama.cpp")
 
 
 def _count(value: Any) -> int | None:

@@ -40,7 +40,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from aligntime.errors import BackendError, ConfigError
-from aligntime.generators.base import Capabilities, Generator
+from aligntime.generators import openai_chat as chat
+from aligntime.generators.base import Capabilities, Generator, PartialAnswers
 from aligntime.generators.http_retry import (
     HTTPFailure,
     OpenAIClient,
@@ -49,20 +50,8 @@ from aligntime.generators.http_retry import (
     make_client,
     post_json,
 )
-from aligntime.generators.openai_chat import (
-    CONTINUE_FINAL_MESSAGE,
-    chat_body,
-    choices_of,
-    collect,
-    context_length_error,
-    continuation_body,
-    continuations,
-    logprobs_body,
-    part_body,
-    top_logprobs,
-)
 from aligntime.generators.options import SamplingOptions
-from aligntime.types import Generation, GenerationParams, Message, Usage
+from aligntime.types import Generation, GenerationParams, Message
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +70,7 @@ _continues: dict[tuple[str, str], bool] = {}
 _MENTIONS_N = re.compile(r"(?<![\w-])['\"`]?n['\"`]?(?![\w-])")
 # An error message that names a field of CONTINUE_FINAL_MESSAGE ("Unrecognized request
 # argument supplied: continue_final_message").
-_MENTIONS_CONTINUE = re.compile("|".join(CONTINUE_FINAL_MESSAGE))
+_MENTIONS_CONTINUE = re.compile("|".join(chat.CONTINUE_FINAL_MESSAGE))
 
 
 class OpenAIOptions(SamplingOptions):
@@ -198,7 +187,7 @@ class OpenAIGenerator(Generator):
         mode = self.options.continuation
         if mode == "off" or (mode == "auto" and _continues.get(self._key) is False):
             return None
-        return {} if mode == "prefill" else CONTINUE_FINAL_MESSAGE
+        return {} if mode == "prefill" else chat.CONTINUE_FINAL_MESSAGE
 
     async def _client(self) -> OpenAIClient:
         loop = asyncio.get_running_loop()
@@ -224,7 +213,7 @@ class OpenAIGenerator(Generator):
 
     def _body(self, messages: Sequence[Message], params: GenerationParams) -> dict[str, Any]:
         sampling = self.options.resolve(params)
-        return chat_body(messages, sampling, logprobs=self.options.logprobs, fixed=self._fixed)
+        return chat.chat_body(messages, sampling, logprobs=self.options.logprobs, fixed=self._fixed)
 
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         """One request with retries; every failure becomes a BackendError."""
@@ -242,7 +231,9 @@ class OpenAIGenerator(Generator):
         except HTTPFailure as exc:
             # A prompt too long for the model is the caller's to fix, not a broken backend.
             too_long = (
-                context_length_error(exc.server_message) if exc.status in (400, 413, 422) else None
+                chat.context_length_error(exc.server_message)
+                if exc.status in (400, 413, 422)
+                else None
             )
             if too_long is not None:
                 raise too_long from exc
@@ -274,15 +265,15 @@ class OpenAIGenerator(Generator):
                     raise
                 self._remember(False)
             else:
-                got = len(choices_of(reply))
+                got = len(chat.choices_of(reply))
                 if native is None:
                     self._remember(got >= n)
                 replies.append(reply)
-        have = sum(len(choices_of(r)) for r in replies)
+        have = sum(len(chat.choices_of(r)) for r in replies)
         if have < n and (native is not True or not replies):
             fanned, errors = await self._fan_out(body, n - have, first=have)
             replies += fanned
-        candidates, usage = collect(replies)
+        candidates, usage = chat.collect(replies)
         candidates = candidates[:n]  # a server that sent more choices than asked
         wanted = min(self.options.min_candidates, n)
         if len(candidates) < n:
@@ -314,7 +305,7 @@ class OpenAIGenerator(Generator):
 
         async def one(i: int) -> dict[str, Any]:
             async with gate:
-                return await self._post(part_body(body, 1, i))
+                return await self._post(chat.part_body(body, 1, i))
 
         results = await asyncio.gather(
             *(one(first + i) for i in range(count)), return_exceptions=True
@@ -330,20 +321,14 @@ class OpenAIGenerator(Generator):
                 replies.append(result)
         return replies, errors
 
-    async def extend(
-        self,
-        messages: Sequence[Message],
-        prefixes: Sequence[str],
-        max_tokens: int,
-        params: GenerationParams,
-    ) -> Generation:
+    async def continue_answers(self, partial: PartialAnswers) -> Generation:
         fields = self._continuation()
         if fields is None:
-            return await super().extend(messages, prefixes, max_tokens, params)
-        body = {**self._body(messages, params), **fields, "max_tokens": max_tokens}
-        requests = [continuation_body(body, prefix, i) for i, prefix in enumerate(prefixes)]
-        if not requests:
-            return Generation([], Usage())
+            return await super().continue_answers(partial)
+        body = {**self._body(partial.messages, partial.params), **fields}
+        body["max_tokens"] = partial.max_tokens
+        prefixes = partial.prefixes
+        requests = [chat.continuation_body(body, p, i) for i, p in enumerate(prefixes)]
         replies = [await self._continue(requests[0])]  # alone: it may be the probe
         gate = asyncio.Semaphore(self.options.concurrency)
 
@@ -352,7 +337,7 @@ class OpenAIGenerator(Generator):
                 return await self._post(request)
 
         replies += await asyncio.gather(*(one(r) for r in requests[1:]))
-        return continuations(replies, prefixes)
+        return chat.continuations(replies, prefixes)
 
     async def _continue(self, request: dict[str, Any]) -> dict[str, Any]:
         """Send a request that continues a partial answer; the first one with
@@ -385,9 +370,9 @@ class OpenAIGenerator(Generator):
     async def next_token_logprobs(
         self, messages: Sequence[Message], top_k: int = 20
     ) -> dict[str, float]:
-        body = logprobs_body(messages, top_k, self._fixed)
+        body = chat.logprobs_body(messages, top_k, self._fixed)
         if not messages or messages[-1].role != "assistant":
-            return top_logprobs(await self._post(body), self.options.base_url)
+            return chat.top_logprobs(await self._post(body), self.options.base_url)
         # The next token of a partial answer.
         fields = self._continuation()
         if fields is None:
@@ -397,7 +382,7 @@ class OpenAIGenerator(Generator):
                 hint="set the generator's continuation option to a mode the server supports",
             )
         reply = await self._continue({**body, **fields})
-        return top_logprobs(reply, self.options.base_url)
+        return chat.top_logprobs(reply, self.options.base_url)
 
     # --- lifecycle --------------------------------------------------------------------
 

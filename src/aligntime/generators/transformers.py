@@ -26,7 +26,7 @@ from pydantic import Field
 
 from aligntime import hf
 from aligntime.errors import InputError, ModelError
-from aligntime.generators.base import Capabilities, Generator
+from aligntime.generators.base import Capabilities, Generator, PartialAnswers
 from aligntime.generators.hf_decoding import (
     LogprobRecorder,
     decode_candidate,
@@ -162,16 +162,11 @@ class TransformersGenerator(Generator):
         """Blocking :meth:`generate`: one ``generate`` call samples all ``n`` candidates."""
         return self._sample([self._prompt_ids(messages)], n, params.max_tokens, params)
 
-    async def extend(
-        self,
-        messages: Sequence[Message],
-        prefixes: Sequence[str],
-        max_tokens: int,
-        params: GenerationParams,
-    ) -> Generation:
-        if not prefixes:
-            return Generation([], Usage())
-        return await asyncio.to_thread(self.extend_sync, messages, prefixes, max_tokens, params)
+    async def continue_answers(self, partial: PartialAnswers) -> Generation:
+        p = partial
+        return await asyncio.to_thread(
+            self.extend_sync, p.messages, p.prefixes, p.max_tokens, p.params
+        )
 
     def extend_sync(
         self,

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aligntime.generators.base import Capabilities, Generator
+from aligntime.generators.base import Capabilities, Generator, PartialAnswers
 from aligntime.types import Generation, GenerationParams, Message, Usage
 
 
@@ -61,14 +61,10 @@ class MeteredGenerator(Generator):
             meter.add(generation)
         return generation
 
-    async def extend(
-        self,
-        messages: Sequence[Message],
-        prefixes: Sequence[str],
-        max_tokens: int,
-        params: GenerationParams,
-    ) -> Generation:
-        generation = await self.inner.extend(messages, prefixes, max_tokens, params)
+    async def continue_answers(self, partial: PartialAnswers) -> Generation:
+        p = partial
+        # Through extend: an inner generator may implement that directly.
+        generation = await self.inner.extend(p.messages, p.prefixes, p.max_tokens, p.params)
         meter = current_meter.get()
         if meter is not None:
             meter.usage = meter.usage + generation.usage
