@@ -143,7 +143,7 @@ def test_compare_mode_runs_two_policies_on_one_prompt(
     assert "by vote" in page.text_content("#pB [role=status]")
     page.screenshot(path=str(output_dir() / "compare.png"), full_page=True)
     page.set_viewport_size({"width": 375, "height": 800})  # a phone: one column, no sideways scroll
-    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0
     page.screenshot(path=str(output_dir() / "compare-narrow.png"), full_page=True)
     assert axe_violations(page) == []
@@ -215,6 +215,12 @@ def test_audit_lists_filters_and_opens_requests_for_the_auditor(
     )
     assert any("Chosen" in b for b in detail) and any("Failed gate" in b for b in detail)
     page.screenshot(path=str(output_dir() / "audit.png"), full_page=True)
+    assert axe_violations(page) == []
+    page.set_viewport_size({"width": 375, "height": 800})
+    page.emulate_media(color_scheme="dark")
+    overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0  # the list scrolls inside its own region; the page does not
+    page.screenshot(path=str(output_dir() / "audit-narrow-dark.png"), full_page=True)
     assert axe_violations(page) == []
 
 

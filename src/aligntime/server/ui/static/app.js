@@ -624,7 +624,7 @@
     }
     detail.append(el("h2", {}, "Report " + name), download,
       el("table", {}, el("tbody", {}, facts.map(([k, v]) => el("tr", {}, el("th", { scope: "row" }, k), el("td", {}, v ?? "–"))))),
-      el("h3", {}, "Results per strategy and N"), el("div", { class: "table-wrap" }, results),
+      el("h3", {}, "Results per strategy and N"), el("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": "Results per strategy and N" }, results),
       el("h3", {}, "Plots"), plots,
       el("h3", {}, "Examples (best-of-N at the largest N is marked chosen)"), examples);
     detail.focus();
