@@ -42,6 +42,10 @@ class ModelSpec:
     size: int | None = None
     """Size in bytes of the assembled file or folder, for progress and quick checks."""
     filename: str = "model.gguf"
+    derived_from: str | None = None
+    """A catalogue model this one is made from on this machine instead of downloaded."""
+    transform: str | None = None
+    """How it is made from ``derived_from`` (see :mod:`aligntime.models.requant`)."""
 
 
 _QWEN_PARTS = (
@@ -72,6 +76,21 @@ CATALOG: dict[str, ModelSpec] = {
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             size=98362432,
             filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+        ModelSpec(
+            # Not on the package index: requantised here from the Q4_1 file above, so
+            # llama.cpp repacks it for its faster CPU kernels (opt-in; see the README).
+            name="smollm2-135m-instruct-q4_0",
+            format="gguf",
+            description="SmolLM2-135M-Instruct, Q4_0 made here from the Q4_1 file "
+            "(llama.cpp's repacked CPU kernels; opt-in)",
+            licence="Apache-2.0",
+            sources=(),
+            sha256="c624c2bea4349b36453448197f53b3935a96da7934904c124a612716c348a8ff",
+            size=91726912,
+            filename="SmolLM2-135M-Instruct.Q4_0.gguf",
+            derived_from="smollm2-135m-instruct",
+            transform="q4_1_to_q4_0",
         ),
         ModelSpec(
             name="qwen2.5-coder-0.5b-instruct",

