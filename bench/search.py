@@ -46,7 +46,7 @@ from aligntime.evaluation.replay import best_of_n_choice
 from aligntime.policy.loader import load_policy
 from aligntime.policy.schema import Policy
 from aligntime.strategies.adaptive import Adaptive
-from aligntime.strategies.base import RoundState
+from aligntime.strategies.base import SamplingRounds
 from aligntime.types import Candidate, Result
 
 FALLBACK_PROMPTS = [
@@ -77,13 +77,12 @@ def final_score(result: Result) -> float:
 
 def replay_adaptive(pool: Sequence[Candidate], n: int, threshold: float) -> tuple[float, int]:
     """Adaptive on the first samples of a best-of-N pool: (final score, tokens used)."""
-    strategy = Adaptive(Adaptive.Options(threshold=threshold))
-    seen = strategy.initial_n(n)
-    while True:
-        decision = strategy.next_round(pool[:seen], RoundState(n, n - seen))
-        if decision.more <= 0 or seen >= n:
-            break
-        seen += decision.more
+    rounds = SamplingRounds(Adaptive(Adaptive.Options(threshold=threshold)), n, budget=n)
+    seen = 0
+    while rounds.batch:
+        seen += rounds.batch
+        rounds.after(pool[:seen], seen, 0.0)
+    decision = rounds.decision
     score = 0.0 if decision.best is None else pool[decision.best].score or 0.0
     return score, sum(c.tokens for c in pool[:seen])
 

@@ -9,36 +9,28 @@ text and nothing is sampled; steered, it is sampled under the stricter prompt.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
 import weakref
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-
-from pydantic import ValidationError
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from aligntime import registry
 from aligntime.background_loop import BackgroundLoop
-from aligntime.errors import ConfigError, InputError, ScorerError
+from aligntime.errors import InputError, ScorerError
 from aligntime.generators.base import Generator
-from aligntime.generators.options import SamplingOptions
 from aligntime.input_gate import InputGate
 from aligntime.policy.loader import load_policy
 from aligntime.policy.schema import Policy
 from aligntime.prompting.policy import PromptPolicy
+from aligntime.request import AlignRequest, Conversation, to_messages
 from aligntime.scorers.base import Scorer, as_scorer_error
 from aligntime.scorers.combine import Gate, ScorerWeighting, combine
-from aligntime.strategies.base import (
-    Decision,
-    RoundState,
-    SearchContext,
-    SearchOutcome,
-    SearchStrategy,
-    Strategy,
-)
+from aligntime.strategies.base import SearchContext, Strategy
 from aligntime.types import (
     Candidate,
     GenerationParams,
@@ -52,7 +44,10 @@ from aligntime.types import (
 
 log = logging.getLogger(__name__)
 
-Conversation = str | Sequence[Message] | Sequence[dict[str, str]]
+__all__ = ["AlignRequest", "Aligner", "Conversation", "build", "to_messages"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def build(kind: registry.Kind, impl: str, options: dict[str, Any], /, **kwargs: Any) -> Any:
@@ -64,22 +59,18 @@ def build(kind: registry.Kind, impl: str, options: dict[str, Any], /, **kwargs: 
     return cls(model.model_validate(options), **kwargs)
 
 
-def to_messages(conversation: Conversation) -> list[Message]:
-    """Normalise a prompt string or a list of messages (objects or dicts)."""
-    if isinstance(conversation, str):
-        messages = [Message("user", conversation)]
-    else:
-        messages = []
-        for item in conversation:
-            if isinstance(item, Message):
-                messages.append(item)
-            elif isinstance(item, dict) and item.get("role") in ("system", "user", "assistant"):
-                messages.append(Message(item["role"], str(item.get("content") or "")))  # type: ignore[arg-type]
-            else:
-                raise InputError(f"not a chat message: {item!r}")
-    if not any(m.role == "user" and m.content.strip() for m in messages):
-        raise InputError("the prompt is empty", hint="give a non-empty request")
-    return messages
+def _sync(
+    method: Callable[Concatenate[Aligner, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[Aligner, P], R]:
+    """The synchronous twin of an async method: the same parameters, run on the aligner's
+    background loop (so it works inside a running event loop too)."""
+
+    @functools.wraps(method)
+    def run(self: Aligner, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._background.run(method(self, *args, **kwargs))
+
+    run.__doc__ = f"Synchronous :meth:`{method.__name__}`; works inside a running event loop too."
+    return run
 
 
 class Aligner:
@@ -169,7 +160,7 @@ class Aligner:
 
     # --- alignment --------------------------------------------------------------------
 
-    def align(
+    async def aalign(
         self,
         conversation: Conversation,
         n: int | None = None,
@@ -181,45 +172,18 @@ class Aligner:
         top_p: float | None = None,
         stop: Sequence[str] = (),
     ) -> Result:
-        """Synchronous :meth:`aalign`; works inside a running event loop too."""
-        return self._background.run(
-            self.aalign(
-                conversation,
-                n,
-                template=template,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                seed=seed,
-                top_p=top_p,
-                stop=stop,
-            )
-        )
+        """Assess, sample, score and select an answer for ``conversation``.
 
-    def align_many(
-        self,
-        conversations: Sequence[Conversation],
-        n: int | None = None,
-        *,
-        concurrency: int = 4,
-        progress: bool = False,
-        template: str | None = None,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        seed: int | None = None,
-    ) -> list[Result]:
-        """Synchronous :meth:`aalign_many`."""
-        return self._background.run(
-            self.aalign_many(
-                conversations,
-                n,
-                concurrency=concurrency,
-                progress=progress,
-                template=template,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                seed=seed,
-            )
-        )
+        ``None`` (and an empty ``stop``) leaves the policy's generator setting in force.
+        A request the input gate refuses returns at once: no candidates, the refusal
+        text as ``fallback``, zero tokens. The keywords make an :class:`AlignRequest`
+        for :meth:`aalign_request`.
+        """
+        params = GenerationParams(max_tokens, temperature, top_p, seed, tuple(stop))
+        request = AlignRequest(to_messages(conversation), n, template, params)
+        return await self.aalign_request(request)
+
+    align = _sync(aalign)
 
     async def aalign_many(
         self,
@@ -243,63 +207,31 @@ class Aligner:
 
         if concurrency < 1:
             raise InputError(f"concurrency must be at least 1, got {concurrency}")
+        params = GenerationParams(max_tokens, temperature, seed=seed)
 
         def one(conversation: Conversation) -> Awaitable[Result]:
-            return self.aalign(
-                conversation,
-                n,
-                template=template,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                seed=seed,
-            )
+            request = AlignRequest(to_messages(conversation), n, template, params)
+            return self.aalign_request(request)
 
         return await run_many(one, conversations, concurrency=concurrency, progress=progress)
 
-    async def aalign(
-        self,
-        conversation: Conversation,
-        n: int | None = None,
-        *,
-        template: str | None = None,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        seed: int | None = None,
-        top_p: float | None = None,
-        stop: Sequence[str] = (),
-    ) -> Result:
-        """Assess, sample, score and select an answer for ``conversation``.
+    align_many = _sync(aalign_many)
 
-        ``None`` (and an empty ``stop``) leaves the policy's generator setting in force.
-        A request the input gate refuses returns at once: no candidates, the refusal
-        text as ``fallback``, zero tokens.
+    async def aalign_request(self, request: AlignRequest) -> Result:
+        """:meth:`aalign` for a request already built (by the server, the CLI or a caller).
+
+        The request is checked against the policy here, once, before any work.
         """
         started = time.perf_counter()
-        messages, n = self._prepare(
-            conversation, n, template, max_tokens, temperature=temperature, top_p=top_p
-        )
-        assessment = await self.assess(messages)
+        request = request.checked(self.policy)
+        assessment = await self.assess(request.messages)
         if assessment is not None and assessment.action == "refuse":
-            return self._refused(messages, assessment, started)
-        prompt_messages = self._prompt_for(assessment).apply(messages, template)
-        params = GenerationParams(
-            max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop)
-        )
-        # Scorer models load in a worker thread while the first candidates decode.
-        scorers_ready = asyncio.ensure_future(asyncio.to_thread(self.load_scorers))
+            return self._refused(request.messages, assessment, started)
+        ctx = self._context(request, assessment, started)
+        decision = await self.strategy.run(ctx)
+        return self._result(ctx, decision.best, self.strategy.name, assessment)
 
-        if isinstance(self.strategy, SearchStrategy):
-            await scorers_ready
-            outcome, decision = await self._search(
-                self.strategy, messages, prompt_messages, n, params, assessment
-            )
-        else:
-            outcome, decision = await self._sample_rounds(
-                messages, prompt_messages, n, params, scorers_ready, started, assessment
-            )
-        return self._result(
-            messages, outcome, decision.best, self.strategy.name, started, assessment
-        )
+    align_request = _sync(aalign_request)
 
     async def asample(
         self,
@@ -319,17 +251,14 @@ class Aligner:
         the refusal text; a steered one is sampled under the steer prompt.
         """
         started = time.perf_counter()
-        messages, n = self._prepare(conversation, n, template, max_tokens)
-        assessment = await self.assess(messages)
+        params = GenerationParams(max_tokens, seed=seed)
+        request = AlignRequest(to_messages(conversation), n, template, params).checked(self.policy)
+        assessment = await self.assess(request.messages)
         if assessment is not None and assessment.action == "refuse":
-            return self._refused(messages, assessment, started)
-        prompt_messages = self._prompt_for(assessment).apply(messages, template)
-        params = GenerationParams(max_tokens=max_tokens, seed=seed)
-        scorers_ready = asyncio.ensure_future(asyncio.to_thread(self.load_scorers))
-        outcome = await self._one_round(
-            messages, prompt_messages, n, params, scorers_ready, assessment
-        )
-        return self._result(messages, outcome, None, "none", started, assessment, fallback=False)
+            return self._refused(request.messages, assessment, started)
+        ctx = self._context(request, assessment, started)
+        await ctx.sample(ctx.n)
+        return self._result(ctx, None, "none", assessment, fallback=False)
 
     async def assess(self, conversation: Conversation) -> RequestAssessment | None:
         """The input gate's verdict on a request (``None`` when the policy has no gate)."""
@@ -363,142 +292,56 @@ class Aligner:
             input=assessment,
         )
 
-    def _prepare(
+    def _context(
         self,
-        conversation: Conversation,
-        n: int | None,
-        template: str | None,
-        max_tokens: int | None,
-        *,
-        temperature: float | None = None,
-        top_p: float | None = None,
-    ) -> tuple[list[Message], int]:
-        """Validate a request (its messages, N, the sampling settings and the template name)."""
-        messages = to_messages(conversation)
-        n = self.policy.n if n is None else n
-        if not 1 <= n <= self.policy.max_n:
-            raise InputError(
-                f"n must be between 1 and {self.policy.max_n} for policy {self.policy.name!r}, "
-                f"got {n}",
-                hint="raise max_n in the policy to allow more",
-            )
-        if max_tokens is not None and max_tokens < 1:
-            raise InputError(f"max_tokens must be at least 1, got {max_tokens}")
-        _check_sampling(temperature, top_p)
-        self.prompt.template(template)  # an unknown name fails before any work
-        return messages, n
+        request: AlignRequest,
+        assessment: RequestAssessment | None,
+        started: float,
+    ) -> SearchContext:
+        """One request's door to the generator and the scorers, for its strategy."""
+        # Scorer models load in a worker thread while the first candidates decode.
+        scorers_ready = asyncio.ensure_future(asyncio.to_thread(self.load_scorers))
+
+        async def score(candidates: list[Candidate]) -> list[Candidate]:
+            await scorers_ready
+            return await self._score(request.messages, candidates, assessment)
+
+        default_tokens = getattr(getattr(self.generator, "options", None), "max_tokens", 256)
+        n = request.n or self.policy.n
+        return SearchContext(
+            generator=self.generator,
+            prompt_messages=self._prompt_for(assessment).apply(request.messages, request.template),
+            request=request,
+            max_tokens=request.params.max_tokens or int(default_tokens),
+            scorer=score,
+            budget=max(self.policy.total_budget, n),
+            started=started,
+        )
 
     def _result(
         self,
-        messages: list[Message],
-        outcome: SearchOutcome,
+        ctx: SearchContext,
         best: int | None,
         strategy: str,
-        started: float,
         assessment: RequestAssessment | None,
         *,
         fallback: bool = True,
     ) -> Result:
+        messages = ctx.request.messages
         return Result(
             prompt=_prompt_text(messages),
             policy=self.policy.name,
             messages=messages,
-            candidates=outcome.candidates,
+            candidates=ctx.candidates,
             best=best,
             fallback=self.policy.fallback if best is None and fallback else None,
-            usage=outcome.usage,
-            timings=Timings(outcome.generate_s, outcome.score_s, time.perf_counter() - started),
+            usage=ctx.usage,
+            timings=Timings(ctx.generate_s, ctx.score_s, ctx.elapsed_s),
             strategy=strategy,
             input=assessment,
         )
 
-    async def _one_round(
-        self,
-        messages: list[Message],
-        prompt_messages: list[Message],
-        n: int,
-        params: GenerationParams,
-        scorers_ready: asyncio.Future[None],
-        assessment: RequestAssessment | None,
-        outcome: SearchOutcome | None = None,
-    ) -> SearchOutcome:
-        """Sample ``n`` candidates and score them, adding both to ``outcome``."""
-        outcome = outcome or SearchOutcome([])
-        t0 = time.perf_counter()
-        generation = await self.generator.generate(prompt_messages, n, params)
-        outcome.generate_s += time.perf_counter() - t0
-        outcome.usage = outcome.usage + generation.usage
-        t0 = time.perf_counter()
-        await scorers_ready
-        outcome.candidates += await self._score(messages, generation.candidates, assessment)
-        outcome.score_s += time.perf_counter() - t0
-        return outcome
-
-    async def _sample_rounds(
-        self,
-        messages: list[Message],
-        prompt_messages: list[Message],
-        n: int,
-        params: GenerationParams,
-        scorers_ready: asyncio.Future[None],
-        started: float,
-        assessment: RequestAssessment | None,
-    ) -> tuple[SearchOutcome, Decision]:
-        """Sample a round, score it, ask the strategy; repeat while it wants more."""
-        outcome = SearchOutcome([])
-        budget = max(self.policy.total_budget, n)
-        batch = self.strategy.initial_n(n)
-        while True:
-            await self._one_round(
-                messages, prompt_messages, batch, params, scorers_ready, assessment, outcome
-            )
-            remaining = budget - len(outcome.candidates)
-            state = RoundState(n, remaining, time.perf_counter() - started)
-            decision = self.strategy.next_round(outcome.candidates, state)
-            if decision.more <= 0 or remaining <= 0:
-                return outcome, decision
-            batch = min(decision.more, remaining)
-            params = _next_seed(params, len(outcome.candidates))
-
-    async def _search(
-        self,
-        strategy: SearchStrategy,
-        messages: list[Message],
-        prompt_messages: list[Message],
-        n: int,
-        params: GenerationParams,
-        assessment: RequestAssessment | None,
-    ) -> tuple[SearchOutcome, Decision]:
-        """Let a search strategy drive the generator, then pick among what it kept."""
-        if not self.generator.capabilities.token_steps:
-            raise ConfigError(
-                f"strategy {strategy.name!r} needs a backend that continues partial answers, "
-                f"and {self.generator.name!r} does not",
-                hint="use the llamacpp, transformers or fake backend with this strategy",
-            )
-        default_tokens = getattr(getattr(self.generator, "options", None), "max_tokens", 256)
-        ctx = SearchContext(
-            generator=self.generator,
-            prompt_messages=prompt_messages,
-            n=n,
-            params=params,
-            max_tokens=params.max_tokens or int(default_tokens),
-            score=lambda candidates: self._score(messages, candidates, assessment),
-        )
-        outcome = await strategy.search(ctx)
-        return outcome, strategy.decide(outcome.candidates, 0)
-
     # --- scoring ----------------------------------------------------------------------
-
-    def score(
-        self,
-        conversation: Conversation,
-        answers: Sequence[str],
-        *,
-        assessment: RequestAssessment | None = None,
-    ) -> list[Candidate]:
-        """Synchronous :meth:`ascore`; works inside a running event loop too."""
-        return self._background.run(self.ascore(conversation, answers, assessment=assessment))
 
     async def ascore(
         self,
@@ -518,6 +361,8 @@ class Aligner:
             assessment = await self.assess(messages)
         await asyncio.to_thread(self.load_scorers)
         return await self._score(messages, [Candidate(text=a) for a in answers], assessment)
+
+    score = _sync(ascore)
 
     async def _score(
         self,
@@ -597,34 +442,3 @@ class Aligner:
 def _prompt_text(messages: Sequence[Message]) -> str:
     """The request's own text: the last message when it is the user's."""
     return messages[-1].content if messages and messages[-1].role == "user" else ""
-
-
-def _check_sampling(temperature: float | None, top_p: float | None) -> None:
-    """Refuse sampling settings outside the range a policy's generator allows.
-
-    The CLI and the server check these at their edges; the library checks them here,
-    once, so that a direct caller gets the same clear error instead of a backend's.
-    """
-    given = {k: v for k, v in (("temperature", temperature), ("top_p", top_p)) if v is not None}
-    for field, value in given.items():
-        if not math.isfinite(value):
-            raise InputError(f"{field} must be a finite number, got {value}")
-    try:  # the bounds of a policy's generator.temperature and generator.top_p
-        SamplingOptions(model="-", **given)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        field = ".".join(str(p) for p in error["loc"])
-        raise InputError(f"{field}: {error['msg']}, got {given[field]:g}") from None
-
-
-def _next_seed(params: GenerationParams, offset: int) -> GenerationParams:
-    """Later rounds must not repeat the first round's samples when a seed is fixed."""
-    if params.seed is None:
-        return params
-    return GenerationParams(
-        max_tokens=params.max_tokens,
-        temperature=params.temperature,
-        top_p=params.top_p,
-        seed=params.seed + 104729 * offset,
-        stop=params.stop,
-    )

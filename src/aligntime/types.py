@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant"]
+CandidateState = Literal["complete", "partial", "rejected"]
+"""Where a candidate stands in a search; separate from the backend's ``finish_reason``."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,10 @@ class Candidate:
     gate_failures: tuple[str, ...] = ()
     logprob: float | None = None
     """Sum of the sampled tokens' log-probabilities, where the backend reports them."""
+    state: CandidateState = "complete"
+    """``complete`` (the backend ended it: see ``finish_reason``), ``partial`` (still being
+    written by a search strategy) or ``rejected`` (a search strategy dropped it unfinished;
+    it stays in the result for audit and is never chosen)."""
 
     def to_dict(self) -> dict[str, Any]:
         """One candidate in the ``run --json`` contract (see the README)."""

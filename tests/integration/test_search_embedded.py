@@ -39,8 +39,8 @@ def test_llamacpp_extends_a_prefix_with_new_tokens_only() -> None:
 def test_early_rejection_on_the_embedded_model() -> None:
     al = _aligner("early_rejection", chunk_tokens=8, keep=0.5)
     res = al.align(TEA, 4, max_tokens=40, seed=5)
-    rejected = [c for c in res.candidates if c.finish_reason == REJECTED]
-    complete = [c for c in res.candidates if c.finish_reason != REJECTED]
+    rejected = [c for c in res.candidates if c.state == REJECTED]
+    complete = [c for c in res.candidates if c.state != REJECTED]
     assert rejected and complete
     assert all(c.tokens % 8 == 0 for c in rejected)  # dropped at a check, every 8 tokens
     assert res.best is not None and res.candidates[res.best] in complete

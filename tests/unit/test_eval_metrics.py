@@ -23,6 +23,7 @@ from aligntime.evaluation.metrics import (
     win_rate_vs_single,
 )
 from aligntime.evaluation.replay import best_of_n_choice, choose, simulate_choice
+from aligntime.strategies.base import RoundState
 from aligntime.strategies.best_of_n import BestOfN
 from aligntime.types import Candidate
 
@@ -118,7 +119,7 @@ def _brute_best_of_n(pool: list[Candidate], n: int) -> tuple[dict[int, float], f
     fallback = 0.0
     subsets = list(itertools.combinations(range(len(pool)), n))
     for subset in subsets:
-        decision = strategy.decide([pool[i] for i in subset], 0)
+        decision = strategy.decide([pool[i] for i in subset], RoundState(n, 0))
         if decision.best is None:
             fallback += 1 / len(subsets)
         else:

@@ -85,14 +85,14 @@ def test_adaptive_grows_the_pool_geometrically_up_to_n(tmp_path: Path) -> None:
 def test_adaptive_budgets_in_tokens_and_time() -> None:
     tokens = Adaptive(Adaptive.Options(threshold=0.9, max_total_tokens=30))
     below = _scored(0.1, 0.2, tokens=10)
-    d = tokens.next_round(below, RoundState(requested=16, budget=14))
+    d = tokens.decide(below, RoundState(requested=16, budget=14))
     assert d.more == 1  # room for one more 10-token answer within 30
-    spent = tokens.next_round(_scored(0.1, 0.5, 0.2, tokens=10), RoundState(16, 13))
+    spent = tokens.decide(_scored(0.1, 0.5, 0.2, tokens=10), RoundState(16, 13))
     assert spent.more == 0 and spent.best == 1 and "tokens" in spent.reason
 
     timed = Adaptive(Adaptive.Options(threshold=0.9, max_seconds=1.0))
-    assert timed.next_round(below, RoundState(16, 14, elapsed_s=0.5)).more == 2
-    late = timed.next_round(below, RoundState(16, 14, elapsed_s=1.5))
+    assert timed.decide(below, RoundState(16, 14, elapsed_s=0.5)).more == 2
+    late = timed.decide(below, RoundState(16, 14, elapsed_s=1.5))
     assert late.more == 0 and late.best == 1 and "time" in late.reason
 
 
@@ -110,8 +110,8 @@ def test_early_rejection_drops_weak_partials_and_saves_tokens(tmp_path: Path) ->
     strategy = "{kind: early_rejection, chunk_tokens: 6, keep: 0.5}"
     al = Aligner.from_policy(_policy(tmp_path, [LOOP, GOOD, LOOP, LOOP], strategy))
     res = al.align("My child has a fever.", n=4)
-    rejected = [c for c in res.candidates if c.finish_reason == REJECTED]
-    complete = [c for c in res.candidates if c.finish_reason != REJECTED]
+    rejected = [c for c in res.candidates if c.state == REJECTED]
+    complete = [c for c in res.candidates if c.state != REJECTED]
     assert len(rejected) == 3 and len(complete) == 1
     assert all(c.text.split() == LOOP.split()[: c.tokens] for c in rejected)
     assert res.text == GOOD
@@ -125,10 +125,10 @@ def test_early_rejection_finishes_answers_that_end_early(tmp_path: Path) -> None
     strategy = "{kind: early_rejection, chunk_tokens: 8, keep: 0.5, max_checks: 1}"
     al = Aligner.from_policy(_policy(tmp_path, [short, GOOD, LOOP, GOOD_TOO], strategy))
     res = al.align("My child has a fever.", n=4)
-    texts = {c.text for c in res.candidates if c.finish_reason != REJECTED}
+    texts = {c.text for c in res.candidates if c.state != REJECTED}
     assert short in texts  # finished inside the first chunk, never pruned
     assert GOOD in texts or GOOD_TOO in texts
-    assert res.best is not None and res.candidates[res.best].finish_reason != REJECTED
+    assert res.best is not None and res.candidates[res.best].state != REJECTED
 
 
 def test_early_rejection_never_picks_a_rejected_candidate(tmp_path: Path) -> None:

@@ -19,12 +19,14 @@ from dataclasses import replace
 import pytest
 
 from aligntime.generators.base import Capabilities, Generator
+from aligntime.request import AlignRequest
 from aligntime.strategies.adaptive import Adaptive
 from aligntime.strategies.base import (
     PARTIAL,
     REJECTED,
     Decision,
     RoundState,
+    SamplingRounds,
     SearchContext,
     SearchOutcome,
     Strategy,
@@ -116,7 +118,10 @@ class Scores:
         self.seen: list[list[tuple[str, str]]] = []
 
     async def __call__(self, candidates: list[Candidate]) -> list[Candidate]:
-        self.seen.append([(c.text, c.finish_reason) for c in candidates])
+        # A draft still being written shows as partial; a complete one by its finish reason.
+        self.seen.append(
+            [(c.text, c.finish_reason if c.state == "complete" else c.state) for c in candidates]
+        )
         await asyncio.sleep(self.delay_s)
         return [self._one(c) for c in candidates]
 
@@ -139,10 +144,9 @@ def _ctx(gen: Generator, scores: Scores, *, n: int = 4, max_tokens: int = 20) ->
     return SearchContext(
         generator=gen,
         prompt_messages=list(PROMPT),
-        n=n,
-        params=PARAMS,
+        request=AlignRequest(list(PROMPT), n, params=PARAMS),
         max_tokens=max_tokens,
-        score=scores,
+        scorer=scores,
     )
 
 
@@ -177,8 +181,8 @@ def test_early_rejection_prunes_every_chunk_then_writes_the_rest_in_one_step() -
         [PARTIAL] * 2,
         ["length"],
     ]
-    finished = [c for c in out.candidates if c.finish_reason != REJECTED]
-    rejected = [c for c in out.candidates if c.finish_reason == REJECTED]
+    finished = [c for c in out.candidates if c.state != REJECTED]
+    rejected = [c for c in out.candidates if c.state == REJECTED]
     assert [(c.text, c.tokens, c.finish_reason) for c in finished] == [
         (words("g", 20), 20, "length")
     ]
@@ -191,7 +195,7 @@ def test_early_rejection_prunes_every_chunk_then_writes_the_rest_in_one_step() -
     ]
     assert out.usage.completion_tokens == 4 * 5 + 2 * 5 + 10
     assert out.usage.prompt_tokens == 3 * 3
-    assert _er().decide(out.candidates, 0).best == 0
+    assert _er().decide(out.candidates, RoundState(4, 0)).best == 0
 
 
 def test_early_rejection_stops_pruning_after_max_checks() -> None:
@@ -215,7 +219,7 @@ def test_early_rejection_last_chunk_is_cut_to_the_token_limit() -> None:
         _er(chunk_tokens=5, keep=0.5, min_keep=1), _ctx(gen, Scores(), n=8, max_tokens=12)
     )
     assert gen.calls == [("generate", 8, 5), ("extend", 4, 5), ("extend", 2, 2)]
-    done = [c for c in out.candidates if c.finish_reason != REJECTED]
+    done = [c for c in out.candidates if c.state != REJECTED]
     assert [(c.tokens, c.finish_reason) for c in done] == [(12, "length"), (12, "length")]
 
 
@@ -225,7 +229,7 @@ def test_early_rejection_does_not_continue_an_answer_that_already_ended() -> Non
     out, _ = _search(_er(chunk_tokens=5, keep=0.5, min_keep=1), _ctx(gen, scores, n=3))
     assert all(short not in p for call in gen.prefixes for p in call)
     assert gen.calls == [("generate", 3, 5), ("extend", 1, 15)]  # only m goes on
-    done = {c.text: c for c in out.candidates if c.finish_reason != REJECTED}
+    done = {c.text: c for c in out.candidates if c.state != REJECTED}
     assert done[short].finish_reason == "stop" and done[short].tokens == 3
 
 
@@ -276,7 +280,7 @@ def test_guided_blocks_follow_the_scorers_up_to_the_token_limit() -> None:
     (answer,) = out.candidates
     assert (answer.text, answer.tokens, answer.finish_reason) == (words("g", 12), 12, "length")
     assert out.usage.completion_tokens == 2 * 5 + 2 * 5 + 2 * 2
-    assert _guided().decide(out.candidates, 0).best == 0
+    assert _guided().decide(out.candidates, RoundState(1, 0)).best == 0
 
 
 def test_guided_stops_when_the_chosen_block_ends_the_answer() -> None:
@@ -413,33 +417,33 @@ def test_adaptive_first_round_is_capped_by_n_and_max_candidates() -> None:
     assert Adaptive(Adaptive.Options(first=4, max_candidates=8)).initial_n(2) == 2
 
 
-def test_adaptive_decide_without_round_state_treats_seen_plus_budget_as_n() -> None:
+def test_adaptive_grows_within_the_budget_left() -> None:
     strategy = Adaptive(Adaptive.Options(threshold=0.9))
     below = _scored(0.1, 0.2)
-    assert strategy.decide(below, budget=6).more == 2  # grows 2 -> 4
-    assert strategy.decide(below, budget=1).more == 1
-    spent = strategy.decide(below, budget=0)
+    assert strategy.decide(below, RoundState(2 + 6, 6)).more == 2  # grows 2 -> 4
+    assert strategy.decide(below, RoundState(2 + 1, 1)).more == 1
+    spent = strategy.decide(below, RoundState(2, 0))
     assert spent.more == 0 and spent.best == 1
-    assert strategy.decide(_scored(0.1, 0.95), budget=6).best == 1
+    assert strategy.decide(_scored(0.1, 0.95), RoundState(2 + 6, 6)).best == 1
 
 
 def test_adaptive_growth_and_room() -> None:
     # growth 1.5 from one candidate: half a candidate rounds up to one, not two.
     assert (
         Adaptive(Adaptive.Options(threshold=0.9, growth=1.5))
-        .next_round(_scored(0.1), RoundState(requested=8, budget=8))
+        .decide(_scored(0.1), RoundState(requested=8, budget=8))
         .more
         == 1
     )
     # growth 3 from two: the pool triples to six, four more.
     assert (
         Adaptive(Adaptive.Options(threshold=0.9, growth=3.0))
-        .next_round(_scored(0.1, 0.2), RoundState(requested=16, budget=16))
+        .decide(_scored(0.1, 0.2), RoundState(requested=16, budget=16))
         .more
         == 4
     )
     # One slot left below N: one more, not "budget spent".
-    last = Adaptive(Adaptive.Options(threshold=0.9)).next_round(
+    last = Adaptive(Adaptive.Options(threshold=0.9)).decide(
         _scored(0.1, 0.2, 0.3), RoundState(requested=4, budget=10)
     )
     assert last.more == 1 and last.best is None
@@ -447,17 +451,17 @@ def test_adaptive_growth_and_room() -> None:
 
 def test_adaptive_time_budget_is_spent_at_exactly_max_seconds() -> None:
     timed = Adaptive(Adaptive.Options(threshold=0.9, max_seconds=1.0))
-    at_limit = timed.next_round(_scored(0.1, 0.2), RoundState(16, 14, elapsed_s=1.0))
+    at_limit = timed.decide(_scored(0.1, 0.2), RoundState(16, 14, elapsed_s=1.0))
     assert at_limit.more == 0 and at_limit.best == 1
 
 
 def test_adaptive_token_budget_uses_the_mean_answer_length() -> None:
     # Two 10-token answers of 100 allowed: room for eight more at that length.
     strategy = Adaptive(Adaptive.Options(threshold=0.9, growth=16.0, max_total_tokens=100))
-    assert strategy.next_round(_scored(0.1, 0.2), RoundState(64, 64)).more == 8
+    assert strategy.decide(_scored(0.1, 0.2), RoundState(64, 64)).more == 8
     # Answers of one token: eight tokens left is eight answers.
     tiny = Adaptive(Adaptive.Options(threshold=0.9, growth=16.0, max_total_tokens=10))
-    assert tiny.next_round(_scored(0.1, 0.2, tokens=1), RoundState(64, 64)).more == 8
+    assert tiny.decide(_scored(0.1, 0.2, tokens=1), RoundState(64, 64)).more == 8
 
 
 # --- the strategy contract -------------------------------------------------------------
@@ -466,9 +470,12 @@ def test_adaptive_token_budget_uses_the_mean_answer_length() -> None:
 class _AsksForBudget(Strategy):
     name = "asks"
 
-    def decide(self, candidates: Sequence[Candidate], budget: int) -> Decision:
-        return Decision(None, more=budget)
+    def decide(self, candidates: Sequence[Candidate], state: RoundState) -> Decision:
+        return Decision(None, more=state.budget)
 
 
-def test_a_strategy_that_only_implements_decide_gets_the_requests_budget() -> None:
-    assert _AsksForBudget().next_round(_scored(0.1), RoundState(requested=3, budget=7)).more == 7
+def test_the_round_loop_gives_a_strategy_the_requests_budget() -> None:
+    rounds = SamplingRounds(_AsksForBudget(), 3, budget=10)
+    assert rounds.batch == 3
+    rounds.after(_scored(0.1, 0.2, 0.3), 3, 0.0)
+    assert rounds.decision.more == 7 and rounds.batch == 7

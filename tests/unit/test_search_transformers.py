@@ -40,12 +40,12 @@ def test_early_rejection_on_transformers_frees_dropped_candidates(
     strategy = "{kind: early_rejection, chunk_tokens: 6, keep: 0.5}"
     res = Aligner.from_policy(_policy(tmp_path, tiny_lm, tiny_rm, strategy)).align(PROMPT)
     assert len(res.candidates) == 4
-    rejected = [c for c in res.candidates if c.finish_reason == REJECTED]
+    rejected = [c for c in res.candidates if c.state == REJECTED]
     assert rejected, "a random model's answers run long; pruning must drop some"
     assert all(set(c.scores) == {"reward"} for c in res.candidates)
     assert res.usage.completion_tokens == sum(c.tokens for c in res.candidates)
     assert res.usage.completion_tokens < 4 * 24
-    assert res.best is not None and res.candidates[res.best].finish_reason != REJECTED
+    assert res.best is not None and res.candidates[res.best].state != REJECTED
 
 
 @pytest.mark.parametrize("block", [1, 6])

@@ -17,6 +17,11 @@ from aligntime.strategies.vote import MajorityVote, extract_answer
 from aligntime.types import Candidate
 
 
+def _state(budget: int, requested: int = 1) -> RoundState:
+    """A request of N ``requested`` that may sample ``budget`` more candidates."""
+    return RoundState(requested, budget)
+
+
 def _c(score: float | None, passed: bool = True, text: str = "x") -> Candidate:
     return Candidate(text=text, score=score, passed=passed)
 
@@ -31,21 +36,21 @@ def _scored(*scores: float, passed: tuple[bool, ...] | None = None) -> list[Cand
 
 def test_best_of_n_picks_highest_passed() -> None:
     cands = _scored(0.2, 0.9, 0.5, passed=(True, False, True))
-    decision = BestOfN().decide(cands, budget=10)
+    decision = BestOfN().decide(cands, _state(10))
     assert decision.best == 2
     assert decision.more == 0
     assert decision.reason
 
 
 def test_best_of_n_none_passed() -> None:
-    decision = BestOfN().decide(_scored(0.9, 0.8, passed=(False, False)), budget=5)
+    decision = BestOfN().decide(_scored(0.9, 0.8, passed=(False, False)), _state(5))
     assert decision.best is None and decision.more == 0
 
 
 def test_best_of_n_tie_keeps_earliest_and_none_score_is_lowest() -> None:
-    assert BestOfN().decide(_scored(0.5, 0.7, 0.7), budget=0).best == 1
-    assert BestOfN().decide([_c(None), _c(0.0)], budget=0).best == 1
-    assert BestOfN().decide([], budget=0).best is None
+    assert BestOfN().decide(_scored(0.5, 0.7, 0.7), _state(0)).best == 1
+    assert BestOfN().decide([_c(None), _c(0.0)], _state(0)).best == 1
+    assert BestOfN().decide([], _state(0)).best is None
 
 
 def test_best_of_n_rejects_unknown_options() -> None:
@@ -62,12 +67,12 @@ def test_passthrough_samples_one() -> None:
 
 
 def test_passthrough_picks_first_if_passed() -> None:
-    assert PassThrough().decide(_scored(0.1, 0.9), budget=3).best == 0
+    assert PassThrough().decide(_scored(0.1, 0.9), _state(3)).best == 0
     failed = [Candidate(text="bad", score=0.9, passed=False, gate_failures=("safety",))]
-    decision = PassThrough().decide(failed, budget=3)
+    decision = PassThrough().decide(failed, _state(3))
     assert decision.best is None and decision.more == 0
     assert "safety" in decision.reason
-    assert PassThrough().decide([], budget=3).best is None
+    assert PassThrough().decide([], _state(3)).best is None
 
 
 # --- rejection -------------------------------------------------------------------------
@@ -76,26 +81,26 @@ def test_passthrough_picks_first_if_passed() -> None:
 def test_rejection_accepts_best_above_threshold() -> None:
     strategy = Rejection(Rejection.Options(threshold=0.6))
     cands = _scored(0.7, 0.95, 0.8, 0.4, passed=(True, False, True, True))
-    decision = strategy.decide(cands, budget=10)
+    decision = strategy.decide(cands, _state(10))
     assert decision.best == 2 and decision.more == 0
 
 
 def test_rejection_threshold_is_inclusive() -> None:
     strategy = Rejection(Rejection.Options(threshold=0.5))
-    assert strategy.decide(_scored(0.5), budget=4).best == 0
+    assert strategy.decide(_scored(0.5), _state(4)).best == 0
 
 
 def test_rejection_asks_for_another_round_then_falls_back() -> None:
     strategy = Rejection(Rejection.Options(threshold=0.8))
     first = _scored(0.1, 0.2, 0.3)
-    d1 = strategy.next_round(first, RoundState(requested=3, budget=5))
+    d1 = strategy.decide(first, RoundState(requested=3, budget=5))
     assert d1.best is None and d1.more == 3
     assert "more" in d1.reason
     second = [*first, *_scored(0.4, 0.5, 0.6)]
-    d2 = strategy.next_round(second, RoundState(requested=3, budget=2))
+    d2 = strategy.decide(second, RoundState(requested=3, budget=2))
     assert d2.best is None and d2.more == 2  # capped by the budget
     third = [*second, *_scored(0.7, 0.75)]
-    d3 = strategy.next_round(third, RoundState(requested=3, budget=0))
+    d3 = strategy.decide(third, RoundState(requested=3, budget=0))
     assert d3.best is None and d3.more == 0
     assert "budget" in d3.reason
 
@@ -104,29 +109,29 @@ def test_rejection_round_size_is_each_requests_own_n() -> None:
     # One strategy object serves concurrent requests with different N.
     strategy = Rejection(Rejection.Options(threshold=0.9))
     four = _scored(0.1, 0.1, 0.1, 0.1)
-    assert strategy.next_round(four, RoundState(requested=4, budget=100)).more == 4
-    assert strategy.next_round(_scored(0.1, 0.1), RoundState(requested=2, budget=100)).more == 2
-    assert strategy.next_round(four, RoundState(requested=4, budget=100)).more == 4
+    assert strategy.decide(four, RoundState(requested=4, budget=100)).more == 4
+    assert strategy.decide(_scored(0.1, 0.1), RoundState(requested=2, budget=100)).more == 2
+    assert strategy.decide(four, RoundState(requested=4, budget=100)).more == 4
 
 
-def test_rejection_decide_without_round_state_uses_candidates_seen() -> None:
+def test_rejection_round_size_defaults_to_the_requests_n() -> None:
     strategy = Rejection(Rejection.Options(threshold=0.9))
-    assert strategy.decide(_scored(0.1, 0.1, 0.1), budget=9).more == 3
-    assert strategy.decide(_scored(0.1, 0.1), budget=9).more == 2
+    assert strategy.decide(_scored(0.1, 0.1, 0.1), _state(9, requested=3)).more == 3
+    assert strategy.decide(_scored(0.1, 0.1), _state(9, requested=2)).more == 2
 
 
 def test_rejection_explicit_batch() -> None:
     strategy = Rejection(Rejection.Options(threshold=0.9, batch=2))
-    assert strategy.next_round(_scored(*[0.1] * 8), RoundState(8, budget=10)).more == 2
-    assert strategy.decide(_scored(*[0.1] * 8), budget=10).more == 2
-    assert strategy.decide(_scored(*[0.1] * 8), budget=1).more == 1
+    assert strategy.decide(_scored(*[0.1] * 8), RoundState(8, budget=10)).more == 2
+    assert strategy.decide(_scored(*[0.1] * 8), _state(10)).more == 2
+    assert strategy.decide(_scored(*[0.1] * 8), _state(1)).more == 1
 
 
 def test_rejection_ignores_failed_candidates_above_threshold() -> None:
     strategy = Rejection(Rejection.Options(threshold=0.5))
     cands = _scored(0.99, 0.3, passed=(False, True))
-    assert strategy.decide(cands, budget=1).more == 1
-    assert strategy.decide(cands, budget=0).best is None
+    assert strategy.decide(cands, _state(1)).more == 1
+    assert strategy.decide(cands, _state(0)).best is None
 
 
 def test_rejection_options_are_validated() -> None:
@@ -141,13 +146,13 @@ def test_rejection_options_are_validated() -> None:
 
 def test_soft_none_passed() -> None:
     strategy = SoftBestOfN(SoftBestOfN.Options(seed=1))
-    assert strategy.decide(_scored(0.5, 0.9, passed=(False, False)), budget=3).best is None
+    assert strategy.decide(_scored(0.5, 0.9, passed=(False, False)), _state(3)).best is None
 
 
 def test_soft_small_beta_picks_max() -> None:
     strategy = SoftBestOfN(SoftBestOfN.Options(beta=0.01, seed=7))
     cands = _scored(0.5, 0.9, 0.8, 0.99, passed=(True, True, True, False))
-    picks = Counter(strategy.decide(cands, budget=0).best for _ in range(500))
+    picks = Counter(strategy.decide(cands, _state(0)).best for _ in range(500))
     assert picks[1] >= 495
     assert 3 not in picks
 
@@ -155,7 +160,7 @@ def test_soft_small_beta_picks_max() -> None:
 def test_soft_huge_beta_is_roughly_uniform() -> None:
     strategy = SoftBestOfN(SoftBestOfN.Options(beta=1e6, seed=123))
     cands = _scored(0.0, 0.5, 1.0, 0.2, passed=(True, True, True, False))
-    picks = Counter(strategy.decide(cands, budget=0).best for _ in range(2000))
+    picks = Counter(strategy.decide(cands, _state(0)).best for _ in range(2000))
     assert set(picks) == {0, 1, 2}
     for i in (0, 1, 2):
         assert 2000 / 3 * 0.85 < picks[i] < 2000 / 3 * 1.15
@@ -173,15 +178,15 @@ def test_soft_tiny_beta_does_not_overflow() -> None:
     strategy = SoftBestOfN(SoftBestOfN.Options(beta=1e-9, seed=0))
     probs = strategy.probabilities(_scored(1.0, 0.0, 0.999))
     assert probs[0] == pytest.approx(1.0)
-    assert strategy.decide(_scored(1.0, 0.0, 0.999), budget=0).best == 0
+    assert strategy.decide(_scored(1.0, 0.0, 0.999), _state(0)).best == 0
 
 
 def test_soft_same_seed_same_sequence() -> None:
     cands = _scored(0.2, 0.4, 0.6, 0.5)
     a = SoftBestOfN(SoftBestOfN.Options(beta=0.3, seed=42))
     b = SoftBestOfN(SoftBestOfN.Options(beta=0.3, seed=42))
-    seq_a = [a.decide(cands, budget=0).best for _ in range(50)]
-    seq_b = [b.decide(cands, budget=0).best for _ in range(50)]
+    seq_a = [a.decide(cands, _state(0)).best for _ in range(50)]
+    seq_b = [b.decide(cands, _state(0)).best for _ in range(50)]
     assert seq_a == seq_b
     assert len(set(seq_a)) > 1  # it is actually sampling
 
@@ -254,42 +259,42 @@ def test_vote_majority_wins_over_score() -> None:
         _v("12", 0.6),
         _v("I got 12.0", 0.4),
     ]
-    decision = MajorityVote().decide(cands, budget=0)
+    decision = MajorityVote().decide(cands, _state(0))
     assert decision.best == 2  # best-scored member of the "12" group
     assert "'12'" in decision.reason
 
 
 def test_vote_failed_candidates_do_not_vote() -> None:
     cands = [_v("7", 0.3), _v("9", 0.9, passed=False), _v("9", 0.9, passed=False), _v("8", 0.1)]
-    assert MajorityVote().decide(cands, budget=0).best == 0
+    assert MajorityVote().decide(cands, _state(0)).best == 0
 
 
 def test_vote_tie_broken_by_best_score_then_first() -> None:
     cands = [_v("1", 0.5), _v("2", 0.8), _v("1", 0.4), _v("2", 0.1)]
-    assert MajorityVote().decide(cands, budget=0).best == 1
+    assert MajorityVote().decide(cands, _state(0)).best == 1
     equal = [_v("1", 0.5), _v("2", 0.5), _v("2", 0.3), _v("1", 0.2)]
-    assert MajorityVote().decide(equal, budget=0).best == 0
+    assert MajorityVote().decide(equal, _state(0)).best == 0
 
 
 def test_vote_none_score_is_lowest_in_group() -> None:
     cands = [_v("4", None), _v("4", 0.1), _v("5", 0.9)]
-    assert MajorityVote().decide(cands, budget=0).best == 1
+    assert MajorityVote().decide(cands, _state(0)).best == 1
 
 
 def test_vote_without_answers_falls_back_to_best_of_n() -> None:
     cands = [_v("no idea", 0.2), _v("cannot say", 0.7), _v("42", 0.9, passed=False)]
-    decision = MajorityVote().decide(cands, budget=0)
+    decision = MajorityVote().decide(cands, _state(0))
     assert decision.best == 1
-    assert MajorityVote().decide([_v("1", 0.5, passed=False)], budget=0).best is None
+    assert MajorityVote().decide([_v("1", 0.5, passed=False)], _state(0)).best is None
 
 
 def test_vote_last_line_and_pattern_modes() -> None:
     lines = [_v("work\nParis", 0.1), _v("other\nparis.", 0.2), _v("Lyon", 0.9)]
     strategy = MajorityVote(MajorityVote.Options(extract="last_line"))
-    assert strategy.decide(lines, budget=0).best == 1
+    assert strategy.decide(lines, _state(0)).best == 1
     cands = [_v("#### 5 then 9", 0.9), _v("#### 6", 0.1), _v("#### 6 and 5", 0.2)]
     pattern = MajorityVote(MajorityVote.Options(pattern=r"####\s*(\d+)"))
-    assert pattern.decide(cands, budget=0).best == 2
+    assert pattern.decide(cands, _state(0)).best == 2
 
 
 def test_vote_bad_pattern_is_config_error() -> None:
@@ -314,28 +319,28 @@ def test_rejection_later_rounds_are_the_requests_n_not_the_pool_so_far() -> None
     # the third round is again 4, not 8 (the pool size), until the budget caps it.
     strategy = Rejection(Rejection.Options(threshold=0.9))
     eight = _scored(*[0.1] * 8)
-    assert strategy.next_round(eight, RoundState(requested=4, budget=20)).more == 4
-    assert strategy.next_round(eight, RoundState(requested=4, budget=3)).more == 3
-    assert strategy.next_round(_scored(0.1), RoundState(requested=5, budget=20)).more == 5
+    assert strategy.decide(eight, RoundState(requested=4, budget=20)).more == 4
+    assert strategy.decide(eight, RoundState(requested=4, budget=3)).more == 3
+    assert strategy.decide(_scored(0.1), RoundState(requested=5, budget=20)).more == 5
 
 
 def test_rejection_with_no_candidate_yet_asks_for_one() -> None:
     # Zero candidates must not ask for zero more (the request would end at once).
-    decision = Rejection(Rejection.Options(threshold=0.5)).decide([], budget=5)
+    decision = Rejection(Rejection.Options(threshold=0.5)).decide([], _state(5))
     assert decision.best is None and decision.more == 1
 
 
 def test_best_of_n_picks_a_passed_candidate_even_when_none_has_a_score() -> None:
     # Candidates without scores (no weighted scorer) still pass: the first one is shown.
-    assert BestOfN().decide([_c(None), _c(None)], budget=0).best == 0
-    assert BestOfN().decide([_c(None, passed=False), _c(None)], budget=0).best == 1
+    assert BestOfN().decide([_c(None), _c(None)], _state(0)).best == 0
+    assert BestOfN().decide([_c(None, passed=False), _c(None)], _state(0)).best == 1
 
 
 def test_soft_treats_a_non_finite_score_as_missing() -> None:
     strategy = SoftBestOfN(SoftBestOfN.Options(seed=0))
     assert strategy.probabilities([_c(float("nan")), _c(0.3)]) == {0: 0.0, 1: 1.0}
     assert strategy.probabilities([_c(float("inf")), _c(0.3)]) == {0: 0.0, 1: 1.0}
-    picks = {strategy.decide([_c(float("nan")), _c(0.3)], budget=0).best for _ in range(50)}
+    picks = {strategy.decide([_c(float("nan")), _c(0.3)], _state(0)).best for _ in range(50)}
     assert picks == {1}
 
 
@@ -346,9 +351,9 @@ def test_strategies_built_without_options_hold_their_defaults() -> None:
 
 def test_passthrough_names_every_failed_gate_or_says_a_gate() -> None:
     failed = Candidate(text="bad", score=0.9, passed=False, gate_failures=("safety", "rules"))
-    assert "safety, rules" in PassThrough().decide([failed], budget=0).reason
+    assert "safety, rules" in PassThrough().decide([failed], _state(0)).reason
     anonymous = Candidate(text="bad", score=0.9, passed=False)
-    assert PassThrough().decide([anonymous], budget=0).reason.endswith("failed a gate")
+    assert PassThrough().decide([anonymous], _state(0)).reason.endswith("failed a gate")
 
 
 def test_vote_keeps_a_decimal_point_or_comma_only_between_digits() -> None:
@@ -384,5 +389,5 @@ def test_vote_ranks_a_nan_score_below_any_number() -> None:
     # Two groups of one vote each: the tie goes to the group whose best member scores
     # highest, and a NaN (a scorer that failed) is the lowest score, not the highest.
     cands = [_v("1", float("nan")), _v("2", 0.1)]
-    assert MajorityVote().decide(cands, budget=0).best == 1
-    assert MajorityVote().decide([_v("2", 0.1), _v("1", float("nan"))], budget=0).best == 0
+    assert MajorityVote().decide(cands, _state(0)).best == 1
+    assert MajorityVote().decide([_v("2", 0.1), _v("1", float("nan"))], _state(0)).best == 0

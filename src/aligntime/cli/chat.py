@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from aligntime.cli.console import err, out, policy_models, pull_with_progress, status
-from aligntime.types import Message
+from aligntime.request import AlignRequest
+from aligntime.types import GenerationParams, Message
 
 HELP = "commands: /reset forgets the conversation, /candidates toggles the table, /exit quits"
 
@@ -48,8 +49,9 @@ def chat(
             show_candidates = not show_candidates
             continue
         history.append(Message("user", text))
+        request = AlignRequest(list(history), n, params=GenerationParams(max_tokens))
         with status("thinking ...", quiet=False):
-            result = aligner.align(history, n, max_tokens=max_tokens)
+            result = aligner.align_request(request)
         gate = input_line(result.input)
         # A steer or a refusal is always worth a line; a pass only with the table.
         acted = result.input is not None and result.input.action != "pass"

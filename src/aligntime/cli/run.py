@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
+from typing import TYPE_CHECKING
 
 import typer
 
 from aligntime.cli.console import err, out, policy_models, pull_with_progress, status
 from aligntime.errors import InputError
+from aligntime.request import AlignRequest, RequestError, check_sampling, to_messages
+from aligntime.types import GenerationParams
+
+if TYPE_CHECKING:
+    pass
 
 
 def read_prompt(prompt: str | None) -> str:
@@ -25,8 +30,6 @@ def read_prompt(prompt: str | None) -> str:
     if any("\ud800" <= ch <= "\udfff" for ch in text):
         # Python keeps bytes of an argument that are not UTF-8 as lone surrogates.
         raise InputError("the prompt is not UTF-8 text", hint="give the request as UTF-8 text")
-    if not text.strip():
-        raise InputError("the prompt is empty", hint="give a non-empty request")
     return text
 
 
@@ -47,19 +50,14 @@ def _read_stdin() -> str:
 
 
 def check_temperature(value: float | None) -> None:
-    """Refuse a ``--temperature`` that is not a finite number in the policies' range."""
-    if value is None:
-        return
-    if not math.isfinite(value):
-        raise InputError(f"--temperature must be a finite number, got {value}")
-    from pydantic import ValidationError
+    """Refuse a ``--temperature`` that is not a finite number in the policies' range.
 
-    from aligntime.generators.options import SamplingOptions
-
-    try:  # the range a policy's generator.temperature allows
-        SamplingOptions(model="-", temperature=value)
-    except ValidationError as exc:
-        raise InputError(f"--temperature: {exc.errors()[0]['msg']}, got {value:g}") from None
+    The aligner's own check, run before any model is fetched, its error naming the option.
+    """
+    try:
+        check_sampling(GenerationParams(temperature=value))
+    except RequestError as exc:
+        raise InputError("--" + exc.message, hint=exc.hint) from None
 
 
 def run(
@@ -80,20 +78,17 @@ def run(
     from aligntime.aligner import Aligner
     from aligntime.policy.loader import load_policy
 
-    text = read_prompt(prompt)
+    params = GenerationParams(max_tokens, temperature, seed=seed)
+    request = AlignRequest(to_messages(read_prompt(prompt)), n, template, params)
     check_temperature(temperature)
     pol = load_policy(policy)
-    if n is not None and not 1 <= n <= pol.max_n:
-        raise InputError(f"n must be between 1 and {pol.max_n} for policy {pol.name!r}, got {n}")
+    request = request.checked(pol)  # the aligner's check, before any model is fetched
     pull_with_progress(policy_models(pol), quiet=as_json)
     aligner = Aligner.from_policy(pol)
     with status("loading models ...", quiet=as_json):
         aligner.load()
-    count = n or pol.n
-    with status(f"generating and scoring {count} candidates ...", quiet=as_json):
-        result = aligner.align(
-            text, n, template=template, max_tokens=max_tokens, temperature=temperature, seed=seed
-        )
+    with status(f"generating and scoring {request.n} candidates ...", quiet=as_json):
+        result = aligner.align_request(request)
     if as_json:
         out.file.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
         return

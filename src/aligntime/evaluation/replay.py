@@ -12,13 +12,14 @@ number of candidates the strategy consumed.
 - Every other strategy (``soft_best_of_n``, ``vote``, ``rejection``, ...) is run
   for real: a Monte-Carlo over ``draws`` random orderings of the pool with a
   fixed seed. Each draw hands the first ``initial_n(n)`` candidates of the
-  ordering to the strategy's ``next_round``; when it asks for more, the next ones
+  ordering to the strategy's ``decide``; when it asks for more, the next ones
   follow, as the aligner would sample them, up to the policy's budget (capped
   by the pool size: a strategy that wants more than the pool holds stops there).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from aligntime.aligner import build
 from aligntime.errors import InputError
 from aligntime.evaluation.metrics import rank_weights
 from aligntime.registry import resolve
-from aligntime.strategies.base import RoundState, SearchStrategy, Strategy
+from aligntime.strategies.base import SamplingRounds, SearchStrategy, Strategy
 from aligntime.strategies.best_of_n import BestOfN
 from aligntime.types import Candidate
 
@@ -92,7 +93,7 @@ def best_of_n_choice(pool: Sequence[Candidate], n: int) -> Choice:
     return Choice(probs, fallback, float(n), n * mean_tokens)
 
 
-def simulate_choice(
+def choose(
     kind: str,
     options: dict[str, Any],
     pool: Sequence[Candidate],
@@ -102,28 +103,59 @@ def simulate_choice(
     draws: int,
     seed: int,
     per_candidate_s: float = 0.0,
+    exact: bool = True,
 ) -> Choice:
-    """Monte-Carlo outcome distribution of a strategy at ``n`` over orderings of ``pool``.
+    """What strategy ``kind`` shows at ``n`` on ``pool``, as a distribution.
 
-    The loop mirrors :class:`~aligntime.aligner.Aligner`'s sampling rounds:
-    ``initial_n`` first, then ``next_round`` with the request's N, the budget
-    left and the elapsed time (estimated as ``per_candidate_s`` per candidate).
+    Plain best-of-n has a closed form (:func:`best_of_n_choice`), used when ``exact``.
+    Every other strategy runs for real, a Monte-Carlo over ``draws`` orderings of the
+    pool, in the aligner's own rounds (:class:`~aligntime.strategies.base.SamplingRounds`):
+    ``initial_n`` first, then ``decide`` with the request's N, the budget left and the
+    elapsed time (estimated as ``per_candidate_s`` per candidate).
+
+    Search strategies, which write candidates themselves (partial answers,
+    token steps), cannot be replayed from a pool of complete answers.
     """
+    cls = resolve("strategy", kind)
+    if exact and cls is BestOfN:
+        return best_of_n_choice(pool, n)
+    if issubclass(cls, SearchStrategy):
+        raise InputError(
+            f"strategy {kind!r} drives generation itself and cannot be replayed from "
+            "recorded candidates",
+            hint="evaluate it with the aligner directly (bench/search.py)",
+        )
+    strategy = make_strategy(kind, options, seed)
+    return _monte_carlo(strategy, pool, n, budget, draws, seed, per_candidate_s)
+
+
+simulate_choice = functools.partial(choose, exact=False)
+""":func:`choose` run as a Monte-Carlo for every strategy, best-of-n too (which checks
+the Monte-Carlo against the closed form)."""
+
+
+def _monte_carlo(
+    strategy: Strategy,
+    pool: Sequence[Candidate],
+    n: int,
+    budget: int,
+    draws: int,
+    seed: int,
+    per_candidate_s: float,
+) -> Choice:
     k = len(pool)
     cap = min(max(budget, n), k)
     rng = random.Random(seed)
-    strategy = make_strategy(kind, options, seed)
     counts: dict[int, int] = {}
     fallbacks = used_total = tokens_total = 0
     for _ in range(draws):
         order = rng.sample(range(k), k)
-        used = order[: min(max(1, strategy.initial_n(n)), cap)]
-        while True:
-            state = RoundState(n, cap - len(used), per_candidate_s * len(used))
-            decision = strategy.next_round([pool[i] for i in used], state)
-            if decision.more <= 0 or len(used) >= cap:
-                break
-            used = order[: min(len(used) + decision.more, cap)]
+        rounds = SamplingRounds(strategy, n, cap)
+        used: list[int] = []
+        while rounds.batch:
+            used = order[: len(used) + rounds.batch]
+            rounds.after([pool[i] for i in used], len(used), per_candidate_s * len(used))
+        decision = rounds.decision
         used_total += len(used)
         tokens_total += sum(pool[i].tokens for i in used)
         if decision.best is None:
@@ -136,43 +168,6 @@ def simulate_choice(
         fallbacks / draws,
         used_total / draws,
         tokens_total / draws,
-    )
-
-
-def choose(
-    kind: str,
-    options: dict[str, Any],
-    pool: Sequence[Candidate],
-    n: int,
-    *,
-    budget: int,
-    draws: int,
-    seed: int,
-    per_candidate_s: float = 0.0,
-) -> Choice:
-    """Closed form for plain best-of-n, Monte-Carlo for everything else.
-
-    Search strategies, which write candidates themselves (partial answers,
-    token steps), cannot be replayed from a pool of complete answers.
-    """
-    cls = resolve("strategy", kind)
-    if cls is BestOfN:
-        return best_of_n_choice(pool, n)
-    if issubclass(cls, SearchStrategy):
-        raise InputError(
-            f"strategy {kind!r} drives generation itself and cannot be replayed from "
-            "recorded candidates",
-            hint="evaluate it with the aligner directly (bench/search.py)",
-        )
-    return simulate_choice(
-        kind,
-        options,
-        pool,
-        n,
-        budget=budget,
-        draws=draws,
-        seed=seed,
-        per_candidate_s=per_candidate_s,
     )
 
 

@@ -150,7 +150,11 @@ class RulesScorer(SyncScorer):
         self, messages: Sequence[Message], candidates: Sequence[Candidate]
     ) -> list[float]:
         """One quality value in [0, 1] per candidate."""
-        return [self.rate(c.text, c.finish_reason) for c in candidates]
+        # A draft a search strategy is still writing stopped at a step's limit, not its own.
+        return [
+            self.rate(c.text, c.finish_reason if c.state == "complete" else "stop")
+            for c in candidates
+        ]
 
     def rate(self, text: str, finish_reason: str = "stop") -> float:
         """The rules' verdict on one answer."""

@@ -15,6 +15,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from aligntime.request import AlignRequest
+from aligntime.types import GenerationParams, Message
+
 MAX_STOP = 4
 """Most stop strings a request may give (OpenAI's limit)."""
 
@@ -121,6 +124,27 @@ class ChatCompletionRequest(BaseModel):
     """Not supported: a non-empty list is refused."""
     aligntime: AligntimeOptions | None = None
     """Not in the OpenAI spec: aligntime's per-request settings."""
+
+    def to_align_request(self) -> AlignRequest:
+        """The request in the aligner's terms (as vLLM's ``to_sampling_params()``).
+
+        ``developer`` messages become ``system``; ``aligntime.n`` wins over ``n``; the
+        smaller of ``max_tokens`` and ``max_completion_tokens`` applies. The aligner
+        checks the result against the policy (:meth:`AlignRequest.checked`).
+        """
+        ext = self.aligntime
+        messages = [
+            Message("system" if m.role == "developer" else m.role, m.text()) for m in self.messages
+        ]
+        given = [t for t in (self.max_tokens, self.max_completion_tokens) if t is not None]
+        stop = (
+            () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else self.stop
+        )
+        params = GenerationParams(
+            min(given) if given else None, self.temperature, self.top_p, self.seed, tuple(stop)
+        )
+        n = ext.n if ext and ext.n is not None else self.n
+        return AlignRequest(messages, n, ext.template if ext else None, params)
 
 
 # --- responses ------------------------------------------------------------------------

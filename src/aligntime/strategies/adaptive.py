@@ -50,11 +50,7 @@ class Adaptive(Strategy):
     def initial_n(self, requested: int) -> int:
         return min(self.options.first, requested, self.options.max_candidates or requested)
 
-    def decide(self, candidates: Sequence[Candidate], budget: int) -> Decision:
-        """Without the aligner's round state, N is what was seen plus the budget."""
-        return self.next_round(candidates, RoundState(len(candidates) + budget, budget))
-
-    def next_round(self, candidates: Sequence[Candidate], state: RoundState) -> Decision:
+    def decide(self, candidates: Sequence[Candidate], state: RoundState) -> Decision:
         o = self.options
         passed = eligible(candidates)
         good = [i for i in passed if reaches(candidates[i].score, o.threshold)]

@@ -1,16 +1,37 @@
-"""The strategy contract: choose what the user sees from scored candidates."""
+"""The strategy contract: how many candidates a request takes, and which one the user sees.
+
+:meth:`Strategy.decide` is pure selection logic; :meth:`Strategy.run` obtains the
+candidates through a :class:`~aligntime.strategies.context.SearchContext`, the only
+door to the generator and the scorers. The sampling-round loop
+(:class:`SamplingRounds`) has no I/O, so the evaluation replays it over recorded
+candidates exactly as the aligner runs it over fresh ones.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from aligntime.types import Candidate, GenerationParams, Message, Usage
+from aligntime.errors import ConfigError
+from aligntime.strategies.context import ScoreFn, SearchContext, SearchOutcome
+from aligntime.types import Candidate, CandidateState
 
-if TYPE_CHECKING:
-    from aligntime.generators.base import Generator
+__all__ = [
+    "COMPLETE",
+    "PARTIAL",
+    "REJECTED",
+    "Decision",
+    "RoundState",
+    "SamplingRounds",
+    "ScoreFn",
+    "SearchContext",
+    "SearchOutcome",
+    "SearchStrategy",
+    "Strategy",
+    "argmax_score",
+    "eligible",
+]
 
 
 @dataclass(frozen=True)
@@ -30,7 +51,7 @@ class Decision:
 
 @dataclass(frozen=True)
 class RoundState:
-    """What the aligner knows about one request between two rounds.
+    """What a strategy knows about one request when it decides.
 
     Strategies are shared by concurrent requests, so anything per request
     reaches them through this object rather than through instance state.
@@ -45,11 +66,19 @@ class RoundState:
 
 
 class Strategy(ABC):
-    """Pure selection logic: no I/O, no model calls.
+    """Chooses what the user sees, and says how many candidates that takes.
 
-    ``candidates`` holds every candidate sampled so far for the request, each
-    with ``score`` (combined, higher is better) and ``passed`` (all gates held).
-    ``budget`` is how many more candidates the aligner may still sample.
+    :meth:`decide` is the one decision entry point, and it is pure (no I/O, no
+    model calls): given every candidate scored so far for a request, each with
+    ``score`` (combined, higher is better) and ``passed`` (all gates held), and the
+    request's :class:`RoundState`, it picks one or asks for more. Strategies are
+    shared by concurrent requests, so anything per request reaches them through
+    ``state``.
+
+    :meth:`run` is how a request's candidates come to exist; every model call goes
+    through the :class:`SearchContext`. The default samples rounds
+    (:class:`SamplingRounds`: sample, score, decide, repeat); a
+    :class:`SearchStrategy` writes its candidates itself.
     """
 
     name: str = "strategy"
@@ -59,68 +88,81 @@ class Strategy(ABC):
         return requested
 
     @abstractmethod
-    def decide(self, candidates: Sequence[Candidate], budget: int) -> Decision:
+    def decide(self, candidates: Sequence[Candidate], state: RoundState) -> Decision:
         """Pick a candidate, or ask for more."""
 
-    def next_round(self, candidates: Sequence[Candidate], state: RoundState) -> Decision:
-        """What the aligner calls after each round; strategies that need the request's
-        N or its elapsed time override this instead of :meth:`decide`."""
-        return self.decide(candidates, state.budget)
+    async def run(self, ctx: SearchContext) -> Decision:
+        """Sample rounds through ``ctx`` until :meth:`decide` stops asking for more."""
+        rounds = SamplingRounds(self, ctx.n, max(ctx.budget, ctx.n))
+        while rounds.batch:
+            await ctx.sample(rounds.batch)
+            rounds.after(ctx.candidates, ctx.sampled, ctx.elapsed_s)
+        return rounds.decision
 
 
-ScoreFn = Callable[[list[Candidate]], Awaitable[list[Candidate]]]
+class SamplingRounds:
+    """The sampling-round loop without I/O, shared by the aligner and the replay.
 
+    ``batch`` is how many candidates to sample next (0: the strategy has decided).
+    After each round, :meth:`after` shows the strategy every candidate so far and
+    sets the next batch: what it asks for, within the budget left.
+    """
 
-@dataclass
-class SearchContext:
-    """Everything a search strategy needs to drive one request itself."""
+    def __init__(self, strategy: Strategy, requested: int, budget: int) -> None:
+        self.strategy = strategy
+        self.requested = requested
+        self.budget = budget
+        """Most candidates the request may sample, every round together."""
+        self.batch = min(max(1, strategy.initial_n(requested)), budget)
+        self.decision = Decision(None, reason="nothing was sampled")
 
-    generator: Generator
-    prompt_messages: list[Message]
-    """The conversation with the policy's prompt applied: what the generator reads."""
-    n: int
-    """The N the request asked for."""
-    params: GenerationParams
-    max_tokens: int
-    """Token limit of one answer."""
-    score: ScoreFn
-    """Scores candidates (complete or partial) with the policy's scorers and gates."""
-
-
-@dataclass
-class SearchOutcome:
-    """What a search strategy hands back: every candidate it kept, and its costs."""
-
-    candidates: list[Candidate]
-    usage: Usage = field(default_factory=Usage)
-    generate_s: float = 0.0
-    score_s: float = 0.0
+    def after(self, candidates: Sequence[Candidate], sampled: int, elapsed_s: float) -> None:
+        """Decide on ``candidates``, of which the generator sampled ``sampled``."""
+        remaining = self.budget - sampled
+        state = RoundState(self.requested, remaining, elapsed_s)
+        self.decision = self.strategy.decide(candidates, state)
+        more = self.decision.more
+        self.batch = 0 if more <= 0 or remaining <= 0 else min(more, remaining)
 
 
 class SearchStrategy(Strategy):
-    """A strategy that drives the generator itself (partial answers, token steps).
+    """A strategy that writes its candidates itself (partial answers, token steps).
 
-    The aligner hands it a :class:`SearchContext` instead of sampling rounds;
-    :meth:`decide` then picks among the candidates :meth:`search` returned.
+    :meth:`run` hands it the :class:`SearchContext` (:meth:`search`), then
+    :meth:`decide` picks among the candidates it returned.
     """
 
     @abstractmethod
     async def search(self, ctx: SearchContext) -> SearchOutcome:
         """Produce scored candidates for one request."""
 
-    def decide(self, candidates: Sequence[Candidate], budget: int) -> Decision:
+    async def run(self, ctx: SearchContext) -> Decision:
+        """Search, then decide once among what the search kept."""
+        if not ctx.generator.capabilities.token_steps:
+            raise ConfigError(
+                f"strategy {self.name!r} needs a backend that continues partial answers, "
+                f"and {ctx.generator.name!r} does not",
+                hint="use the llamacpp, transformers or fake backend with this strategy",
+            )
+        outcome = await self.search(ctx)
+        ctx.candidates = outcome.candidates
+        return self.decide(outcome.candidates, RoundState(ctx.n, 0, ctx.elapsed_s))
+
+    def decide(self, candidates: Sequence[Candidate], state: RoundState) -> Decision:
         """The best complete candidate that passed every gate."""
-        complete = [i for i in eligible(candidates) if candidates[i].finish_reason != REJECTED]
+        complete = [i for i in eligible(candidates) if candidates[i].state == COMPLETE]
         best = argmax_score(candidates, complete)
         if best is None:
             return Decision(None, reason="no complete candidate passed every gate")
         return Decision(best, reason=f"best of {len(complete)} complete candidates")
 
 
-REJECTED = "rejected"
-"""``finish_reason`` of a candidate a search strategy dropped before it was complete."""
-PARTIAL = "partial"
-"""``finish_reason`` of a candidate still being written (scorers see partial text)."""
+COMPLETE: CandidateState = "complete"
+"""``state`` of a candidate written to its end."""
+REJECTED: CandidateState = "rejected"
+"""``state`` of a candidate a search strategy dropped before it was complete."""
+PARTIAL: CandidateState = "partial"
+"""``state`` of a candidate still being written (scorers see partial text)."""
 
 
 def eligible(candidates: Sequence[Candidate]) -> list[int]:

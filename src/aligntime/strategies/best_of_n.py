@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from aligntime.strategies.base import Decision, Strategy, argmax_score, eligible
+from aligntime.strategies.base import Decision, RoundState, Strategy, argmax_score, eligible
 from aligntime.types import Candidate
 
 
@@ -27,7 +27,7 @@ class BestOfN(Strategy):
     def __init__(self, options: Options | None = None) -> None:
         self.options = options or BestOfN.Options()
 
-    def decide(self, candidates: Sequence[Candidate], budget: int) -> Decision:
+    def decide(self, candidates: Sequence[Candidate], state: RoundState) -> Decision:
         """Choose the best eligible candidate, or ``None`` when none passed."""
         passed = eligible(candidates)
         best = argmax_score(candidates, passed)

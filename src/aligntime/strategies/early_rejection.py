@@ -10,15 +10,14 @@ scored again as complete answers, and the best that passed every gate wins.
 
 Dropping a candidate frees its slot: on llama.cpp the survivors decode as a
 smaller batch, and no token is spent on an answer that has been rejected.
-Dropped candidates stay in the result (``finish_reason`` "rejected", with the
-partial text and the scores they were dropped on) so the choice can be audited.
+Dropped candidates stay in the result (``state`` "rejected", with the partial
+text and the scores they were dropped on) so the choice can be audited.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,7 +29,7 @@ from aligntime.strategies.base import (
     SearchOutcome,
     SearchStrategy,
 )
-from aligntime.types import Candidate, GenerationParams
+from aligntime.types import Candidate
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +69,9 @@ class EarlyRejection(SearchStrategy):
 
     async def search(self, ctx: SearchContext) -> SearchOutcome:
         o = self.options
-        out = SearchOutcome([])
         start = o.initial or ctx.n
         first = min(o.chunk_tokens, ctx.max_tokens)
-        t0 = time.perf_counter()
-        generation = await ctx.generator.generate(
-            ctx.prompt_messages, start, _with_max_tokens(ctx.params, first)
-        )
-        out.generate_s += time.perf_counter() - t0
-        out.usage = out.usage + generation.usage
+        generation = await ctx.generate(start, ctx.with_max_tokens(first))
         drafts = [
             _Draft(c.text, c.tokens, _finished(c, c.tokens, ctx.max_tokens))
             for c in generation.candidates
@@ -92,9 +85,7 @@ class EarlyRejection(SearchStrategy):
             written = max(d.tokens for d in open_)
             if len(open_) > o.min_keep and (o.max_checks is None or checks < o.max_checks):
                 checks += 1
-                t0 = time.perf_counter()
                 kept, dropped = await self._prune(ctx, open_)
-                out.score_s += time.perf_counter() - t0
                 rejected += dropped
                 drafts = [d for d in drafts if d.finished or any(d is k for k in kept)]
                 open_ = kept
@@ -105,17 +96,11 @@ class EarlyRejection(SearchStrategy):
                     step = ctx.max_tokens - written
             else:
                 step = ctx.max_tokens - written
-            t0 = time.perf_counter()
-            extension = await ctx.generator.extend(
-                ctx.prompt_messages, [d.text for d in open_], step, ctx.params
-            )
-            out.generate_s += time.perf_counter() - t0
-            out.usage = out.usage + extension.usage
+            extension = await ctx.extend([d.text for d in open_], step)
             for draft, more in zip(open_, extension.candidates, strict=True):
                 draft.text += more.text
                 draft.tokens += more.tokens
                 draft.finished = _finished(more, draft.tokens, ctx.max_tokens)
-        t0 = time.perf_counter()
         complete = [
             Candidate(
                 text=d.text,
@@ -124,8 +109,7 @@ class EarlyRejection(SearchStrategy):
             )
             for d in drafts
         ]
-        out.candidates = await ctx.score(complete) + rejected
-        out.score_s += time.perf_counter() - t0
+        out = ctx.outcome(await ctx.score(complete) + rejected)
         log.debug(
             "early rejection: %d started, %d finished, %d checks, %d tokens",
             start,
@@ -139,8 +123,12 @@ class EarlyRejection(SearchStrategy):
         self, ctx: SearchContext, open_: list[_Draft]
     ) -> tuple[list[_Draft], list[Candidate]]:
         """Score the partial answers; keep the best share, return the rest as rejected."""
+        # An unfinished draft is one the backend cut at the chunk's token limit.
         scored = await ctx.score(
-            [Candidate(text=d.text, tokens=d.tokens, finish_reason=PARTIAL) for d in open_]
+            [
+                Candidate(text=d.text, tokens=d.tokens, finish_reason="length", state=PARTIAL)
+                for d in open_
+            ]
         )
         order = sorted(
             range(len(open_)),
@@ -149,7 +137,7 @@ class EarlyRejection(SearchStrategy):
         )
         n_keep = max(self.options.min_keep, math.ceil(self.options.keep * len(open_)))
         kept = [open_[i] for i in sorted(order[:n_keep])]
-        dropped = [replace(scored[i], finish_reason=REJECTED) for i in order[n_keep:]]
+        dropped = [replace(scored[i], state=REJECTED) for i in order[n_keep:]]
         return kept, dropped
 
 
@@ -160,7 +148,3 @@ def _finished(piece: Candidate, written: int, max_tokens: int) -> bool:
 
 def _value(score: float | None) -> float:
     return float("-inf") if score is None or score != score else score
-
-
-def _with_max_tokens(params: GenerationParams, max_tokens: int) -> GenerationParams:
-    return replace(params, max_tokens=max_tokens)

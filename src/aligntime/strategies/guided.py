@@ -21,13 +21,18 @@ backend that continues partial answers works: ``llamacpp``, ``transformers``.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from aligntime.strategies.base import PARTIAL, SearchContext, SearchOutcome, SearchStrategy
-from aligntime.types import Candidate, Message, Usage
+from aligntime.strategies.base import (
+    COMPLETE,
+    PARTIAL,
+    SearchContext,
+    SearchOutcome,
+    SearchStrategy,
+)
+from aligntime.types import Candidate
 
 log = logging.getLogger(__name__)
 
@@ -63,26 +68,23 @@ class Guided(SearchStrategy):
         self.options = options or Guided.Options()
 
     async def search(self, ctx: SearchContext) -> SearchOutcome:
-        out = SearchOutcome([])
         text, tokens, steps = "", 0, 0
         last: Candidate | None = None
         while tokens < ctx.max_tokens:
-            t0 = time.perf_counter()
-            options, usage = await self._propose(ctx, text, ctx.max_tokens - tokens)
-            out.generate_s += time.perf_counter() - t0
-            out.usage = out.usage + usage
+            options = await self._propose(ctx, text, ctx.max_tokens - tokens)
             if not options:
                 break
-            t0 = time.perf_counter()
             scored = await ctx.score(
                 [
                     Candidate(
-                        text=text + opt.text, tokens=tokens + opt.tokens, finish_reason=PARTIAL
+                        text=text + opt.text,
+                        tokens=tokens + opt.tokens,
+                        finish_reason="stop" if opt.ends else "length",
+                        state=PARTIAL,
                     )
                     for opt in options
                 ]
             )
-            out.score_s += time.perf_counter() - t0
             pick = max(
                 range(len(options)),
                 key=lambda i: (scored[i].passed, self._value(options[i], scored[i])),
@@ -93,45 +95,31 @@ class Guided(SearchStrategy):
             if chosen.ends:
                 break
         finish = "length" if tokens >= ctx.max_tokens else "stop"
-        t0 = time.perf_counter()
         if last is None or not text:
-            out.candidates = await ctx.score([Candidate(text=text, tokens=tokens)])
+            final = Candidate(text=text, tokens=tokens)
         else:
             # Rescore as a complete answer: a scorer may judge an unfinished one differently.
-            out.candidates = await ctx.score([replace(last, finish_reason=finish)])
-        out.score_s += time.perf_counter() - t0
+            final = replace(last, finish_reason=finish, state=COMPLETE)
         log.debug("guided: %d steps, %d tokens", steps, tokens)
-        return out
+        return ctx.outcome(await ctx.score([final]))
 
     def _value(self, option: _Option, scored: Candidate) -> float:
         score = scored.score if scored.score is not None and scored.score == scored.score else 0.0
         return option.logprob + self.options.weight * score
 
-    async def _propose(
-        self, ctx: SearchContext, text: str, room: int
-    ) -> tuple[list[_Option], Usage]:
-        """The ``top_k`` continuations of ``text`` and what proposing them cost."""
+    async def _propose(self, ctx: SearchContext, text: str, room: int) -> list[_Option]:
+        """The ``top_k`` continuations of ``text``."""
         k = self.options.top_k
         if self.options.block_tokens == 1:
-            messages = (
-                [*ctx.prompt_messages, Message("assistant", text)]
-                if text
-                else list(ctx.prompt_messages)
-            )
-            top = await ctx.generator.next_token_logprobs(messages, top_k=k)
+            top = await ctx.next_token_logprobs(text, top_k=k)
             ranked = sorted(top.items(), key=lambda kv: kv[1], reverse=True)[:k]
             # An empty token string is the end of the turn (see Generator.next_token_logprobs).
-            options = [_Option(tok, 0 if tok == "" else 1, lp, tok == "") for tok, lp in ranked]
-            return options, Usage(0, 1)
+            return [_Option(tok, 0 if tok == "" else 1, lp, tok == "") for tok, lp in ranked]
         step = min(self.options.block_tokens, room)
         if text:
-            generation = await ctx.generator.extend(
-                ctx.prompt_messages, [text] * k, step, ctx.params
-            )
+            generation = await ctx.extend([text] * k, step)
         else:  # the first block shares one prompt: one n-sampling request
-            generation = await ctx.generator.generate(
-                ctx.prompt_messages, k, replace(ctx.params, max_tokens=step)
-            )
+            generation = await ctx.generate(k, ctx.with_max_tokens(step))
         options = []
         seen: set[str] = set()
         for c in generation.candidates:
@@ -143,4 +131,4 @@ class Guided(SearchStrategy):
                     c.text, c.tokens, c.logprob or 0.0, c.finish_reason != "length" or not c.text
                 )
             )
-        return options, generation.usage
+        return options

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from aligntime.strategies.base import Decision, Strategy
+from aligntime.strategies.base import Decision, RoundState, Strategy
 from aligntime.types import Candidate
 
 
@@ -33,7 +33,7 @@ class PassThrough(Strategy):
         """Always one: extra candidates would never be looked at."""
         return 1
 
-    def decide(self, candidates: Sequence[Candidate], budget: int) -> Decision:
+    def decide(self, candidates: Sequence[Candidate], state: RoundState) -> Decision:
         """Candidate 0 if it passed, else ``None`` (the policy's fallback)."""
         if not candidates:
             return Decision(None, reason="no candidate was sampled")

@@ -44,19 +44,10 @@ class Rejection(Strategy):
     def __init__(self, options: Options | None = None) -> None:
         self.options = options or Rejection.Options()
 
-    def next_round(self, candidates: Sequence[Candidate], state: RoundState) -> Decision:
-        return self._decide(candidates, state.budget, self.options.batch or state.requested)
-
-    def decide(self, candidates: Sequence[Candidate], budget: int) -> Decision:
-        """Accept, ask for another round, or give up (``None``: the policy's fallback).
-
-        Without the aligner's round state, an extra round is as large as ``batch``
-        or as the candidates seen so far.
-        """
-        return self._decide(candidates, budget, self.options.batch or max(1, len(candidates)))
-
-    def _decide(self, candidates: Sequence[Candidate], budget: int, round_size: int) -> Decision:
+    def decide(self, candidates: Sequence[Candidate], state: RoundState) -> Decision:
+        """Accept, ask for another round, or give up (``None``: the policy's fallback)."""
         threshold = self.options.threshold
+        budget = state.budget
         good = [i for i in eligible(candidates) if reaches(candidates[i].score, threshold)]
         best = argmax_score(candidates, good)
         if best is not None:
@@ -65,7 +56,7 @@ class Rejection(Strategy):
                 reason=f"{len(good)} of {len(candidates)} candidates reached {threshold:g}",
             )
         if budget > 0:
-            more = min(round_size, budget)
+            more = min(self.options.batch or state.requested, budget)
             return Decision(
                 None,
                 more=more,

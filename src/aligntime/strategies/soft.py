@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from aligntime.strategies.base import Decision, Strategy, eligible
+from aligntime.strategies.base import Decision, RoundState, Strategy, eligible
 from aligntime.types import Candidate
 
 
@@ -59,7 +59,7 @@ class SoftBestOfN(Strategy):
         total = sum(weights)  # at least 1: the top candidate has weight exp(0)
         return {i: w / total for i, w in zip(passed, weights, strict=True)}
 
-    def decide(self, candidates: Sequence[Candidate], budget: int) -> Decision:
+    def decide(self, candidates: Sequence[Candidate], state: RoundState) -> Decision:
         """Sample one eligible candidate, or ``None`` when none passed."""
         probs = self.probabilities(candidates)
         if not probs:

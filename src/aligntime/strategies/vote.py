@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from aligntime.errors import ConfigError
-from aligntime.strategies.base import Decision, Strategy, argmax_score, eligible
+from aligntime.strategies.base import Decision, RoundState, Strategy, argmax_score, eligible
 from aligntime.types import Candidate
 
 ExtractMode = Literal["number", "last_line", "text"]
@@ -135,7 +135,7 @@ class MajorityVote(Strategy):
                     hint="use one capturing group around the answer; (?:...) does not capture",
                 )
 
-    def decide(self, candidates: Sequence[Candidate], budget: int) -> Decision:
+    def decide(self, candidates: Sequence[Candidate], state: RoundState) -> Decision:
         """Choose from the winning answer group; ``None`` when no candidate passed."""
         passed = eligible(candidates)
         if not passed:

@@ -1,0 +1,150 @@
+"""One alignment request: the conversation and its per-request settings, in one object.
+
+Every client builds an :class:`AlignRequest`: the keyword methods of
+:class:`~aligntime.aligner.Aligner` (``align(prompt, n, max_tokens=...)``), the
+server (``ChatCompletionRequest.to_align_request()``) and the CLI. The aligner
+checks it once against its policy (:meth:`AlignRequest.checked`); the CLI calls
+the same check before any model is downloaded, so a bad ``-n`` fails at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from aligntime.errors import InputError
+from aligntime.types import GenerationParams, Message
+
+if TYPE_CHECKING:
+    from aligntime.policy.schema import Policy
+
+Conversation = str | Sequence[Message] | Sequence[dict[str, str]]
+"""A prompt string, or chat messages as :class:`Message` objects or ``role``/``content`` dicts."""
+
+SEED_STRIDE = 104729
+"""Seed offset per candidate already sampled: a later round never repeats an earlier one."""
+
+
+class RequestError(InputError):
+    """A request setting that cannot be served; ``field`` names it (``n``, ``messages``, ...).
+
+    Clients name the field in their own words: the CLI as ``--max-tokens``, the
+    server as the JSON parameter.
+    """
+
+    def __init__(self, field: str, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.field = field
+
+
+def to_messages(conversation: Conversation) -> list[Message]:
+    """Normalise a prompt string or a list of messages (objects or dicts)."""
+    if isinstance(conversation, str):
+        messages = [Message("user", conversation)]
+    else:
+        messages = []
+        for item in conversation:
+            if isinstance(item, Message):
+                messages.append(item)
+            elif isinstance(item, dict) and item.get("role") in ("system", "user", "assistant"):
+                messages.append(Message(item["role"], str(item.get("content") or "")))  # type: ignore[arg-type]
+            else:
+                raise RequestError("messages", f"not a chat message: {item!r}")
+    check_messages(messages)
+    return messages
+
+
+def check_messages(messages: Sequence[Message]) -> None:
+    """Refuse a conversation without a user message that says something."""
+    if not any(m.role == "user" and m.content.strip() for m in messages):
+        raise RequestError(
+            "messages",
+            "the prompt is empty: the conversation has no non-empty user message",
+            hint="give a non-empty request",
+        )
+
+
+@dataclass(frozen=True)
+class AlignRequest:
+    """A conversation to answer, and the settings this request overrides.
+
+    ``None`` (and an empty ``stop`` in ``params``) leaves the policy's setting in force.
+    """
+
+    messages: list[Message]
+    """The conversation; its last user message is the request."""
+    n: int | None = None
+    """Candidates to sample (the policy's ``n`` when ``None``)."""
+    template: str | None = None
+    """One of the policy's prompt templates (its default when ``None``)."""
+    params: GenerationParams = field(default_factory=GenerationParams)
+    """Sampling settings for this request: ``max_tokens``, ``temperature``, ``top_p``,
+    ``seed``, ``stop``."""
+
+    def checked(self, policy: Policy) -> AlignRequest:
+        """This request with ``n`` resolved, once every setting is known to be servable.
+
+        Raises :class:`RequestError` naming the first setting the policy cannot serve.
+        """
+        check_messages(self.messages)
+        n = policy.n if self.n is None else self.n
+        if not 1 <= n <= policy.max_n:
+            raise RequestError(
+                "n",
+                f"n must be between 1 and {policy.max_n} for policy {policy.name!r}, got {n}",
+                hint="raise max_n in the policy to allow more",
+            )
+        if self.params.max_tokens is not None and self.params.max_tokens < 1:
+            raise RequestError(
+                "max_tokens", f"max_tokens must be at least 1, got {self.params.max_tokens}"
+            )
+        check_sampling(self.params)
+        if self.template is not None and self.template not in policy.prompt.templates:
+            from aligntime.registry import suggest
+
+            names = sorted(policy.prompt.templates)
+            raise RequestError(
+                "template",
+                f"unknown template {self.template!r}",
+                hint=suggest(self.template, names) if names else "this policy defines no templates",
+            )
+        return replace(self, n=n)
+
+
+def reseeded(params: GenerationParams, sampled: int) -> GenerationParams:
+    """The sampling settings of the round after one that brought the pool to ``sampled``.
+
+    With a fixed seed every round moves it on, so later rounds add new samples
+    instead of repeating the first round's.
+    """
+    if params.seed is None:
+        return params
+    return replace(params, seed=params.seed + SEED_STRIDE * sampled)
+
+
+def check_sampling(params: GenerationParams) -> None:
+    """Refuse sampling settings outside the range a policy's generator allows.
+
+    The library checks them here, once, so that every client (the CLI, the server,
+    a direct caller) gets the same clear error instead of a backend's.
+    """
+    from aligntime.generators.options import SamplingOptions
+
+    given = {
+        k: v
+        for k, v in (("temperature", params.temperature), ("top_p", params.top_p))
+        if v is not None
+    }
+    for name, value in given.items():
+        if not math.isfinite(value):
+            raise RequestError(name, f"{name} must be a finite number, got {value}")
+    try:  # the bounds of a policy's generator.temperature and generator.top_p
+        SamplingOptions(model="-", **given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = ".".join(str(p) for p in error["loc"])
+        raise RequestError(name, f"{name}: {error['msg']}, got {given[name]:g}") from None
