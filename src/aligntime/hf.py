@@ -24,9 +24,11 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from aligntime.errors import ConfigError, ModelError
 
@@ -290,6 +292,60 @@ def load(
         loaded = LoadedModel(net, tokenizer, concrete, torch_dtype, source)
         _models[key] = loaded
         return loaded
+
+
+class Runtime(Protocol):
+    """Where a component's model runs: the options every Hugging Face component has."""
+
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def dtype(self) -> str: ...
+
+    @property
+    def threads(self) -> int | None: ...
+
+
+class LazyModel:
+    """A component's model, loaded by :func:`load` on first use (thread-safe).
+
+    ``on_load`` runs once on the loaded model (to check options against its config)
+    before anyone else can use it.
+    """
+
+    def __init__(
+        self,
+        kind: ModelKind,
+        model: str,
+        runtime: Runtime,
+        *,
+        gguf_file: str | None = None,
+        on_load: Callable[[LoadedModel], None] | None = None,
+    ) -> None:
+        r = runtime
+        self._load = partial(
+            load,
+            kind,
+            model,
+            device=r.device,
+            dtype=r.dtype,
+            gguf_file=gguf_file,
+            threads=r.threads,
+        )
+        self._on_load = on_load
+        self._loaded: LoadedModel | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> LoadedModel:
+        """The model, loading it on the first call."""
+        with self._lock:
+            if self._loaded is None:
+                loaded = self._load()
+                if self._on_load is not None:
+                    self._on_load(loaded)
+                self._loaded = loaded
+            return self._loaded
 
 
 def clear_cache() -> None:

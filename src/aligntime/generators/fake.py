@@ -58,9 +58,10 @@ class FakeGenerator(Generator):
         if self.calls <= self.options.fail_times:
             raise BackendError("the fake backend was told to fail")
         request = messages[-1].content if messages else ""
-        limit = params.max_tokens or self.options.max_tokens
+        sampling = self.options.resolve(params)
+        limit = sampling.max_tokens
         candidates = []
-        stops = list(params.stop) or self.options.stop
+        stops = sampling.stop
         for _ in range(n):
             text = _cut_at_stop(self._next_text(request), stops)
             words = text.split()

@@ -73,24 +73,14 @@ class TransformersGenerator(Generator):
 
     def __init__(self, options: TransformersOptions) -> None:
         self.options = options
-        self._loaded: hf.LoadedModel | None = None
+        self._model = hf.LazyModel("causal_lm", options.model, options, gguf_file=options.gguf_file)
 
     # --- loading ----------------------------------------------------------------------
 
     @property
     def loaded(self) -> hf.LoadedModel:
         """The shared model, tokenizer and device, loaded on first use."""
-        if self._loaded is None:
-            o = self.options
-            self._loaded = hf.load(
-                "causal_lm",
-                o.model,
-                device=o.device,
-                dtype=o.dtype,
-                gguf_file=o.gguf_file,
-                threads=o.threads,
-            )
-        return self._loaded
+        return self._model.get()
 
     @property
     def model(self) -> Any:
@@ -200,7 +190,8 @@ class TransformersGenerator(Generator):
         o = self.options
         tokenizer = loaded.tokenizer
         width = max(len(p) for p in prompts)
-        max_new = max_tokens or o.max_tokens
+        sampling = o.resolve(params)
+        max_new = max_tokens or sampling.max_tokens
         limit = getattr(loaded.model.config, "max_position_embeddings", None)
         if limit is not None:
             if width >= limit:
@@ -209,9 +200,7 @@ class TransformersGenerator(Generator):
                     hint="shorten the request or the policy's prompt",
                 )
             max_new = min(max_new, limit - width)
-        temperature = o.temperature if params.temperature is None else params.temperature
-        stop = list(params.stop) or list(o.stop)
-        seed = params.seed if params.seed is not None else o.seed
+        temperature, stop, seed = sampling.temperature, list(sampling.stop), sampling.seed
         greedy = temperature <= 0.0
         ends = eos_ids(loaded.model, tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -220,7 +209,7 @@ class TransformersGenerator(Generator):
             min_new_tokens=max_new if o.ignore_eos else None,
             do_sample=not greedy,
             temperature=None if greedy else temperature,
-            top_p=None if greedy else (params.top_p or o.top_p),
+            top_p=None if greedy else sampling.top_p,
             # 0 switches off transformers' default top-k of 50: the policy's top_p alone
             # shapes sampling, as on the other backends.
             top_k=None if greedy else 0,

@@ -7,7 +7,6 @@ text and what they make of the logits.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 
 from pydantic import ConfigDict, Field
@@ -47,24 +46,15 @@ class SequenceModelScorer(SyncScorer):
     def __init__(self, options: SequenceModelOptions, *, name: str) -> None:
         self.options = options
         self.name = name
-        self._loaded: hf.LoadedModel | None = None
-        self._load_lock = threading.Lock()
+        # on_load through the instance: a subclass's configure.
+        self._model = hf.LazyModel(
+            "sequence_classifier", options.model, options, on_load=lambda m: self.configure(m)
+        )
 
     @property
     def loaded(self) -> hf.LoadedModel:
         """The shared model and tokenizer, loaded on first use."""
-        with self._load_lock:
-            if self._loaded is None:
-                o = self.options
-                self._loaded = hf.load(
-                    "sequence_classifier",
-                    o.model,
-                    device=o.device,
-                    dtype=o.dtype,
-                    threads=o.threads,
-                )
-                self.configure(self._loaded)
-        return self._loaded
+        return self._model.get()
 
     def configure(self, loaded: hf.LoadedModel) -> None:
         """Check options against the loaded model's config (labels, objectives)."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -99,23 +98,11 @@ class TransformersGuard(GuardBackend):
     def __init__(self, model: str, options: TransformersGuardOptions) -> None:
         self.model = model
         self.options = options
-        self._loaded: hf.LoadedModel | None = None
-        self._lock = threading.Lock()
+        self._model = hf.LazyModel("causal_lm", model, options, gguf_file=options.gguf_file)
 
     @property
     def loaded(self) -> hf.LoadedModel:
-        with self._lock:
-            if self._loaded is None:
-                o = self.options
-                self._loaded = hf.load(
-                    "causal_lm",
-                    self.model,
-                    device=o.device,
-                    dtype=o.dtype,
-                    gguf_file=o.gguf_file,
-                    threads=o.threads,
-                )
-        return self._loaded
+        return self._model.get()
 
     def load(self) -> None:
         _ = self.loaded
