@@ -37,12 +37,23 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import httpx2
 import openai
+from pydantic import AfterValidator
 
 log = logging.getLogger(__name__)
+
+
+def _http_base_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
+    return value.rstrip("/")
+
+
+BaseURL = Annotated[str, AfterValidator(_http_base_url)]
+"""An option naming a server's root URL: http(s) only, without a trailing slash."""
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,13 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from aligntime.errors import BackendError, ConfigError
 from aligntime.generators import openai_chat as chat
 from aligntime.generators.base import Capabilities, Generator, PartialAnswers
 from aligntime.generators.http_retry import (
+    BaseURL,
     HTTPFailure,
     OpenAIClient,
     RetriesExhausted,
@@ -76,7 +77,7 @@ _MENTIONS_CONTINUE = re.compile("|".join(chat.CONTINUE_FINAL_MESSAGE))
 class OpenAIOptions(SamplingOptions):
     """Options of the ``openai`` backend."""
 
-    base_url: str
+    base_url: BaseURL
     """Root of the server's OpenAI API, e.g. http://localhost:8000/v1."""
     model: str
     """The model name the server serves (its ``/v1/models`` id)."""
@@ -107,13 +108,6 @@ class OpenAIOptions(SamplingOptions):
     server cannot."""
     extra_body: dict[str, Any] = Field(default_factory=dict)
     """Further request fields (e.g. vLLM's ``top_k``); the fields aligntime sets itself win."""
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
-        return value.rstrip("/")
 
 
 class OpenAIGenerator(Generator):

@@ -21,10 +21,11 @@ from typing import Any, Literal, TypeVar, cast
 
 import httpx2
 import openai
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from aligntime.errors import ConfigError, ScorerError
 from aligntime.generators.http_retry import (
+    BaseURL,
     HTTPFailure,
     RetriesExhausted,
     RetryPolicy,
@@ -45,7 +46,7 @@ class ServedOptions(BaseModel):
 
     server: Server
     """``vllm`` (``vllm serve`` with a pooling model) or ``tei`` (text-embeddings-inference)."""
-    base_url: str
+    base_url: BaseURL
     """The server's root, e.g. http://localhost:8000 (the endpoints hang off it, not /v1)."""
     model: str | None = None
     """The served model's name; vLLM needs it, TEI serves one model and ignores it."""
@@ -67,13 +68,6 @@ class ServedOptions(BaseModel):
     """Ask the server to cut over-long inputs (TEI ``truncate``) instead of failing them."""
     max_request_chars: int = Field(2000, ge=20)
     """Characters of the user's turns sent as the request (the oldest are cut)."""
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
-        return value.rstrip("/")
 
 
 class ServedClient:
