@@ -25,9 +25,6 @@ if TYPE_CHECKING:
 Conversation = str | Sequence[Message] | Sequence[dict[str, str]]
 """A prompt string, or chat messages as :class:`Message` objects or ``role``/``content`` dicts."""
 
-SEED_STRIDE = 104729
-"""Seed offset per candidate already sampled: a later round never repeats an earlier one."""
-
 
 class RequestError(InputError):
     """A request setting that cannot be served; ``field`` names it (``n``, ``messages``, ...).
@@ -119,11 +116,14 @@ def reseeded(params: GenerationParams, sampled: int) -> GenerationParams:
     """The sampling settings of the round after one that brought the pool to ``sampled``.
 
     With a fixed seed every round moves it on, so later rounds add new samples
-    instead of repeating the first round's.
+    instead of repeating the first round's: candidate k of the request is seeded
+    as the generators seed their k-th candidate (:func:`seed_at`).
     """
+    from aligntime.generators.options import seed_at
+
     if params.seed is None:
         return params
-    return replace(params, seed=params.seed + SEED_STRIDE * sampled)
+    return replace(params, seed=seed_at(params.seed, sampled))
 
 
 def check_sampling(params: GenerationParams) -> None:
