@@ -1,4 +1,7 @@
-"""Helpers of the browser tests: policies, the request guard, axe-core, screenshots.
+"""Fixtures and helpers of the browser tests: the live server, Chromium, a guarded page,
+axe-core, screenshots. (tests/browser is a package, so its conftest.py is
+``browser.conftest`` and never takes the place of tests/conftest.py, which other
+tests import as ``conftest``.)
 
 The playground in a real browser: Debian's headless Chromium driven by Playwright.
 
@@ -17,12 +20,16 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import playwright.sync_api as playwright_api
 import pytest
+
+from aligntime.server.testing import serve_subprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 AXE = Path(__file__).with_name("vendor") / "axe.min.js"
@@ -150,6 +157,49 @@ def make_report(folder: Path, policy: Path) -> Path:
         check=True, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     return out.parent
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("playground")
+    policies = write_policies(folder)
+    reports = make_report(folder, policies[0])
+    args = [arg for p in policies for arg in ("-p", str(p))]
+    args += ["--audit-db", str(folder / "audit.db"), "--reports", str(reports)]
+    args += ["--api-key", USER_KEY, "--audit-key", AUDIT_KEY]
+    proc, url = serve_subprocess(args, timeout=120)
+    try:
+        yield Server(url, proc)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    with playwright_api.sync_playwright() as pw:
+        # --no-sandbox: the tests run as root on CI, where Chromium's sandbox refuses to start.
+        b = pw.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def guard(server: Server) -> Guard:
+    return Guard(server.origin)
+
+
+@pytest.fixture
+def page(browser: Any, server: Server, guard: Guard) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.route("**/*", guard.route)
+    pg = context.new_page()
+    pg.on("console", guard.console)
+    pg.on("pageerror", lambda exc: guard.problems.append(f"page error: {exc}"))
+    pg.set_default_timeout(20_000)
+    yield pg
+    context.close()
+    guard.check()
 
 
 def use_key(page: Any, key: str) -> None:

@@ -7,7 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
-from browser_support import (
+
+from browser.browser_support import (
     AUDIT_KEY,
     SCRIPT_TEXT,
     USER_KEY,

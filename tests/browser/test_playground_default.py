@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from browser_support import Guard, Server, axe_violations, output_dir
 
 from aligntime.server.testing import serve_subprocess
+from browser.browser_support import Guard, Server, axe_violations, output_dir
 
 pytestmark = pytest.mark.slow
 
