@@ -169,11 +169,11 @@ def test_extend_continues_a_partial_answer_on_the_real_model(server: StubServer)
 def test_early_rejection_over_openai_on_the_real_model(server: StubServer, tmp_path: Path) -> None:
     policy = f"""
     name: remote-search
-    generator: {{backend: openai, base_url: "{server.base_url}", model: {MODEL}, max_tokens: 24}}
-    n: 3
+    generator: {{backend: openai, base_url: "{server.base_url}", model: {MODEL}, max_tokens: 12}}
+    n: 2
     scorers:
       - {{name: rules, kind: rules}}
-    strategy: {{kind: early_rejection, chunk_tokens: 8, keep: 0.5}}
+    strategy: {{kind: early_rejection, chunk_tokens: 4, keep: 0.5}}
     """
     path = tmp_path / "search.yaml"
     path.write_text(textwrap.dedent(policy))

@@ -157,3 +157,22 @@ def test_search_strategies_run_against_a_remote_engine(
         r.body for r in server.chat_requests() if r.body["messages"][-1]["role"] == "assistant"
     ]
     assert continued and all(b["continue_final_message"] is True for b in continued)
+
+
+def test_aligntime_serve_is_learnt_as_a_server_that_cannot_continue(tmp_path: Path) -> None:
+    # aligntime aligns whole answers: it refuses continue_final_message by name, so a
+    # remote openai generator pointed at it learns that (instead of getting a new answer).
+    from aligntime.policy.loader import parse_policy
+    from aligntime.server import ServerOptions, app_from_policies
+    from aligntime.server.testing import LiveServer
+
+    policy = parse_policy("name: p\ngenerator: {backend: fake}\nn: 2\n")
+    with LiveServer(app_from_policies([policy], ServerOptions())) as live:
+        # logprobs off: aligntime refuses them too.
+        url = live.url + "/v1"
+        opts = OpenAIOptions(base_url=url, model="p", api_key_env=None, logprobs=False)
+        gen = OpenAIGenerator(opts)
+        with pytest.raises(BackendError, match="continue_final_message is not supported"):
+            extend(gen, ["The sea"], 2)
+        assert not gen.capabilities.token_steps
+        assert asyncio.run(gen.generate(SEA, 1, GenerationParams())).candidates[0].text

@@ -122,6 +122,10 @@ class ChatCompletionRequest(BaseModel):
     """Not supported: ``true`` is refused."""
     tools: list[dict[str, Any]] | None = None
     """Not supported: a non-empty list is refused."""
+    continue_final_message: bool = False
+    """vLLM's and SGLang's request to continue the final assistant message. Not supported
+    yet: ``true`` is refused (naming this field), so that a client learns it cannot
+    continue answers here instead of getting a new answer in their place."""
     aligntime: AligntimeOptions | None = None
     """Not in the OpenAI spec: aligntime's per-request settings."""
 
