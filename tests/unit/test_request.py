@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from aligntime.aligner import Aligner
+from aligntime.generators.fake import FakeGenerator
 from aligntime.policy.loader import load_policy
 from aligntime.request import AlignRequest, RequestError, reseeded, to_messages
 from aligntime.server.protocol import ChatCompletionRequest
-from aligntime.types import GenerationParams, Message
+from aligntime.strategies.context import SearchContext
+from aligntime.strategies.rejection import Rejection
+from aligntime.types import Candidate, Generation, GenerationParams, Message
 
 
 def test_the_server_request_converts_itself() -> None:
@@ -86,3 +92,38 @@ def test_a_fixed_seed_moves_on_with_every_round() -> None:
     assert reseeded(GenerationParams(seed=None), 4).seed is None
     moved = reseeded(GenerationParams(max_tokens=9, seed=1), 4)
     assert moved.seed != 1 and moved.max_tokens == 9
+
+
+class _SeedLog(FakeGenerator):
+    """The fake backend, noting the seed of every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seeds: list[int | None] = []
+
+    async def generate(
+        self, messages: Sequence[Message], n: int, params: GenerationParams
+    ) -> Generation:
+        self.seeds.append(params.seed)
+        return await super().generate(messages, n, params)
+
+
+async def _unchanged(candidates: list[Candidate]) -> list[Candidate]:
+    return [replace(c, score=0.0) for c in candidates]
+
+
+def test_each_round_is_seeded_from_the_candidates_so_far() -> None:
+    # Nothing reaches the threshold: three rounds of N = 2 within a budget of 6.
+    gen = _SeedLog()
+    hi = [Message("user", "hi")]
+    ctx = SearchContext(
+        generator=gen,
+        prompt_messages=hi,
+        request=AlignRequest(hi, 2, params=GenerationParams(seed=10)),
+        max_tokens=5,
+        scorer=_unchanged,
+        budget=6,
+    )
+    decision = asyncio.run(Rejection(Rejection.Options(threshold=0.9)).run(ctx))
+    assert decision.best is None and ctx.sampled == 6
+    assert gen.seeds == [10, 12, 14]  # candidate k of the request has seed 10 + k

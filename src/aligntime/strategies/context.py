@@ -62,7 +62,6 @@ class SearchContext:
     usage: Usage = field(default_factory=Usage)
     generate_s: float = 0.0
     score_s: float = 0.0
-    _round_params: GenerationParams | None = field(default=None, init=False, repr=False)
 
     @property
     def n(self) -> int:
@@ -117,17 +116,16 @@ class SearchContext:
     async def sample(self, n: int) -> list[Candidate]:
         """One sampling round: ``n`` answers, scored and added to ``candidates``.
 
-        A fixed seed moves on with every round, so a later round adds new samples.
+        With a fixed seed, candidate k of the request is seeded as the generators seed
+        their k-th candidate, so a later round adds new samples.
         """
-        params = self._round_params or self.params
-        generation = await self.generate(n, params)
+        generation = await self.generate(n, reseeded(self.params, self.sampled))
         fresh = list(generation.candidates)
         if not self.candidates:
             fresh += self.offered
         scored = await self.score(fresh)
         self.candidates += scored
         self.sampled += len(generation.candidates)
-        self._round_params = reseeded(params, self.sampled)
         return scored
 
     def outcome(self, candidates: list[Candidate] | None = None) -> SearchOutcome:
