@@ -275,3 +275,13 @@ def test_keyboard_only_with_visible_focus_in_both_themes(
     wait_for_candidates(page, 3)
     page.screenshot(path=str(output_dir() / f"playground-{theme}.png"), full_page=True)
     assert axe_violations(page) == []
+
+
+def test_the_guard_catches_a_request_to_another_host(page: Any, guard: Guard) -> None:
+    """The check every test relies on can fail: a page without the playground's CSP asks
+    another host, and the router records and aborts it (nothing leaves the machine)."""
+    guard.expected.append("ERR_FAILED")  # the aborted image's console error
+    page.set_content('<img src="http://offsite.invalid/pixel.png" alt="">')
+    page.wait_for_function("() => document.querySelector('img').complete")
+    assert guard.foreign == ["http://offsite.invalid/pixel.png"]
+    guard.foreign.clear()  # provoked on purpose: the teardown check must not fail on it
