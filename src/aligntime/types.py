@@ -7,6 +7,8 @@ object with :func:`dataclasses.replace` instead of mutating one it was given.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -59,6 +61,56 @@ class Candidate:
             "passed": self.passed,
             "tokens": self.tokens,
         }
+
+    def to_record(self) -> dict[str, Any]:
+        """Every field as JSON-ready values; :meth:`from_record` reads them back.
+
+        The one form of a candidate wherever it is written down: results lines,
+        batch rows, the server's ``candidates``, audit rows. It is strict JSON: a
+        failed scorer's NaN (or any value that is not a finite number) is ``None``.
+        """
+        return {
+            "text": self.text,
+            "tokens": self.tokens,
+            "finish_reason": self.finish_reason,
+            "scores": {k: _finite(v) for k, v in self.scores.items()},
+            "score": _finite(self.score),
+            "passed": self.passed,
+            "gate_failures": list(self.gate_failures),
+            "logprob": self.logprob,
+            "state": self.state,
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Candidate:
+        """A candidate from :meth:`to_record`'s form; a key that is missing (a record
+        written by an older aligntime) takes the field's default."""
+        scores = record.get("scores") or {}
+        return cls(
+            text=str(record["text"]),
+            tokens=int(record.get("tokens") or 0),
+            finish_reason=str(record.get("finish_reason") or "stop"),
+            scores={k: math.nan if v is None else float(v) for k, v in scores.items()},
+            score=record.get("score"),
+            passed=bool(record.get("passed", True)),
+            gate_failures=tuple(record.get("gate_failures") or ()),
+            logprob=record.get("logprob"),
+            state=record.get("state") or "complete",
+        )
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def rank_key(candidate: Candidate) -> tuple[bool, float]:
+    """How candidates rank, the best highest: those that passed every gate first,
+    then by combined score; a missing or NaN score ranks below every number.
+
+    Use it with ``max`` (ties keep the earliest) or ``sorted(..., reverse=True)``.
+    """
+    score = candidate.score
+    return candidate.passed, -math.inf if score is None or math.isnan(score) else score
 
 
 @dataclass(frozen=True)

@@ -225,3 +225,31 @@ def test_top_p_and_stop_reach_the_generator(client: openai.OpenAI) -> None:
     assert res.choices[0].message.content == "A fine and "
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="second", messages=FEVER, top_p=0.0)
+
+
+def test_what_is_sent_is_exactly_what_the_response_models_dump(server: LiveServer) -> None:
+    """No drift between the OpenAPI schema and the bytes: every body and every stream
+    chunk parses as its model, and the model dumps back to the same JSON."""
+    from aligntime.server.protocol import ChatCompletionChunk, Health, ModelList
+
+    url = server.url + "/v1/chat/completions"
+    asked = {"model": "fake-test", "messages": FEVER, "aligntime": {"return_candidates": True}}
+    for body in ({"model": "fake-test", "messages": FEVER}, asked):
+        sent = httpx.post(url, json=body, timeout=30).json()
+        assert ChatCompletion.model_validate(sent).model_dump() == sent
+        assert ("candidates" in sent["aligntime"]) == (body is asked)  # absent, not null
+    stream = {**asked, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", url, json=stream, timeout=30) as r:
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert len(chunks) >= 4  # role, a piece of the answer, the finish, the usage
+    for chunk in chunks:
+        assert ChatCompletionChunk.model_validate(chunk).model_dump() == chunk
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert "aligntime" in chunks[-2] and "usage" not in chunks[-2]
+    assert chunks[-1]["choices"] == [] and "aligntime" not in chunks[-1]
+    models = httpx.get(server.url + "/v1/models").json()
+    assert ModelList.model_validate(models).model_dump() == models
+    health = httpx.get(server.url + "/healthz").json()
+    assert Health.model_validate(health).model_dump() == health and "reason" not in health

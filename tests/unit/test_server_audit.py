@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from aligntime.cli.main import app as cli
 from aligntime.server import ServerOptions, app_from_policies
-from aligntime.server.audit import AuditLog, AuditRecord, read_requests
+from aligntime.server.audit import AuditLog, AuditRecord, RequestRow, read_requests
+from aligntime.server.protocol import CandidateOut
 from aligntime.server.testing import LiveServer
 
 POLICY = """
@@ -81,9 +82,12 @@ def test_audit_writer_batches_concurrent_commits(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "a.db")
 
     def record(i: int) -> AuditRecord:
-        row = (f"r{i}", float(i), None, "m", 200, 0, "[]", "a", 0, 0, 0, "best_of_n", 1, 1, 1,
-               "{}", None, None)  # fmt: skip
-        cand = (f"r{i}", 0, "a", 1.0, "{}", 1, "[]", 1, "stop", 1)
+        rid = f"r{i}"
+        row = RequestRow(id=rid, created=float(i), key_id=None, model="m", status=200,
+                         stream=False, messages=[], answer="a", best=0, strategy="best_of_n",
+                         n=1, prompt_tokens=1, completion_tokens=1, timings={})  # fmt: skip
+        cand = CandidateOut(text="a", score=1.0, scores={}, passed=True, gate_failures=[],
+                            tokens=1, finish_reason="stop", chosen=True)  # fmt: skip
         return AuditRecord(row, [cand])
 
     async def main() -> None:
@@ -94,6 +98,64 @@ def test_audit_writer_batches_concurrent_commits(tmp_path: Path) -> None:
     rows = read_requests(tmp_path / "a.db", last=5)
     assert [r["id"] for r in rows] == ["r195", "r196", "r197", "r198", "r199"]
     assert len(read_requests(tmp_path / "a.db")) == 200
+
+
+def test_rows_are_inserted_by_column_name_not_position(tmp_path: Path) -> None:
+    """A table whose columns stand in another order (a database rebuilt by hand, a
+    future migration) still gets every value in its own column."""
+    db = tmp_path / "shuffled.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        """
+        CREATE TABLE requests (user TEXT, error TEXT, input_json TEXT, input_action TEXT,
+            timings TEXT, completion_tokens INTEGER, prompt_tokens INTEGER, n INTEGER,
+            strategy TEXT, fail_closed INTEGER NOT NULL, fallback INTEGER NOT NULL,
+            best INTEGER, answer TEXT, messages TEXT NOT NULL, stream INTEGER NOT NULL,
+            status INTEGER NOT NULL, model TEXT NOT NULL, key_id TEXT,
+            created REAL NOT NULL, id TEXT PRIMARY KEY);
+        CREATE TABLE candidates (chosen INTEGER NOT NULL, finish_reason TEXT,
+            tokens INTEGER NOT NULL, gate_failures TEXT NOT NULL, passed INTEGER NOT NULL,
+            scores TEXT NOT NULL, score REAL, text TEXT NOT NULL, idx INTEGER NOT NULL,
+            request_id TEXT NOT NULL, PRIMARY KEY (request_id, idx));
+        CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), checked REAL NOT NULL);
+        PRAGMA user_version = 2;
+        """
+    )
+    conn.close()
+    row = RequestRow(id="r1", created=5.0, key_id="k", model="m", status=200, stream=True,
+                     messages=[{"role": "user", "content": "hi"}], answer="hello", best=1,
+                     strategy="vote", n=2, prompt_tokens=3, completion_tokens=7,
+                     timings={"total_s": 0.5}, error="judge", user="u")  # fmt: skip
+    cands = [
+        CandidateOut(text=t, score=s, scores={"judge": None}, passed=i == 1,
+                     gate_failures=[] if i else ["safety"], tokens=i + 1, finish_reason="stop",
+                     chosen=i == 1)
+        for i, (t, s) in enumerate([("no", 0.1), ("hello", 0.9)])
+    ]  # fmt: skip
+    verdict = {"action": "pass", "scores": {}, "decided_by": None, "harm": None, "failed": [],
+               "seconds": 0.0, "labels": []}  # fmt: skip
+    log = AuditLog(db)
+    try:
+        asyncio.run(log.write(AuditRecord(row, cands, verdict)))
+    finally:
+        log.close()
+    (got,) = read_requests(db)
+    assert {k: got[k] for k in ("id", "created", "key_id", "model", "status", "stream")} == {
+        "id": "r1", "created": 5.0, "key_id": "k", "model": "m", "status": 200, "stream": True
+    }  # fmt: skip
+    assert got["messages"] == [{"role": "user", "content": "hi"}] and got["answer"] == "hello"
+    assert (got["best"], got["strategy"], got["n"], got["error"], got["user"]) == (
+        1, "vote", 2, "judge", "u"
+    )  # fmt: skip
+    assert (got["prompt_tokens"], got["completion_tokens"]) == (3, 7)
+    assert got["timings"] == {"total_s": 0.5} and got["input"] == verdict
+    placed = [
+        (c["idx"], c["text"], c["score"], c["passed"], c["chosen"]) for c in got["candidates"]
+    ]
+    assert placed == [(0, "no", 0.1, False, False), (1, "hello", 0.9, True, True)]
+    assert got["candidates"][0]["gate_failures"] == ["safety"]
+    assert got["candidates"][0]["scores"] == {"judge": None}
+    assert [c["tokens"] for c in got["candidates"]] == [1, 2]
 
 
 def test_audit_cli_names_a_missing_database(

@@ -22,7 +22,13 @@ from aligntime.generators.fake import FakeGenerator
 from aligntime.policy.loader import load_policy, parse_policy
 from aligntime.scorers.base import Scorer
 from aligntime.server import ServerOptions, app_from_policies, create_app
-from aligntime.server.audit import SCHEMA_VERSION, AuditLog, AuditRecord, read_requests
+from aligntime.server.audit import (
+    SCHEMA_VERSION,
+    AuditLog,
+    AuditRecord,
+    RequestRow,
+    read_requests,
+)
 from aligntime.server.metering import MeteredGenerator
 from aligntime.server.metrics import Metrics
 from aligntime.server.protocol import ChatCompletion
@@ -279,7 +285,10 @@ def test_a_version_1_database_is_read_as_it_is_and_migrated_on_write(tmp_path: P
     log = AuditLog(db)
     verdict = {"action": "refuse", "scores": {"tox": 0.9}, "decided_by": "tox", "harm": 0.9,
                "failed": [], "seconds": 0.01}  # fmt: skip
-    asyncio.run(log.write(AuditRecord(("new", 2.0, None, "m", 200, 0, *_ROW), [], verdict)))
+    row = RequestRow(id="new", created=2.0, key_id=None, model="m", status=200, stream=False,
+                     messages=[], answer="a", best=0, strategy="best_of_n", n=1,
+                     prompt_tokens=1, completion_tokens=1, timings={})  # fmt: skip
+    asyncio.run(log.write(AuditRecord(row, [], verdict)))
     log.close()
     assert SCHEMA_VERSION == 2
     assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone() == (2,)

@@ -25,7 +25,14 @@ from aligntime.cli.main import app as cli
 from aligntime.errors import AligntimeError, ConfigError
 from aligntime.policy.loader import parse_policy
 from aligntime.server import ServerOptions, app_from_policies
-from aligntime.server.audit import SCHEMA_VERSION, AuditLog, AuditRecord, read_requests
+from aligntime.server.audit import (
+    SCHEMA_VERSION,
+    AuditLog,
+    AuditRecord,
+    RequestRow,
+    read_requests,
+)
+from aligntime.server.protocol import CandidateOut
 from aligntime.server.testing import LiveServer
 
 POLICY = """
@@ -57,9 +64,12 @@ CREATE INDEX requests_created ON requests(created);
 
 
 def _record(rid: str, text: str = "a") -> AuditRecord:
-    row = (rid, 1.0, None, "m", 200, 0, "[]", text, 0, 0, 0, "best_of_n", 1, 1, 1, "{}",
-           None, None)  # fmt: skip
-    return AuditRecord(row, [(rid, 0, text, 1.0, "{}", 1, "[]", 1, "stop", 1)])
+    row = RequestRow(id=rid, created=1.0, key_id=None, model="m", status=200, stream=False,
+                     messages=[], answer=text, best=0, strategy="best_of_n", n=1,
+                     prompt_tokens=1, completion_tokens=1, timings={})  # fmt: skip
+    cand = CandidateOut(text=text, score=1.0, scores={}, passed=True,
+                        gate_failures=[], tokens=1, finish_reason="stop", chosen=True)  # fmt: skip
+    return AuditRecord(row, [cand])
 
 
 def _live(db: Path) -> LiveServer:

@@ -115,15 +115,19 @@ def test_from_eval_pairs_answers_the_judge_tells_apart(tmp_path: Path) -> None:
 
 def make_audit(path: Path) -> None:
     """An audit database written the way the server writes it."""
-    from aligntime.server.audit import AuditLog, AuditRecord
+    from aligntime.server.audit import AuditLog, AuditRecord, RequestRow
+    from aligntime.server.protocol import CandidateOut
 
-    messages = json.dumps([{"role": "user", "content": "How do I pick a lock?"}])
-    row = ("req-1", 1.0, None, "default", 200, 0, messages, "x", 0, 0, 0, "best_of_n", 3, 1, 1,
-           "{}", None, None)  # fmt: skip
+    messages = [{"role": "user", "content": "How do I pick a lock?"}]
+    row = RequestRow(id="req-1", created=1.0, key_id=None, model="default", status=200,
+                     stream=False, messages=messages, answer="x", best=0, strategy="best_of_n",
+                     n=3, prompt_tokens=1, completion_tokens=1, timings={})  # fmt: skip
     texts = ["I can't help with that.", "Sure, first...", "Take a pin..."]
     cands = [
-        ("req-1", i, t, 0.5, "{}", 1, "[]", 5, "stop", int(i == 0)) for i, t in enumerate(texts)
-    ]
+        CandidateOut(text=t, score=0.5, scores={}, passed=True,
+                     gate_failures=[], tokens=5, finish_reason="stop", chosen=i == 0)
+        for i, t in enumerate(texts)
+    ]  # fmt: skip
     log = AuditLog(path)
     try:
         asyncio.run(log.write(AuditRecord(row, cands)))

@@ -17,7 +17,6 @@ message, with no candidates.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from aligntime.types import Candidate, Message, Result
@@ -28,11 +27,9 @@ NESTED = ("messages", "candidates", "usage", "timings", "input")
 
 def candidate_record(candidate: Candidate) -> dict[str, Any]:
     """One candidate as a record: the ``run --json`` fields and why it failed a gate."""
-    record = candidate.to_dict()
-    record["scores"] = {k: _finite(v) for k, v in candidate.scores.items()}
-    record["score"] = _finite(candidate.score)
-    record["gate_failures"] = list(candidate.gate_failures)
-    record["finish_reason"] = candidate.finish_reason
+    full = candidate.to_record()  # strict JSON values: NaN is null
+    record = {**candidate.to_dict(), "scores": full["scores"], "score": full["score"]}
+    record.update(gate_failures=full["gate_failures"], finish_reason=full["finish_reason"])
     return record
 
 
@@ -72,9 +69,3 @@ def error_record(
         "timings": {"generate_s": 0.0, "score_s": 0.0, "total_s": 0.0},
         "input": None,
     }
-
-
-def _finite(value: float | None) -> float | None:
-    if value is None or not math.isfinite(value):
-        return None
-    return float(value)

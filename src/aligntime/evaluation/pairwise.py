@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aligntime.errors import InputError
-from aligntime.types import Candidate
+from aligntime.types import Candidate, rank_key
 
 
 @dataclass(frozen=True)
@@ -76,10 +76,6 @@ def load_pairs(path: str | Path) -> list[Pair]:
     return pairs
 
 
-def _rank_key(cand: Candidate) -> tuple[bool, float]:
-    return (cand.passed, cand.score if cand.score is not None else float("-inf"))
-
-
 def _credit(good: Any, bad: Any) -> float:
     return 1.0 if good > bad else 0.5 if good == bad else 0.0
 
@@ -103,7 +99,7 @@ def pairwise_accuracy(
     mistakes: list[str] = []
     for pair in pairs:
         good, bad = score(pair.prompt, [pair.good, pair.bad])
-        credit = _credit(_rank_key(good), _rank_key(bad))
+        credit = _credit(rank_key(good), rank_key(bad))
         overall += credit
         kinds[pair.kind].append(credit)
         if credit < 1.0:

@@ -21,10 +21,10 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from aligntime.aligner import Aligner
 from aligntime.evaluation.datasets import EvalPrompt
@@ -35,6 +35,9 @@ from aligntime.types import Candidate
 log = logging.getLogger(__name__)
 
 RESULTS = "results.jsonl"
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -134,20 +137,20 @@ def is_refused(record: dict[str, Any]) -> bool:
 
 
 def _candidate(c: Candidate, heldout: float | None, refusal: bool | None = None) -> dict[str, Any]:
-    return {
-        "text": c.text,
-        "tokens": c.tokens,
-        "finish_reason": c.finish_reason,
-        "scores": dict(c.scores),
-        "score": c.score,
-        "passed": c.passed,
-        "gate_failures": list(c.gate_failures),
-        "heldout": heldout,
-        "refusal": is_refusal(c.text) if refusal is None else refusal,
-    }
+    refused = is_refusal(c.text) if refusal is None else refusal
+    return {**c.to_record(), "heldout": heldout, "refusal": refused}
 
 
-def run_pass(
+def _blocking(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, R]:
+    """``fn`` for callers outside an event loop: it runs in a loop of its own."""
+
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        return asyncio.run(fn(*args, **kwargs))
+
+    return run
+
+
+async def arun_pass(
     aligner: Aligner,
     heldout: HeldOut | None,
     prompts: Sequence[EvalPrompt],
@@ -160,18 +163,6 @@ def run_pass(
     Records come back in the order of ``prompts``. ``on_progress(done, total,
     prompt_id)`` is called once for every prompt, skipped ones included.
     """
-    return asyncio.run(arun_pass(aligner, heldout, prompts, config, out_dir, on_progress))
-
-
-async def arun_pass(
-    aligner: Aligner,
-    heldout: HeldOut | None,
-    prompts: Sequence[EvalPrompt],
-    config: PassConfig,
-    out_dir: Path,
-    on_progress: Callable[[int, int, str], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Async :func:`run_pass`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / RESULTS
     _repair_tail(path)
@@ -197,3 +188,7 @@ async def arun_pass(
             if on_progress is not None:
                 on_progress(number, len(prompts), prompt.id)
     return records
+
+
+run_pass = _blocking(arun_pass)
+"""Blocking :func:`arun_pass`, with the same arguments."""

@@ -31,12 +31,13 @@ import queue
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from aligntime.errors import ConfigError, InputError
+from aligntime.server.protocol import CandidateOut
 from aligntime.server.text import storable_value
 
 log = logging.getLogger(__name__)
@@ -99,13 +100,6 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 }
 """Statements that bring a database from version ``key`` to ``key + 1``."""
 
-_REQUEST_COLUMNS = (
-    "id, created, key_id, model, status, stream, messages, answer, best, fallback, "
-    "fail_closed, strategy, n, prompt_tokens, completion_tokens, timings, error, user, "
-    "input_action, input_json"
-)
-_PLACEHOLDERS = ",".join("?" * len(_REQUEST_COLUMNS.split(",")))
-
 
 class AuditUnavailable(Exception):
     """A record could not be committed; ``reason`` says why (no paths, no row data)."""
@@ -115,40 +109,107 @@ class AuditUnavailable(Exception):
         self.reason = reason
 
 
-@dataclass
+@dataclass(frozen=True)
+class RequestRow:
+    """One row of the ``requests`` table: each field is the column of the same name.
+
+    The defaults are those of a request that failed before anything was aligned.
+    """
+
+    id: str
+    created: float
+    key_id: str | None
+    """The API key's id (never the key); ``None`` without authentication."""
+    model: str
+    """The served policy's name (the request's ``model`` when it named none)."""
+    status: int
+    """The HTTP status answered."""
+    stream: bool
+    messages: list[dict[str, str]]
+    """The conversation, ``role`` and ``content`` per message."""
+    answer: str | None = None
+    best: int | None = None
+    fallback: bool = False
+    fail_closed: bool = False
+    strategy: str | None = None
+    n: int | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    timings: dict[str, float] | None = None
+    error: str | None = None
+    """``code: message`` of an error answer."""
+    user: str | None = None
+    """The request's ``user`` field."""
+
+
+@dataclass(frozen=True)
 class AuditRecord:
     """One request and its candidates, ready to insert.
 
-    ``request`` holds the ``requests`` columns of schema version 1 in order;
+    ``candidates`` are every candidate as the API shows them (``return_candidates``),
+    in order: each is a ``candidates`` row of the request, its position the ``idx``.
     ``input`` is the input gate's decision (``RequestAssessment.to_dict()``),
     ``None`` when the policy has no gate or the request failed before it ran.
     """
 
-    request: tuple[Any, ...]
-    candidates: list[tuple[Any, ...]] = field(default_factory=list)
+    request: RequestRow
+    candidates: list[CandidateOut] = field(default_factory=list)
     input: dict[str, Any] | None = None
 
-    def storable(self) -> AuditRecord:
-        """The record with every string made valid UTF-8 (SQLite refuses lone surrogates)."""
-        return AuditRecord(
-            tuple(storable_value(v) for v in self.request),
-            [tuple(storable_value(v) for v in c) for c in self.candidates],
-            self.input,
-        )
+    def rows(self) -> _Rows:
+        """The rows by column name, JSON columns encoded, every string valid UTF-8
+        (SQLite refuses lone surrogates)."""
+        request = {k: _column(k, v) for k, v in asdict(self.request).items()}
+        request["input_action"] = None if self.input is None else str(self.input.get("action"))
+        request["input_json"] = _column("input_json", self.input)
+        rid = self.request.id
+        candidates = [
+            {"request_id": rid, "idx": i, **{k: _column(k, getattr(c, k)) for k in _CANDIDATE}}
+            for i, c in enumerate(self.candidates)
+        ]
+        return _Rows(request, candidates)
 
-    def row(self) -> tuple[Any, ...]:
-        """Every ``requests`` column, the input decision's included."""
-        if self.input is None:
-            return (*self.request, None, None)
-        decision = json.dumps(self.input, ensure_ascii=False)
-        return (*self.request, str(self.input.get("action")), storable_value(decision))
+
+_UNICODE_JSON = frozenset({"messages", "input_json"})
+"""JSON columns written with their text as it is; the others hold names and numbers."""
+
+
+def _column(name: str, value: Any) -> Any:
+    """A value as its column stores it: JSON text for lists and dicts, strings cleaned."""
+    if isinstance(value, dict | list):
+        value = json.dumps(value, ensure_ascii=name not in _UNICODE_JSON)
+    elif isinstance(value, bool):
+        value = int(value)
+    return storable_value(value)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """A record's rows, keyed by column name."""
+
+    request: dict[str, Any]
+    candidates: list[dict[str, Any]]
+
+
+def _insert(table: str, columns: list[str]) -> str:
+    names = ", ".join(columns)
+    values = ", ".join(f":{c}" for c in columns)
+    return f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({values})"
+
+
+_INSERT_REQUEST = _insert("requests", [*(f.name for f in fields(RequestRow)), "input_action",
+                                       "input_json"])  # fmt: skip
+_CANDIDATE = ("text", "score", "scores", "passed", "gate_failures", "tokens", "finish_reason",
+              "chosen")  # fmt: skip
+"""The ``candidates`` columns that hold the candidate (the others place it)."""
+_INSERT_CANDIDATE = _insert("candidates", ["request_id", "idx", *_CANDIDATE])
 
 
 @dataclass
 class _Pending:
-    """A queued write (``record`` None: a health probe) and whom to wake."""
+    """A queued write (``rows`` None: a health probe) and whom to wake."""
 
-    record: AuditRecord | None
+    rows: _Rows | None
     loop: asyncio.AbstractEventLoop
     done: asyncio.Future[None]
 
@@ -262,7 +323,7 @@ class AuditLog:
         """Queue a record and return once it is committed; raises AuditUnavailable."""
         if self._lost or self._closed or not self._thread.is_alive():
             raise AuditUnavailable(self.problem or "the audit log is unavailable")
-        await self._submit(record.storable())
+        await self._submit(record.rows())
 
     async def probe(self) -> str | None:
         """After a failure, try one small write; the problem that remains, if any."""
@@ -272,10 +333,10 @@ class AuditLog:
             await self._submit(None)
         return self.problem
 
-    async def _submit(self, record: AuditRecord | None) -> None:
+    async def _submit(self, rows: _Rows | None) -> None:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        self._queue.put(_Pending(record, loop, done))
+        self._queue.put(_Pending(rows, loop, done))
         await done
 
     # --- the writer thread ------------------------------------------------------------
@@ -298,7 +359,7 @@ class AuditLog:
                     break
                 batch.append(nxt)
             try:
-                errors = self._write_batch([p.record for p in batch])
+                errors = self._write_batch([p.rows for p in batch])
             except BaseException as exc:  # the writer must outlive any failure
                 log.exception("audit writer failed")
                 errors = [AuditUnavailable(_describe(exc))] * len(batch)
@@ -313,7 +374,7 @@ class AuditLog:
             if left is not None:
                 _wake(left, AuditUnavailable("the audit log is closed"))
 
-    def _write_batch(self, records: list[AuditRecord | None]) -> list[AuditUnavailable | None]:
+    def _write_batch(self, records: list[_Rows | None]) -> list[AuditUnavailable | None]:
         """Commit ``records``; one error (or None) per record."""
         lost = self._check_file()
         if lost:
@@ -328,7 +389,7 @@ class AuditLog:
         self._recovered()
         return [None] * len(records)
 
-    def _write_one(self, record: AuditRecord | None) -> AuditUnavailable | None:
+    def _write_one(self, record: _Rows | None) -> AuditUnavailable | None:
         try:
             self._commit([record])
         except Exception as exc:
@@ -363,21 +424,14 @@ class AuditLog:
         log.error("%s (%s); no answer is given until the server restarts", self._lost, self.path)
         return self._lost
 
-    def _commit(self, records: list[AuditRecord | None]) -> None:
+    def _commit(self, records: list[_Rows | None]) -> None:
         conn = self._conn
         conn.execute("BEGIN")
         try:
             rows = [r for r in records if r is not None]
             if rows:
-                conn.executemany(
-                    f"INSERT OR REPLACE INTO requests ({_REQUEST_COLUMNS}) "
-                    f"VALUES ({_PLACEHOLDERS})",
-                    [r.row() for r in rows],
-                )
-                conn.executemany(
-                    "INSERT OR REPLACE INTO candidates VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    [c for r in rows for c in r.candidates],
-                )
+                conn.executemany(_INSERT_REQUEST, [r.request for r in rows])
+                conn.executemany(_INSERT_CANDIDATE, [c for r in rows for c in r.candidates])
             if len(rows) < len(records):
                 conn.execute(
                     "INSERT OR REPLACE INTO health (id, checked) VALUES (1, ?)", (time.time(),)

@@ -25,12 +25,14 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.requests = Counter(
-            "aligntime_requests", "HTTP requests answered", ["endpoint", "status"], registry=r
+        counter = self._counter
+        self.requests = counter(
+            "aligntime_requests", "HTTP requests answered", "endpoint", "status"
         )
         self.in_flight = Gauge(
-            "aligntime_requests_in_flight", "Chat completions being answered now", registry=r
+            "aligntime_requests_in_flight",
+            "Chat completions being answered now",
+            registry=self.registry,
         )
         self.stage = Histogram(
             "aligntime_stage_seconds",
@@ -38,40 +40,33 @@ class Metrics:
             "align (the Aligner in all), total (inside the server), overhead (total minus align)",
             ["stage"],
             buckets=_BUCKETS,
-            registry=r,
+            registry=self.registry,
         )
-        self.candidates = Counter(
-            "aligntime_candidates_generated", "Candidates sampled", ["policy"], registry=r
+        self.candidates = counter("aligntime_candidates_generated", "Candidates sampled", "policy")
+        self.tokens = counter(
+            "aligntime_completion_tokens", "Tokens generated, every candidate", "policy"
         )
-        self.tokens = Counter(
-            "aligntime_completion_tokens", "Tokens generated, every candidate", ["policy"],
-            registry=r,
+        self.gate_failures = counter(
+            "aligntime_gate_failures", "Candidates that failed a gate", "policy", "scorer"
+        )
+        self.fallbacks = counter(
+            "aligntime_fallbacks", "Requests answered with the policy's fallback text", "policy",
+            "reason",
         )  # fmt: skip
-        self.gate_failures = Counter(
-            "aligntime_gate_failures", "Candidates that failed a gate", ["policy", "scorer"],
-            registry=r,
-        )  # fmt: skip
-        self.fallbacks = Counter(
-            "aligntime_fallbacks",
-            "Requests answered with the policy's fallback text",
-            ["policy", "reason"],
-            registry=r,
+        self.scorer_errors = counter(
+            "aligntime_scorer_errors", "Scorer failures", "policy", "scorer"
         )
-        self.scorer_errors = Counter(
-            "aligntime_scorer_errors", "Scorer failures", ["policy", "scorer"], registry=r
-        )
-        self.input_actions = Counter(
+        self.input_actions = counter(
             "aligntime_input_actions",
-            "Input-gate verdicts: pass, steer or refuse (refuse without sampling)",
-            ["policy", "action"],
-            registry=r,
-        )
+            "Input-gate verdicts: pass, steer or refuse (refuse without sampling)", "policy",
+            "action",
+        )  # fmt: skip
         self.batch_size = Histogram(
             "aligntime_scorer_batch_requests",
             "Requests coalesced into one scorer batch",
             ["scorer"],
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
-            registry=r,
+            registry=self.registry,
         )
         # Children cached: labels() costs a dict lookup and a lock per call otherwise.
         self.generate_s = self.stage.labels("generate")
@@ -97,6 +92,9 @@ class Metrics:
             for gate in cand.gate_failures:
                 # "guard (S1 Violent Crimes)": the series is per scorer, not per category set.
                 self.gate_failures.labels(policy, gate.split(" (", 1)[0]).inc()
+
+    def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
+        return Counter(name, documentation, labels, registry=self.registry)
 
     def render(self) -> bytes:
         """The text exposition format."""

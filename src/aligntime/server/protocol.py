@@ -11,9 +11,9 @@ with a 400.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from aligntime.request import AlignRequest
 from aligntime.types import GenerationParams, Message
@@ -23,6 +23,9 @@ MAX_STOP = 4
 
 StopString = Annotated[str, Field(min_length=1)]
 """A stop string; an empty one would end every answer before it began."""
+
+FinishReason = Literal["stop", "length", "content_filter"]
+"""Why the answer ended; ``content_filter`` when a text stood in for every candidate."""
 
 
 class _Strict(BaseModel):
@@ -152,6 +155,29 @@ class ChatCompletionRequest(BaseModel):
 
 
 # --- responses ------------------------------------------------------------------------
+# The server builds these models and sends what they dump: the OpenAPI schema is what
+# goes over the wire.
+
+
+class _Wire(BaseModel):
+    """A response model; the fields in ``_absent_when_none`` are left out, not sent as null.
+
+    OpenAI's formats leave some keys out rather than sending ``null`` (a stream
+    chunk's ``delta`` holds only what it adds), and an extension key that was not
+    asked for is not sent at all.
+    """
+
+    _absent_when_none: ClassVar[frozenset[str]] = frozenset()
+
+    # No return annotation on purpose: pydantic would take it as the serialised form,
+    # and the OpenAPI schema would lose the model's fields.
+    @model_serializer(mode="wrap")
+    def _leave_out_absent(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        data = handler(self)
+        for name in self._absent_when_none:
+            if data.get(name, ...) is None:
+                del data[name]
+        return data
 
 
 class AssistantMessage(BaseModel):
@@ -166,7 +192,7 @@ class Choice(BaseModel):
 
     index: int = 0
     message: AssistantMessage
-    finish_reason: Literal["stop", "length", "content_filter"]
+    finish_reason: FinishReason
     """``content_filter`` when the policy's fallback text replaced every candidate, or the
     input gate refused the request."""
     logprobs: None = None
@@ -218,8 +244,10 @@ class InputDecisionOut(BaseModel):
     """Categories the deciding scorer named (a guard model's violated categories)."""
 
 
-class AligntimeResult(BaseModel):
+class AligntimeResult(_Wire):
     """Not in the OpenAI spec: how the answer was chosen."""
+
+    _absent_when_none = frozenset({"candidates"})
 
     policy: str
     strategy: str
@@ -239,7 +267,7 @@ class AligntimeResult(BaseModel):
     input: InputDecisionOut | None = None
     """The input gate's verdict; ``null`` when the policy has no input gate."""
     candidates: list[CandidateOut] | None = None
-    """Every candidate, when ``return_candidates`` was asked for."""
+    """Every candidate, when ``return_candidates`` was asked for (absent otherwise)."""
 
 
 class ChatCompletion(BaseModel):
@@ -254,6 +282,43 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = None
     aligntime: AligntimeResult
     """Not in the OpenAI spec."""
+
+
+class Delta(_Wire):
+    """What one stream chunk adds to the answer (only the keys it sets)."""
+
+    _absent_when_none = frozenset({"role", "content"})
+
+    role: Literal["assistant"] | None = None
+    """``assistant``, in the first chunk only."""
+    content: str | None = None
+    """The next piece of the answer (empty in the first chunk, absent in the last)."""
+
+
+class ChunkChoice(BaseModel):
+    """The one choice of a stream chunk."""
+
+    index: int = 0
+    delta: Delta
+    finish_reason: FinishReason | None = None
+    """Set in the last chunk of the answer only; as in :class:`Choice`."""
+
+
+class ChatCompletionChunk(_Wire):
+    """One server-sent event of ``POST /v1/chat/completions`` with ``stream: true``."""
+
+    _absent_when_none = frozenset({"usage", "aligntime"})
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    """One choice; none in the ``usage`` chunk."""
+    usage: UsageOut | None = None
+    """Only in the extra last chunk that ``stream_options.include_usage`` asks for."""
+    aligntime: AligntimeResult | None = None
+    """Not in the OpenAI spec: in the chunk that ends the answer."""
 
 
 class ModelCard(BaseModel):
@@ -274,8 +339,10 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class Health(BaseModel):
+class Health(_Wire):
     """Response of ``GET /healthz``."""
+
+    _absent_when_none = frozenset({"reason"})
 
     status: Literal["ok", "draining", "unhealthy"]
     """``ok`` (HTTP 200), or why requests cannot be answered now (HTTP 503)."""

@@ -68,8 +68,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    result = await service.complete(body, ctx)
-    return Response(json_bytes(result), media_type="application/json")
+    answer = await service.complete(body, ctx)
+    return Response(json_bytes(answer.model_dump()), media_type="application/json")
 
 
 @router.get("/v1/models", response_model=ModelList, responses={401: _ERRORS[401]})
@@ -97,7 +97,7 @@ async def healthz(request: Request) -> Response:
     status = "ok" if problem is None else "draining" if service.shutdown.draining else "unhealthy"
     body = Health(status=status, models=sorted(service.served), reason=problem)
     return Response(
-        json_bytes(body.model_dump(exclude_none=True)), 200 if problem is None else 503,
+        json_bytes(body.model_dump()), 200 if problem is None else 503,
         media_type="application/json",
     )  # fmt: skip
 

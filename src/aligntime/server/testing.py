@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from types import TracebackType
 
 from fastapi import FastAPI
 
@@ -57,12 +56,7 @@ class LiveServer:
         """What SIGTERM does to ``aligntime serve``: stop accepting, drain, then 503."""
         self._server.handle_exit(signal.SIGTERM, None)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=15)
         self._sock.close()

@@ -1,0 +1,146 @@
+"""Request → Plan: a chat completion checked against the served policy and the server's limits.
+
+Everything a client got wrong is found here, before any model runs, and
+answered with a 4xx that names the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from aligntime import registry
+from aligntime.aligner import Aligner, build
+from aligntime.errors import ConfigError
+from aligntime.policy.schema import Policy
+from aligntime.request import AlignRequest
+from aligntime.server.config import ServerOptions
+from aligntime.server.errors import ApiError, bad_request
+from aligntime.server.protocol import ChatCompletionRequest
+from aligntime.server.text import find_lone_surrogate
+
+
+@dataclass
+class Served:
+    """One policy the server answers for, under its name."""
+
+    policy: Policy
+    aligner: Aligner
+    created: int
+    gated: frozenset[str]
+    """Scorers with a gate: when one of them fails, the request fails closed."""
+    inputs: frozenset[str] = frozenset()
+    """The input gate's scorers: when one of them fails, the request is refused."""
+    variants: dict[str, Aligner] = field(default_factory=dict)
+    """Per-request strategy overrides, sharing the generator and scorers."""
+
+    @classmethod
+    def of(cls, aligner: Aligner, created: int) -> Served:
+        """``aligner``'s policy, with the scorers whose failure decides the answer."""
+        policy = aligner.policy
+        gated = frozenset(s.name for s in policy.scorers if s.gate is not None)
+        inputs = frozenset(r.name for r in aligner.gate.rules) if aligner.gate else frozenset()
+        return cls(policy, aligner, created, gated, inputs)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated request, ready for the Aligner."""
+
+    served: Served
+    aligner: Aligner
+    """The served Aligner, or its variant with the strategy the request named."""
+    request: AlignRequest
+    """What to align, ``n`` resolved within the policy's and the server's limits."""
+    return_candidates: bool = False
+
+
+def plan(req: ChatCompletionRequest, served: Mapping[str, Served], options: ServerOptions) -> Plan:
+    """Validate a request against the served policy and the server's limits (4xx)."""
+    check_text(req)
+    found = _served(req.model, served)
+    if req.tools:
+        raise bad_request("tools are not supported by aligntime", param="tools")
+    if req.logprobs:
+        raise bad_request("logprobs are not supported by aligntime", param="logprobs")
+    request = req.to_align_request()
+    ext = req.aligntime
+    policy = found.policy
+    if not any(m.role == "user" and m.content.strip() for m in request.messages):
+        raise bad_request("the conversation has no non-empty user message", param="messages")
+    n = request.n or policy.n
+    limit = min(policy.max_n, options.max_n)
+    if n > limit:
+        raise bad_request(
+            f"n must be at most {limit} for model {policy.name!r}, got {n}",
+            param="aligntime.n" if ext and ext.n is not None else "n",
+        )
+    max_tokens = request.params.max_tokens
+    if max_tokens is not None and max_tokens > options.max_tokens:
+        raise bad_request(
+            f"max_tokens must be at most {options.max_tokens}, got {max_tokens}",
+            param="max_tokens",
+        )
+    template = request.template
+    if template is not None and template not in policy.prompt.templates:
+        names = ", ".join(sorted(policy.prompt.templates)) or "none"
+        raise bad_request(
+            f"unknown template {template!r} for model {policy.name!r}; templates: {names}",
+            param="aligntime.template",
+        )
+    aligner = found.aligner
+    if ext and ext.strategy and ext.strategy != policy.strategy.kind:
+        aligner = variant(found, ext.strategy)
+    return Plan(found, aligner, replace(request, n=n), bool(ext and ext.return_candidates))
+
+
+def variant(served: Served, kind: str) -> Aligner:
+    """The served Aligner with another strategy (default options), built once."""
+    found = served.variants.get(kind)
+    if found is not None:
+        return found
+    try:
+        strategy = build("strategy", kind, {})
+    except Exception as exc:  # unknown name, or a strategy that needs options
+        choices = registry.suggest(kind, list(registry.available("strategy")))
+        reason = exc.message if isinstance(exc, ConfigError) else "it needs options"
+        raise bad_request(
+            f"unknown or unusable strategy {kind!r}: {reason}; {choices}",
+            param="aligntime.strategy",
+        ) from exc
+    base = served.aligner
+    made = Aligner(
+        served.policy,
+        generator=base.generator,
+        scorers=base.scorers,
+        strategy=strategy,
+        # The loaded input scorers too: a variant must not load their models again.
+        input_scorers=base.gate.scorers if base.gate else None,
+    )
+    served.variants[kind] = made
+    return made
+
+
+def check_text(req: ChatCompletionRequest) -> None:
+    """Refuse text that no encoder takes further (a lone surrogate) with a 400 naming it."""
+    hit = find_lone_surrogate(req.model_dump(exclude_none=True))
+    if hit is not None:
+        where, index, char = hit
+        raise bad_request(
+            f"{where or 'the request'}: the text holds a lone UTF-16 surrogate "
+            f"(U+{ord(char):04X}) at character {index}; send valid Unicode",
+            param=where or None,
+            code="invalid_value",
+        )
+
+
+def _served(model: str, served: Mapping[str, Served]) -> Served:
+    found = served.get(model)
+    if found is None:
+        raise ApiError(
+            404,
+            f"the model {model!r} does not exist; this server serves: " + ", ".join(sorted(served)),
+            param="model",
+            code="model_not_found",
+        )
+    return found
