@@ -63,6 +63,11 @@ def plan(req: ChatCompletionRequest, served: Mapping[str, Served], options: Serv
         raise bad_request("tools are not supported by aligntime", param="tools")
     if req.logprobs:
         raise bad_request("logprobs are not supported by aligntime", param="logprobs")
+    if req.continue_final_message:
+        raise bad_request(
+            "continue_final_message is not supported by aligntime: it aligns whole answers",
+            param="continue_final_message",
+        )
     request = req.to_align_request()
     ext = req.aligntime
     policy = found.policy
