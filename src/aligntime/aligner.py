@@ -19,7 +19,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from aligntime import registry
 from aligntime.background_loop import BackgroundLoop
 from aligntime.errors import InputError, ScorerError
 from aligntime.generators.base import Generator
@@ -27,6 +26,7 @@ from aligntime.input_gate import InputGate
 from aligntime.policy.loader import load_policy
 from aligntime.policy.schema import Policy
 from aligntime.prompting.policy import PromptPolicy
+from aligntime.registry import build
 from aligntime.request import AlignRequest, Conversation, to_messages
 from aligntime.scorers.base import Scorer, as_scorer_error
 from aligntime.scorers.combine import Gate, ScorerWeighting, combine
@@ -48,15 +48,6 @@ __all__ = ["AlignRequest", "Aligner", "Conversation", "build", "to_messages"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def build(kind: registry.Kind, impl: str, options: dict[str, Any], /, **kwargs: Any) -> Any:
-    """Instantiate a registered implementation from its policy options."""
-    cls = registry.resolve(kind, impl)
-    model = getattr(cls, "Options", None)
-    if model is None:
-        return cls(**kwargs)
-    return cls(model.model_validate(options), **kwargs)
 
 
 def _sync(
@@ -104,16 +95,23 @@ class Aligner:
         if policy.input is not None:
             if input_scorers is None:
                 input_scorers = [
-                    build("scorer", s.kind, s.options(), name=s.name) for s in policy.input.scorers
+                    build("scorer", s.kind, s.build_options(), where=s.where, name=s.name)
+                    for s in policy.input.scorers
                 ]
             self.gate = InputGate(policy.input, input_scorers, on_error=policy.on_scorer_error)
             if policy.input.steer is not None:
                 self.steered_prompt = self.prompt.steered(policy.input.steer)
         self.generator: Generator = generator or build(
-            "generator", policy.generator.backend, policy.generator.options()
+            "generator",
+            policy.generator.backend,
+            policy.generator.build_options(),
+            where=policy.generator.where,
         )
         if scorers is None:
-            scorers = [build("scorer", s.kind, s.options(), name=s.name) for s in policy.scorers]
+            scorers = [
+                build("scorer", s.kind, s.build_options(), where=s.where, name=s.name)
+                for s in policy.scorers
+            ]
         self.scorers = list(scorers)
         specs = {s.name: s for s in policy.scorers}
         self.weightings = []
@@ -123,7 +121,10 @@ class Aligner:
             weight = spec.weight if spec else 1.0
             self.weightings.append(ScorerWeighting(scorer.name, weight, gate, scorer))
         self.strategy: Strategy = strategy or build(
-            "strategy", policy.strategy.kind, policy.strategy.options()
+            "strategy",
+            policy.strategy.kind,
+            policy.strategy.build_options(),
+            where=policy.strategy.where,
         )
         self._loaded: asyncio.Future[None] | None = None
         self._scorers_loaded = False

@@ -26,13 +26,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aligntime.aligner import build
 from aligntime.errors import InputError
 from aligntime.evaluation.metrics import rank_weights
-from aligntime.registry import resolve
+from aligntime.registry import build, options_model, resolve
 from aligntime.strategies.base import SamplingRounds, SearchStrategy, Strategy
 from aligntime.strategies.best_of_n import BestOfN
-from aligntime.types import Candidate, rank_key
+from aligntime.types import Candidate
 
 
 @dataclass(frozen=True)
@@ -51,13 +50,23 @@ class Choice:
 
 def to_candidates(rows: Sequence[dict[str, Any]]) -> list[Candidate]:
     """Recorded candidate rows back to :class:`Candidate` objects."""
-    return [Candidate.from_record(r) for r in rows]
+    return [
+        Candidate(
+            text=r["text"],
+            tokens=int(r.get("tokens") or 0),
+            finish_reason=r.get("finish_reason", "stop"),
+            scores={k: float(v) for k, v in (r.get("scores") or {}).items()},
+            score=r.get("score"),
+            passed=bool(r.get("passed", True)),
+            gate_failures=tuple(r.get("gate_failures") or ()),
+        )
+        for r in rows
+    ]
 
 
 def make_strategy(kind: str, options: dict[str, Any], seed: int) -> Strategy:
     """A fresh strategy; one whose options take a seed and have none gets ``seed``."""
-    cls = resolve("strategy", kind)
-    model = getattr(cls, "Options", None)
+    model = options_model(resolve("strategy", kind))
     opts = dict(options)
     if model is not None and "seed" in model.model_fields and opts.get("seed") is None:
         opts["seed"] = seed
@@ -67,12 +76,10 @@ def make_strategy(kind: str, options: dict[str, Any], seed: int) -> Strategy:
 
 def best_of_n_choice(pool: Sequence[Candidate], n: int) -> Choice:
     """The exact outcome distribution of best-of-n over random n-subsets of ``pool``."""
-
-    def rank(i: int) -> tuple[bool, float, int]:  # ascending: the best first
-        passed, score = rank_key(pool[i])
-        return (not passed, -score, i)
-
-    order = sorted(range(len(pool)), key=rank)
+    order = sorted(
+        range(len(pool)),
+        key=lambda i: (not pool[i].passed, -_score(pool[i]), i),
+    )
     probs: dict[int, float] = {}
     fallback = 0.0
     for index, weight in zip(order, rank_weights(len(pool), n), strict=True):
@@ -166,3 +173,8 @@ def stable_seed(*parts: object) -> int:
     """A seed from parts that is the same in every process (unlike ``hash``)."""
     text = "\x1f".join(str(p) for p in parts)
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+
+
+def _score(c: Candidate) -> float:
+    s = c.score
+    return float("-inf") if s is None or s != s else s

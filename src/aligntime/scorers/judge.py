@@ -17,11 +17,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field
 
-from aligntime import registry
 from aligntime.errors import ConfigError
 from aligntime.generators.base import Generator
+from aligntime.registry import OptionsModel, Where, build
 from aligntime.scorers.base import Scorer, request_text
 from aligntime.types import Candidate, Message
 
@@ -37,7 +37,7 @@ SYSTEM = (
 )
 
 
-class JudgeModelOptions(BaseModel):
+class JudgeModelOptions(OptionsModel):
     """What every LLM judge takes: the model that judges, and how much it reads."""
 
     model_config = ConfigDict(extra="forbid")
@@ -73,9 +73,17 @@ class ModelJudge(Scorer):
 
     def __init__(self, options: JudgeModelOptions, *, name: str) -> None:
         self.name = name
-        self.generator: Generator = logprob_generator(
-            options.backend, options.model, options.backend_options
+        where = Where(
+            f"judge backend {options.backend!r}",
+            hint="set the backend's options under the scorer's backend_options",
         )
+        backend = {"model": options.model, **options.backend_options}
+        self.generator: Generator = build("generator", options.backend, backend, where=where)
+        if not self.generator.capabilities.logprobs:
+            raise ConfigError(
+                f"judge backend {options.backend!r} cannot return log-probabilities",
+                hint="choose a backend such as llamacpp, transformers or openai",
+            )
 
     def load(self) -> None:
         self.generator.load()
@@ -113,31 +121,6 @@ class Judge(ModelJudge):
             )
         )
         return [p_yes(top) for top in tops]
-
-
-def logprob_generator(backend: str, model: str, backend_options: dict[str, Any]) -> Generator:
-    """A generator backend for a judge model; it must return log-probabilities."""
-    backend_cls = registry.resolve("generator", backend)
-    options_cls = getattr(backend_cls, "Options", None)
-    if options_cls is None:
-        raise ConfigError(f"judge backend {backend!r} takes no options")
-    try:
-        options = options_cls(model=model, **backend_options)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(options)'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(
-            f"invalid backend_options for judge backend {backend!r}: {problems}",
-            hint="set them under the scorer's backend_options",
-        ) from exc
-    generator: Generator = backend_cls(options)
-    if not generator.capabilities.logprobs:
-        raise ConfigError(
-            f"judge backend {backend!r} cannot return log-probabilities",
-            hint="choose a backend such as llamacpp, transformers or openai",
-        )
-    return generator
 
 
 def p_yes(top_logprobs: dict[str, float]) -> float:

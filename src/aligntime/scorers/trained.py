@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from aligntime.errors import ConfigError
+from aligntime.registry import OptionsModel
 from aligntime.scorers.base import Scorer, conversation_text
 from aligntime.scorers.sentence_encoder import SentenceEncoder
 from aligntime.training.artifact import TrainedModel, load_folder
@@ -49,7 +50,7 @@ BUILTIN = {"harm-minilm": "harm-minilm"}
 """Folders shipped inside the package, under ``aligntime/scorers/weights``."""
 
 
-class TrainedOptions(BaseModel):
+class TrainedOptions(OptionsModel):
     """Options of the ``trained`` scorer."""
 
     model_config = ConfigDict(extra="forbid")

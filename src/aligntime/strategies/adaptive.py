@@ -14,11 +14,31 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from aligntime.registry import OptionsModel
 from aligntime.strategies.base import Decision, RoundState, Strategy, argmax_score, eligible
 from aligntime.strategies.rejection import reaches
 from aligntime.types import Candidate
+
+
+class AdaptiveOptions(OptionsModel):
+    """Options of the ``adaptive`` strategy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(0.6, ge=0.0, le=1.0)
+    """Combined score at which a candidate that passed every gate is accepted at once."""
+    first: int = Field(1, ge=1)
+    """Candidates sampled in the first round."""
+    growth: float = Field(2.0, gt=1.0, le=16.0)
+    """Each round grows the pool to this many times its size (2: 1, 2, 4, 8, …)."""
+    max_candidates: int | None = Field(None, ge=1)
+    """Largest pool (default: the request's N; the policy's budget caps it too)."""
+    max_total_tokens: int | None = Field(None, ge=1)
+    """Stop sampling once the candidates hold this many generated tokens."""
+    max_seconds: float | None = Field(None, gt=0.0)
+    """Stop sampling once the request has run this long."""
 
 
 class Adaptive(Strategy):
@@ -26,26 +46,10 @@ class Adaptive(Strategy):
 
     name = "adaptive"
 
-    class Options(BaseModel):
-        """Options of the ``adaptive`` strategy."""
+    Options = AdaptiveOptions
 
-        model_config = ConfigDict(extra="forbid")
-
-        threshold: float = Field(0.6, ge=0.0, le=1.0)
-        """Combined score at which a candidate that passed every gate is accepted at once."""
-        first: int = Field(1, ge=1)
-        """Candidates sampled in the first round."""
-        growth: float = Field(2.0, gt=1.0, le=16.0)
-        """Each round grows the pool to this many times its size (2: 1, 2, 4, 8, …)."""
-        max_candidates: int | None = Field(None, ge=1)
-        """Largest pool (default: the request's N; the policy's budget caps it too)."""
-        max_total_tokens: int | None = Field(None, ge=1)
-        """Stop sampling once the candidates hold this many generated tokens."""
-        max_seconds: float | None = Field(None, gt=0.0)
-        """Stop sampling once the request has run this long."""
-
-    def __init__(self, options: Options | None = None) -> None:
-        self.options = options or Adaptive.Options()
+    def __init__(self, options: AdaptiveOptions | None = None) -> None:
+        self.options = options or AdaptiveOptions()
 
     def initial_n(self, requested: int) -> int:
         return min(self.options.first, requested, self.options.max_candidates or requested)

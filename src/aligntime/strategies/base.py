@@ -12,10 +12,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
+
+from pydantic import BaseModel
 
 from aligntime.errors import ConfigError
 from aligntime.strategies.context import ScoreFn, SearchContext, SearchOutcome
-from aligntime.types import Candidate, CandidateState, rank_key
+from aligntime.types import Candidate, CandidateState
 
 __all__ = [
     "COMPLETE",
@@ -82,6 +85,10 @@ class Strategy(ABC):
     """
 
     name: str = "strategy"
+    Options: ClassVar[type[BaseModel] | None] = None
+    """The pydantic model of the options a policy gives this implementation (its keys
+    in the policy section); ``None``: it takes none. :func:`aligntime.registry.build`
+    validates the keys against it and passes the instance to the constructor."""
 
     def initial_n(self, requested: int) -> int:
         """How many candidates to sample in the first round for a requested N."""
@@ -171,6 +178,12 @@ def eligible(candidates: Sequence[Candidate]) -> list[int]:
 
 
 def argmax_score(candidates: Sequence[Candidate], indices: Sequence[int]) -> int | None:
-    """The index among ``indices`` (eligible ones) with the highest combined score, a
-    missing or NaN score lowest (:func:`~aligntime.types.rank_key`); ties keep the earliest."""
-    return max(indices, key=lambda i: rank_key(candidates[i]), default=None)
+    """The index among ``indices`` with the highest combined score; ties keep the earliest."""
+    best: int | None = None
+    best_score = float("-inf")
+    for i in indices:
+        s = candidates[i].score
+        value = float("-inf") if s is None else s
+        if best is None or value > best_score:
+            best, best_score = i, value
+    return best

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
+from aligntime.registry import OptionsModel
 from aligntime.strategies.base import Decision, RoundState, Strategy, argmax_score, eligible
 from aligntime.types import Candidate
+
+
+class BestOfNOptions(OptionsModel):
+    """Options of the ``best_of_n`` strategy (it has none)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class BestOfN(Strategy):
@@ -19,13 +26,10 @@ class BestOfN(Strategy):
 
     name = "best_of_n"
 
-    class Options(BaseModel):
-        """Options of the ``best_of_n`` strategy (it has none)."""
+    Options = BestOfNOptions
 
-        model_config = ConfigDict(extra="forbid")
-
-    def __init__(self, options: Options | None = None) -> None:
-        self.options = options or BestOfN.Options()
+    def __init__(self, options: BestOfNOptions | None = None) -> None:
+        self.options = options or BestOfNOptions()
 
     def decide(self, candidates: Sequence[Candidate], state: RoundState) -> Decision:
         """Choose the best eligible candidate, or ``None`` when none passed."""

@@ -20,8 +20,9 @@ import logging
 import math
 from dataclasses import dataclass, replace
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from aligntime.registry import OptionsModel
 from aligntime.strategies.base import (
     PARTIAL,
     REJECTED,
@@ -29,7 +30,7 @@ from aligntime.strategies.base import (
     SearchOutcome,
     SearchStrategy,
 )
-from aligntime.types import Candidate, rank_key
+from aligntime.types import Candidate
 
 log = logging.getLogger(__name__)
 
@@ -43,29 +44,32 @@ class _Draft:
     finished: bool
 
 
+class EarlyRejectionOptions(OptionsModel):
+    """Options of the ``early_rejection`` strategy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    initial: int | None = Field(None, ge=1, le=256)
+    """Candidates started (default: the request's N)."""
+    chunk_tokens: int = Field(32, ge=1)
+    """Tokens written between two checks of the partial answers."""
+    keep: float = Field(0.5, gt=0.0, lt=1.0)
+    """Share of the partial answers kept at each check (rounded up)."""
+    min_keep: int = Field(1, ge=1)
+    """Once this few remain, they are written to the end without further checks."""
+    max_checks: int | None = Field(None, ge=1)
+    """At most this many checks (default: until ``min_keep`` remain)."""
+
+
 class EarlyRejection(SearchStrategy):
     """Prune weak partial answers every ``chunk_tokens`` tokens; finish the rest."""
 
     name = "early_rejection"
 
-    class Options(BaseModel):
-        """Options of the ``early_rejection`` strategy."""
+    Options = EarlyRejectionOptions
 
-        model_config = ConfigDict(extra="forbid")
-
-        initial: int | None = Field(None, ge=1, le=256)
-        """Candidates started (default: the request's N)."""
-        chunk_tokens: int = Field(32, ge=1)
-        """Tokens written between two checks of the partial answers."""
-        keep: float = Field(0.5, gt=0.0, lt=1.0)
-        """Share of the partial answers kept at each check (rounded up)."""
-        min_keep: int = Field(1, ge=1)
-        """Once this few remain, they are written to the end without further checks."""
-        max_checks: int | None = Field(None, ge=1)
-        """At most this many checks (default: until ``min_keep`` remain)."""
-
-    def __init__(self, options: Options | None = None) -> None:
-        self.options = options or EarlyRejection.Options()
+    def __init__(self, options: EarlyRejectionOptions | None = None) -> None:
+        self.options = options or EarlyRejectionOptions()
 
     async def search(self, ctx: SearchContext) -> SearchOutcome:
         o = self.options
@@ -132,7 +136,7 @@ class EarlyRejection(SearchStrategy):
         )
         order = sorted(
             range(len(open_)),
-            key=lambda i: rank_key(scored[i]),
+            key=lambda i: (scored[i].passed, _value(scored[i].score)),
             reverse=True,
         )
         n_keep = max(self.options.min_keep, math.ceil(self.options.keep * len(open_)))
@@ -144,3 +148,7 @@ class EarlyRejection(SearchStrategy):
 def _finished(piece: Candidate, written: int, max_tokens: int) -> bool:
     """Whether an answer ended: the model stopped, or it used its whole token limit."""
     return piece.finish_reason != "length" or written >= max_tokens
+
+
+def _value(score: float | None) -> float:
+    return float("-inf") if score is None or score != score else score

@@ -23,8 +23,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from aligntime.registry import OptionsModel
 from aligntime.strategies.base import (
     COMPLETE,
     PARTIAL,
@@ -47,25 +48,28 @@ class _Option:
     ends: bool
 
 
+class GuidedOptions(OptionsModel):
+    """Options of the ``guided`` strategy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    top_k: int = Field(4, ge=2, le=20)
+    """Continuations proposed and scored at each step."""
+    weight: float = Field(2.0, ge=0.0)
+    """Weight of the combined score against the log-probability (0: greedy decoding)."""
+    block_tokens: int = Field(16, ge=1)
+    """Tokens per step: 1 for token-level guidance, more for blockwise."""
+
+
 class Guided(SearchStrategy):
     """ARGS-style decoding: maximise log-probability plus weight x score, step by step."""
 
     name = "guided"
 
-    class Options(BaseModel):
-        """Options of the ``guided`` strategy."""
+    Options = GuidedOptions
 
-        model_config = ConfigDict(extra="forbid")
-
-        top_k: int = Field(4, ge=2, le=20)
-        """Continuations proposed and scored at each step."""
-        weight: float = Field(2.0, ge=0.0)
-        """Weight of the combined score against the log-probability (0: greedy decoding)."""
-        block_tokens: int = Field(16, ge=1)
-        """Tokens per step: 1 for token-level guidance, more for blockwise."""
-
-    def __init__(self, options: Options | None = None) -> None:
-        self.options = options or Guided.Options()
+    def __init__(self, options: GuidedOptions | None = None) -> None:
+        self.options = options or GuidedOptions()
 
     async def search(self, ctx: SearchContext) -> SearchOutcome:
         text, tokens, steps = "", 0, 0

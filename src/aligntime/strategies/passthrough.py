@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
+from aligntime.registry import OptionsModel
 from aligntime.strategies.base import Decision, RoundState, Strategy
 from aligntime.types import Candidate
+
+
+class PassThroughOptions(OptionsModel):
+    """Options of the ``passthrough`` strategy (it has none)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class PassThrough(Strategy):
@@ -21,13 +28,10 @@ class PassThrough(Strategy):
 
     name = "passthrough"
 
-    class Options(BaseModel):
-        """Options of the ``passthrough`` strategy (it has none)."""
+    Options = PassThroughOptions
 
-        model_config = ConfigDict(extra="forbid")
-
-    def __init__(self, options: Options | None = None) -> None:
-        self.options = options or PassThrough.Options()
+    def __init__(self, options: PassThroughOptions | None = None) -> None:
+        self.options = options or PassThroughOptions()
 
     def initial_n(self, requested: int) -> int:
         """Always one: extra candidates would never be looked at."""

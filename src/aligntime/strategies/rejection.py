@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from aligntime.registry import OptionsModel
 from aligntime.strategies.base import (
     Decision,
     RoundState,
@@ -19,6 +20,17 @@ from aligntime.strategies.base import (
     eligible,
 )
 from aligntime.types import Candidate
+
+
+class RejectionOptions(OptionsModel):
+    """Options of the ``rejection`` strategy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = 0.5
+    """Combined score a candidate must reach to be accepted."""
+    batch: int | None = Field(default=None, ge=1)
+    """Candidates to sample per extra round (default: the request's N)."""
 
 
 class Rejection(Strategy):
@@ -31,18 +43,10 @@ class Rejection(Strategy):
 
     name = "rejection"
 
-    class Options(BaseModel):
-        """Options of the ``rejection`` strategy."""
+    Options = RejectionOptions
 
-        model_config = ConfigDict(extra="forbid")
-
-        threshold: float = 0.5
-        """Combined score a candidate must reach to be accepted."""
-        batch: int | None = Field(default=None, ge=1)
-        """Candidates to sample per extra round (default: the request's N)."""
-
-    def __init__(self, options: Options | None = None) -> None:
-        self.options = options or Rejection.Options()
+    def __init__(self, options: RejectionOptions | None = None) -> None:
+        self.options = options or RejectionOptions()
 
     def decide(self, candidates: Sequence[Candidate], state: RoundState) -> Decision:
         """Accept, ask for another round, or give up (``None``: the policy's fallback)."""

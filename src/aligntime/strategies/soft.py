@@ -13,10 +13,22 @@ import math
 import random
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from aligntime.registry import OptionsModel
 from aligntime.strategies.base import Decision, RoundState, Strategy, eligible
 from aligntime.types import Candidate
+
+
+class SoftBestOfNOptions(OptionsModel):
+    """Options of the ``soft_best_of_n`` strategy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    beta: float = Field(default=0.1, gt=0.0)
+    """Temperature: small values favour the top score, large ones pick uniformly."""
+    seed: int | None = None
+    """Seed of the strategy's random generator, for reproducible picks."""
 
 
 class SoftBestOfN(Strategy):
@@ -29,18 +41,10 @@ class SoftBestOfN(Strategy):
 
     name = "soft_best_of_n"
 
-    class Options(BaseModel):
-        """Options of the ``soft_best_of_n`` strategy."""
+    Options = SoftBestOfNOptions
 
-        model_config = ConfigDict(extra="forbid")
-
-        beta: float = Field(default=0.1, gt=0.0)
-        """Temperature: small values favour the top score, large ones pick uniformly."""
-        seed: int | None = None
-        """Seed of the strategy's random generator, for reproducible picks."""
-
-    def __init__(self, options: Options | None = None) -> None:
-        self.options = options or SoftBestOfN.Options()
+    def __init__(self, options: SoftBestOfNOptions | None = None) -> None:
+        self.options = options or SoftBestOfNOptions()
         self._rng = random.Random(self.options.seed)
 
     def probabilities(self, candidates: Sequence[Candidate]) -> dict[int, float]:

@@ -10,17 +10,19 @@ in the agreed answer.
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from aligntime.errors import ConfigError
+from aligntime.registry import OptionsModel
 from aligntime.strategies.base import Decision, RoundState, Strategy, argmax_score, eligible
-from aligntime.types import Candidate, rank_key
+from aligntime.types import Candidate
 
 ExtractMode = Literal["number", "last_line", "text"]
 
@@ -96,6 +98,17 @@ def extract_answer(
     return normalise_text(text)
 
 
+class VoteOptions(OptionsModel):
+    """Options of the ``vote`` strategy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    extract: ExtractMode = "number"
+    """How an answer is read: the last number, the last line, or the whole text."""
+    pattern: str | None = None
+    """A regex with one group that captures the answer; overrides ``extract``."""
+
+
 class MajorityVote(Strategy):
     """Pick the best-scored candidate among those whose extracted answer is most common.
 
@@ -106,18 +119,10 @@ class MajorityVote(Strategy):
 
     name = "vote"
 
-    class Options(BaseModel):
-        """Options of the ``vote`` strategy."""
+    Options = VoteOptions
 
-        model_config = ConfigDict(extra="forbid")
-
-        extract: ExtractMode = "number"
-        """How an answer is read: the last number, the last line, or the whole text."""
-        pattern: str | None = None
-        """A regex with one group that captures the answer; overrides ``extract``."""
-
-    def __init__(self, options: Options | None = None) -> None:
-        self.options = options or MajorityVote.Options()
+    def __init__(self, options: VoteOptions | None = None) -> None:
+        self.options = options or VoteOptions()
         self._pattern: re.Pattern[str] | None = None
         if self.options.pattern is not None:
             try:
@@ -149,14 +154,19 @@ class MajorityVote(Strategy):
             best = argmax_score(candidates, passed)
             return Decision(best, reason="no answer could be extracted; best score wins")
 
-        def rank(item: tuple[str, list[int]]) -> tuple[int, tuple[bool, float]]:
+        def rank(item: tuple[str, list[int]]) -> tuple[int, float]:
             members = item[1]
             top = argmax_score(candidates, members)
             assert top is not None  # groups are never empty
-            return len(members), rank_key(candidates[top])
+            return len(members), _score(candidates[top])
 
         # max() keeps the first of equal keys, which is the earliest answer seen.
         answer, members = max(groups.items(), key=rank)
         best = argmax_score(candidates, members)
         voters = sum(len(m) for m in groups.values())
         return Decision(best, reason=f"{len(members)} of {voters} votes for answer {answer!r}")
+
+
+def _score(candidate: Candidate) -> float:
+    s = candidate.score
+    return float("-inf") if s is None or math.isnan(s) else s

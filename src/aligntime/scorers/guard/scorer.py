@@ -36,10 +36,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from aligntime.errors import AligntimeError, ConfigError, ScorerError
 from aligntime.generators.openai import OpenAIOptions
+from aligntime.registry import OptionsModel
 from aligntime.scorers.base import Scorer
 from aligntime.scorers.guard.backends import (
     GuardBackend,
@@ -71,7 +72,7 @@ log = logging.getLogger(__name__)
 Backend = Literal["transformers", "openai"]
 
 
-class GuardOptions(BaseModel):
+class GuardOptions(OptionsModel):
     """Options of the ``guard`` scorer."""
 
     model_config = ConfigDict(extra="forbid")
