@@ -31,7 +31,7 @@ from aligntime.evaluation.metrics import rank_weights
 from aligntime.registry import build, options_model, resolve
 from aligntime.strategies.base import SamplingRounds, SearchStrategy, Strategy
 from aligntime.strategies.best_of_n import BestOfN
-from aligntime.types import Candidate
+from aligntime.types import Candidate, rank_key
 
 
 @dataclass(frozen=True)
@@ -50,18 +50,7 @@ class Choice:
 
 def to_candidates(rows: Sequence[dict[str, Any]]) -> list[Candidate]:
     """Recorded candidate rows back to :class:`Candidate` objects."""
-    return [
-        Candidate(
-            text=r["text"],
-            tokens=int(r.get("tokens") or 0),
-            finish_reason=r.get("finish_reason", "stop"),
-            scores={k: float(v) for k, v in (r.get("scores") or {}).items()},
-            score=r.get("score"),
-            passed=bool(r.get("passed", True)),
-            gate_failures=tuple(r.get("gate_failures") or ()),
-        )
-        for r in rows
-    ]
+    return [Candidate.from_record(r) for r in rows]
 
 
 def make_strategy(kind: str, options: dict[str, Any], seed: int) -> Strategy:
@@ -76,10 +65,12 @@ def make_strategy(kind: str, options: dict[str, Any], seed: int) -> Strategy:
 
 def best_of_n_choice(pool: Sequence[Candidate], n: int) -> Choice:
     """The exact outcome distribution of best-of-n over random n-subsets of ``pool``."""
-    order = sorted(
-        range(len(pool)),
-        key=lambda i: (not pool[i].passed, -_score(pool[i]), i),
-    )
+
+    def rank(i: int) -> tuple[bool, float, int]:  # ascending: the best first
+        passed, score = rank_key(pool[i])
+        return (not passed, -score, i)
+
+    order = sorted(range(len(pool)), key=rank)
     probs: dict[int, float] = {}
     fallback = 0.0
     for index, weight in zip(order, rank_weights(len(pool), n), strict=True):
@@ -173,8 +164,3 @@ def stable_seed(*parts: object) -> int:
     """A seed from parts that is the same in every process (unlike ``hash``)."""
     text = "\x1f".join(str(p) for p in parts)
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
-
-
-def _score(c: Candidate) -> float:
-    s = c.score
-    return float("-inf") if s is None or s != s else s

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from aligntime.errors import ConfigError
 from aligntime.strategies.context import ScoreFn, SearchContext, SearchOutcome
-from aligntime.types import Candidate, CandidateState
+from aligntime.types import Candidate, CandidateState, rank_key
 
 __all__ = [
     "COMPLETE",
@@ -178,12 +178,6 @@ def eligible(candidates: Sequence[Candidate]) -> list[int]:
 
 
 def argmax_score(candidates: Sequence[Candidate], indices: Sequence[int]) -> int | None:
-    """The index among ``indices`` with the highest combined score; ties keep the earliest."""
-    best: int | None = None
-    best_score = float("-inf")
-    for i in indices:
-        s = candidates[i].score
-        value = float("-inf") if s is None else s
-        if best is None or value > best_score:
-            best, best_score = i, value
-    return best
+    """The index among ``indices`` (eligible ones) with the highest combined score, a
+    missing or NaN score lowest (:func:`~aligntime.types.rank_key`); ties keep the earliest."""
+    return max(indices, key=lambda i: rank_key(candidates[i]), default=None)

@@ -30,7 +30,7 @@ from aligntime.strategies.base import (
     SearchOutcome,
     SearchStrategy,
 )
-from aligntime.types import Candidate
+from aligntime.types import Candidate, rank_key
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class EarlyRejection(SearchStrategy):
         )
         order = sorted(
             range(len(open_)),
-            key=lambda i: (scored[i].passed, _value(scored[i].score)),
+            key=lambda i: rank_key(scored[i]),
             reverse=True,
         )
         n_keep = max(self.options.min_keep, math.ceil(self.options.keep * len(open_)))
@@ -148,7 +148,3 @@ class EarlyRejection(SearchStrategy):
 def _finished(piece: Candidate, written: int, max_tokens: int) -> bool:
     """Whether an answer ended: the model stopped, or it used its whole token limit."""
     return piece.finish_reason != "length" or written >= max_tokens
-
-
-def _value(score: float | None) -> float:
-    return float("-inf") if score is None or score != score else score

@@ -10,7 +10,6 @@ in the agreed answer.
 
 from __future__ import annotations
 
-import math
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from pydantic import ConfigDict
 from aligntime.errors import ConfigError
 from aligntime.registry import OptionsModel
 from aligntime.strategies.base import Decision, RoundState, Strategy, argmax_score, eligible
-from aligntime.types import Candidate
+from aligntime.types import Candidate, rank_key
 
 ExtractMode = Literal["number", "last_line", "text"]
 
@@ -154,19 +153,14 @@ class MajorityVote(Strategy):
             best = argmax_score(candidates, passed)
             return Decision(best, reason="no answer could be extracted; best score wins")
 
-        def rank(item: tuple[str, list[int]]) -> tuple[int, float]:
+        def rank(item: tuple[str, list[int]]) -> tuple[int, tuple[bool, float]]:
             members = item[1]
             top = argmax_score(candidates, members)
             assert top is not None  # groups are never empty
-            return len(members), _score(candidates[top])
+            return len(members), rank_key(candidates[top])
 
         # max() keeps the first of equal keys, which is the earliest answer seen.
         answer, members = max(groups.items(), key=rank)
         best = argmax_score(candidates, members)
         voters = sum(len(m) for m in groups.values())
         return Decision(best, reason=f"{len(members)} of {voters} votes for answer {answer!r}")
-
-
-def _score(candidate: Candidate) -> float:
-    s = candidate.score
-    return float("-inf") if s is None or math.isnan(s) else s
