@@ -120,6 +120,23 @@ def test_early_rejection_drops_weak_partials_and_saves_tokens(tmp_path: Path) ->
     assert res.usage.completion_tokens < len(GOOD.split()) + 3 * 40
 
 
+def test_a_rejected_draft_keeps_the_backends_finish_reason_and_says_rejected(
+    tmp_path: Path,
+) -> None:
+    from aligntime.server.responses import candidate_out
+
+    strategy = "{kind: early_rejection, chunk_tokens: 6, keep: 0.5}"
+    al = Aligner.from_policy(_policy(tmp_path, [LOOP, GOOD, LOOP, LOOP], strategy))
+    res = al.align("My child has a fever.", n=4)
+    rejected = [c for c in res.candidates if c.state == REJECTED]
+    # Cut at the chunk's token limit: the backend said "length"; the search said rejected.
+    assert rejected and {c.finish_reason for c in rejected} == {"length"}
+    assert res.candidates[res.best or 0].state == "complete"
+    shown = [candidate_out(c, False).model_dump() for c in rejected]
+    assert {(c["finish_reason"], c["state"]) for c in shown} == {("length", "rejected")}
+    assert {c.to_record()["state"] for c in rejected} == {"rejected"}
+
+
 def test_early_rejection_finishes_answers_that_end_early(tmp_path: Path) -> None:
     short = "Rest and drink water."
     strategy = "{kind: early_rejection, chunk_tokens: 8, keep: 0.5, max_checks: 1}"

@@ -220,6 +220,10 @@ class CandidateOut(BaseModel):
     gate_failures: list[str]
     tokens: int
     finish_reason: str
+    """The backend's: ``stop`` or ``length``."""
+    state: Literal["complete", "partial", "rejected"] = "complete"
+    """``rejected``: a search strategy (``early_rejection``) dropped it unfinished; it is
+    kept for audit with the partial text and the scores it was dropped on."""
     chosen: bool
 
 
