@@ -106,7 +106,8 @@ class AlignRequest:
             names = sorted(policy.prompt.templates)
             raise RequestError(
                 "template",
-                f"unknown template {self.template!r}",
+                f"unknown template {self.template!r} for policy {policy.name!r}; "
+                f"templates: {', '.join(names) or 'none'}",
                 hint=suggest(self.template, names) if names else "this policy defines no templates",
             )
         return replace(self, n=n)
