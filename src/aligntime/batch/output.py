@@ -67,14 +67,12 @@ class RecordWriter:
 
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Every record of a batch output (JSONL, or Parquet with JSON-text nested columns)."""
+    if path.is_dir():  # a Ray run's output: one file per write task
+        files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl", ".parquet"))
+        return [record for file in files for record in read_records(file)]
     if is_parquet(path):
         pq = require_pyarrow("reading a Parquet batch output")
-        rows = pq.read_table(path).to_pylist()
-        for row in rows:
-            for key in NESTED:
-                if isinstance(row.get(key), str):
-                    row[key] = json.loads(row[key])
-        return list(rows)
+        return [_nested(row) for row in pq.read_table(path).to_pylist()]
     records = []
     text = path.read_text(encoding="utf-8")
     for number, line in enumerate(text.splitlines(), 1):
@@ -86,8 +84,21 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             raise InputError(f"{path}:{number}: not a batch output line ({exc})") from exc
         if not isinstance(record, dict) or "id" not in record:
             raise InputError(f"{path}:{number}: not a batch output record (no 'id')")
-        records.append(record)
+        records.append(_nested(record))
     return records
+
+
+def _nested(record: dict[str, Any]) -> dict[str, Any]:
+    """Nested fields written as JSON text (Parquet, Ray's JSON writer) parsed back."""
+    for key in NESTED:
+        if isinstance(record.get(key), str):
+            record[key] = json.loads(record[key])
+    return record
+
+
+def flat_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A record with its nested fields as JSON text: one column type whatever the policy."""
+    return {k: json.dumps(v, ensure_ascii=False) if k in NESTED else v for k, v in record.items()}
 
 
 def write_parquet(path: Path, records: list[dict[str, Any]]) -> None:
@@ -95,10 +106,7 @@ def write_parquet(path: Path, records: list[dict[str, Any]]) -> None:
     pq = require_pyarrow("writing Parquet output")
     import pyarrow as pa
 
-    flat = [
-        {k: json.dumps(v, ensure_ascii=False) if k in NESTED else v for k, v in r.items()}
-        for r in records
-    ]
+    flat = [flat_record(r) for r in records]
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(pa.Table.from_pylist(flat), tmp)
     tmp.replace(path)  # never a half-written Parquet file under the real name

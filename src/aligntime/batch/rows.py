@@ -27,6 +27,8 @@ class BatchRow:
 
     id: str
     messages: tuple[Message, ...]
+    numbered: bool = False
+    """The row had no id and got its row number."""
 
 
 def parse_row(data: Any, where: str, number: int) -> BatchRow:
@@ -34,20 +36,29 @@ def parse_row(data: Any, where: str, number: int) -> BatchRow:
     if not isinstance(data, Mapping):
         raise InputError(f"{where}: a row must be a JSON object with 'prompt' or 'messages'")
     raw_id = data.get("id")
+    numbered = raw_id is None
     if raw_id is None:
         row_id = str(number)
     elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool):
         row_id = str(raw_id)
     else:
         raise InputError(f"{where}: 'id' must be a string or an integer, got {raw_id!r}")
-    prompt, messages = data.get("prompt"), data.get("messages")
+    # A columnar reader (Parquet, Ray's JSON reader) gives every row both columns, the
+    # missing one as null, an empty list or NaN: only a value counts as given.
+    prompt = data.get("prompt") if _given(data.get("prompt")) else None
+    messages = data.get("messages") if _given(data.get("messages")) else None
     if (prompt is None) == (messages is None):
         raise InputError(f"{where}: give exactly one of 'prompt' (a string) or 'messages'")
     if prompt is not None:
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError(f"{where}: 'prompt' must be a non-empty string")
-        return BatchRow(row_id, (Message("user", prompt),))
-    return BatchRow(row_id, _messages(messages, where))
+        return BatchRow(row_id, (Message("user", prompt),), numbered)
+    return BatchRow(row_id, _messages(messages, where), numbered)
+
+
+def _given(value: Any) -> bool:
+    """Not null, an empty list or a pandas NaN (how columnar readers write a missing value)."""
+    return value is not None and not (isinstance(value, float) and value != value) and value != []
 
 
 def _messages(value: Any, where: str) -> tuple[Message, ...]:

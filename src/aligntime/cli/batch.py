@@ -15,9 +15,6 @@ if TYPE_CHECKING:
     from aligntime.batch.runner import BatchOptions, BatchSummary
     from aligntime.policy.schema import Policy
 
-LOCAL = "local"
-"""The value ``--ray`` takes when given without an address: start a local Ray instance."""
-
 
 def batch(
     input_path: Path = typer.Option(
@@ -33,13 +30,13 @@ def batch(
     temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature."),
     template: str | None = typer.Option(None, "--template", "-t", help="Task template to use."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed for every row."),
-    ray: str | None = typer.Option(
+    ray: bool = typer.Option(
+        False, "--ray", help="Run on Ray Data (the [ray] extra); alone, a local Ray instance."
+    ),
+    ray_address: str | None = typer.Option(
         None,
-        "--ray",
-        flag_value=LOCAL,
-        metavar="[ADDRESS]",
-        help="Run on Ray Data: alone, a local Ray instance; with an address "
-        "(auto, ray://host:10001, host:6379), that cluster. Needs the [ray] extra.",
+        "--ray-address",
+        help="With --ray: the cluster to join (auto, ray://host:10001, host:6379).",
     ),
     actors: int = typer.Option(2, "--actors", help="With --ray: aligner actors in the pool."),
     gpus_per_actor: float = typer.Option(
@@ -68,7 +65,9 @@ def batch(
         template=template,
         concurrency=concurrency,
     )
-    if ray is not None:
+    if ray_address is not None and not ray:
+        raise InputError("--ray-address needs --ray")
+    if ray:
         from aligntime.batch.ray_data import RayOptions, run_on_ray
 
         summary = run_on_ray(
@@ -77,7 +76,7 @@ def batch(
             output,
             options=options,
             ray=RayOptions(
-                address=None if ray == LOCAL else ray,
+                address=ray_address,
                 actors=actors,
                 gpus_per_actor=gpus_per_actor,
                 batch_size=batch_size,

@@ -57,7 +57,7 @@ def _options(candidates: Any, where: str) -> list[Option]:
 def _from_batch(path: Path) -> list[Group]:
     from aligntime.batch.output import read_records
 
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"batch output {str(path)!r} does not exist")
     groups = []
     for number, record in enumerate(read_records(path), 1):

@@ -1,0 +1,114 @@
+"""Rows per second of ``aligntime batch`` in one process vs on a local Ray cluster.
+
+One run, one input: a tiny randomly initialised Llama-shaped model on the
+``transformers`` backend (one torch thread per process, so each row's cost is CPU
+work), aligned in this process, then on a loopback Ray cluster with 1, then 2,
+worker nodes of one CPU each (one aligner actor per worker; the head's one CPU runs
+Ray Data's read and write tasks, and can hold an actor too). Model loading is
+outside the timed part in-process; on Ray the timed part is the whole job (actors
+start and load their model inside it), so a larger
+``--rows`` makes the comparison fairer. Prints one JSON object.
+
+    python bench/batch.py [--rows 48] [--max-tokens 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ray_cmd(*args: str) -> None:
+    proc = subprocess.run([RAY, *args], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise SystemExit(f"ray {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+
+
+def policy_text(model: Path, max_tokens: int) -> str:
+    return f"""
+name: bench-batch
+generator: {{backend: transformers, model: "{model}", max_tokens: {max_tokens}, threads: 1,
+            ignore_eos: true, temperature: 1.0}}
+n: 2
+scorers:
+  - {{name: rules, kind: rules}}
+fallback: "Sorry."
+"""
+
+
+def run_cli(args: list[str]) -> dict[str, float]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "aligntime", "batch", *args, "--json"],
+        capture_output=True, text=True, env=env, timeout=1800,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr[-3000:])
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=48)
+    parser.add_argument("--max-tokens", type=int, default=48)
+    args = parser.parse_args()
+    # Ray's clusters use token authentication; every process here reads the head's token.
+    os.environ["RAY_AUTH_MODE"] = "token"
+    from hf_tiny import build_causal_lm
+
+    work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+    model = build_causal_lm(work / "lm")
+    policy = work / "policy.yaml"
+    policy.write_text(policy_text(model, args.max_tokens))
+    rows = work / "in.jsonl"
+    rows.write_text(
+        "".join(
+            json.dumps({"id": i, "prompt": f"Question number {i}?"}) + "\n"
+            for i in range(args.rows)
+        )
+    )
+    common = ["-i", str(rows), "-p", str(policy), "-c", "1"]
+    figures: dict[str, object] = {"rows": args.rows, "max_tokens": args.max_tokens}
+    one = run_cli([*common, "-o", str(work / "one.jsonl")])
+    figures["one_process_rows_per_s"] = one["rows_per_s"]
+    port = free_port()
+    ray_cmd("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
+            "--include-dashboard=false", "--object-store-memory=100000000")  # fmt: skip
+    try:
+        for workers in (1, 2):
+            ray_cmd("start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
+                    "--object-store-memory=100000000")  # fmt: skip
+            time.sleep(2)
+            out = work / f"ray{workers}"
+            address = f"127.0.0.1:{port}"
+            result = run_cli([*common, "-o", str(out), "--ray", "--ray-address", address,
+                              "--actors", str(workers), "--batch-size", "4"])  # fmt: skip
+            figures[f"ray_{workers}_workers_rows_per_s"] = result["rows_per_s"]
+    finally:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+    r1 = float(figures["ray_1_workers_rows_per_s"])  # type: ignore[arg-type]
+    r2 = float(figures["ray_2_workers_rows_per_s"])  # type: ignore[arg-type]
+    figures["ray_1_vs_one_process"] = round(r1 / float(one["rows_per_s"]), 3)
+    figures["ray_2_vs_1_workers"] = round(r2 / r1, 3) if r1 else None
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""``aligntime batch --ray`` on a real Ray cluster on loopback: a head and a worker node
+from ``ray start`` (one CPU each). Every row must be in the output exactly once, also
+when the worker node is killed in the middle of the run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from aligntime.batch.output import read_records
+from hf_tiny import tiny_lm  # noqa: F401
+
+pytestmark = pytest.mark.slow
+RAY = str(Path(sys.executable).with_name("ray"))
+STORE = "--object-store-memory=80000000"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ray(*args: str) -> None:
+    proc = subprocess.run([RAY, *args], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def start_worker(address: str) -> int:
+    """Start a worker node; return its node manager port (which names its raylet)."""
+    port = free_port()
+    ray("start", f"--address={address}", "--num-cpus=1", f"--node-manager-port={port}", STORE)
+    return port
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    # Ray's clusters use token authentication: every process (nodes, drivers, this one)
+    # reads the token the head writes.
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAY_AUTH_MODE", "token")
+    port = free_port()
+    ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
+        "--include-dashboard=false", "--disable-usage-stats", STORE)  # fmt: skip
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=180)
+        mp.undo()
+
+
+def rows_file(path: Path, count: int) -> Path:
+    path.write_text(
+        "".join(json.dumps({"id": f"q{i}", "prompt": f"Q {i}?"}) + "\n" for i in range(count))
+    )
+    return path
+
+
+def batch(address: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aligntime",
+            "batch",
+            "--ray",
+            "--ray-address",
+            address,
+            "--json",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_DEDUP_LOGS": "0"},
+    )
+
+
+def raylet_of(node_port: int) -> object:
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        line = " ".join(proc.info["cmdline"] or [])
+        if f"--node_manager_port={node_port}" in line and "raylet" in line:
+            return proc
+    raise AssertionError(f"no raylet with node manager port {node_port}")
+
+
+FAKE = """
+name: ray-fake
+generator:
+  {backend: fake, delay_s: 0.3, responses: ["A helpful answer here.", "the the the the the"]}
+n: 2
+scorers: [{name: rules, kind: rules}]
+fallback: "Sorry."
+"""
+
+
+def test_every_row_once_after_the_worker_node_is_killed(cluster: str, tmp_path: Path) -> None:
+    import psutil
+
+    node_port = start_worker(cluster)
+    policy = tmp_path / "p.yaml"
+    policy.write_text(FAKE)
+    rows = rows_file(tmp_path / "in.jsonl", 40)
+    out = tmp_path / "out"
+    driver = batch(cluster, "-i", str(rows), "-o", str(out), "-p", str(policy),
+                   "--actors", "2", "--batch-size", "2", "-c", "1")  # fmt: skip
+    raylet = raylet_of(node_port)
+    deadline = time.monotonic() + 120
+    while not any("MapWorker" in " ".join(c.cmdline()) for c in raylet.children()):  # type: ignore[attr-defined]
+        assert driver.poll() is None, driver.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "no aligner actor started on the worker node"
+        time.sleep(0.2)
+    time.sleep(2.0)  # the actor is now in the middle of its batches
+    victims = [raylet, *raylet.children(recursive=True)]  # type: ignore[attr-defined]
+    for proc in victims:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGKILL)
+    stdout, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 0, stderr[-3000:]
+    assert json.loads(stdout.strip().splitlines()[-1])["aligned"] == 40
+    ids = sorted(r["id"] for r in read_records(out))
+    assert ids == sorted(f"q{i}" for i in range(40))  # every row, none twice
+
+
+def test_tiny_hf_model_through_the_python_api(cluster: str, tiny_lm: Path, tmp_path: Path) -> None:  # noqa: F811
+    import ray as ray_mod
+
+    from aligntime.batch.ray_data import RayOptions, align_dataset
+    from aligntime.batch.runner import BatchOptions
+    from aligntime.policy.loader import load_policy
+
+    start_worker(cluster)
+    policy = tmp_path / "hf.yaml"
+    policy.write_text(
+        f"""
+name: ray-hf
+generator: {{backend: transformers, model: "{tiny_lm}", max_tokens: 8, threads: 1}}
+n: 2
+scorers: [{{name: rules, kind: rules}}]
+fallback: "Sorry."
+"""
+    )
+    ray_mod.init(address=cluster, log_to_driver=False)
+    try:
+        items = [{"id": f"h{i}", "prompt": f"Tell me about {i}."} for i in range(6)]
+        aligned = align_dataset(
+            ray_mod.data.from_items(items),
+            load_policy(policy),
+            options=BatchOptions(max_tokens=8),
+            ray_options=RayOptions(actors=2, batch_size=2),
+        )
+        records = aligned.take_all()
+    finally:
+        ray_mod.shutdown()
+    assert sorted(r["id"] for r in records) == [f"h{i}" for i in range(6)]
+    for record in records:
+        candidates = json.loads(record["candidates"])
+        assert len(candidates) == 2 and all(c["tokens"] > 0 for c in candidates)
