@@ -98,7 +98,12 @@ class Aligner:
                     build("scorer", s.kind, s.build_options(), where=s.where, name=s.name)
                     for s in policy.input.scorers
                 ]
-            self.gate = InputGate(policy.input, input_scorers, on_error=policy.on_scorer_error)
+            self.gate = InputGate(
+                policy.input,
+                input_scorers,
+                on_error=policy.on_scorer_error,
+                fallback=policy.fallback,
+            )
             if policy.input.steer is not None:
                 self.steered_prompt = self.prompt.steered(policy.input.steer)
         self.generator: Generator = generator or build(
@@ -316,6 +321,7 @@ class Aligner:
             max_tokens=request.params.max_tokens or int(default_tokens),
             scorer=score,
             budget=max(self.policy.total_budget, n),
+            offered=self.gate.offered(assessment) if self.gate is not None else (),
             started=started,
         )
 

@@ -10,6 +10,13 @@ scorer gave (a guard's violated categories). One scorer may provide the request'
 harm estimate (P(harmful), 0..1), which output scorers that read the assessment
 use to tell an appropriate refusal from over-refusal.
 
+With ``steer.offer_refusal`` a steered request also gets the refusal text as one
+more candidate (:meth:`InputGate.offered`), scored by the same output scorers. A
+steered request is an uncertain one: refusing outright would over-refuse the
+benign requests in that band, and a small generator rarely refuses even when told
+to, so without it best-of-N has no refusal to choose. A request below the steer
+threshold never gets it.
+
 The gate is a safety check, so it fails closed: an input scorer that raises (with
 ``on_scorer_error: degrade``) or returns NaN refuses the request. With ``raise``
 the failure is a :class:`~aligntime.errors.ScorerError`.
@@ -28,7 +35,7 @@ from typing import Literal
 from aligntime.errors import ConfigError
 from aligntime.policy.schema import InputScorerSpec, InputSpec
 from aligntime.scorers.base import Scorer, as_scorer_error
-from aligntime.types import Message, RequestAssessment
+from aligntime.types import Candidate, Message, RequestAssessment
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +92,9 @@ class InputGate:
         scorers: Sequence[Scorer],
         *,
         on_error: Literal["raise", "degrade"] = "raise",
+        fallback: str | None = None,
     ) -> None:
+        """``fallback`` is the policy's fallback, the refusal text when the section has none."""
         by_name = {s.name: s for s in scorers}
         missing = [s.name for s in spec.scorers if s.name not in by_name]
         if missing:
@@ -93,6 +102,8 @@ class InputGate:
         self.spec = spec
         self.on_error = on_error
         self.rules = [make_rule(s, by_name[s.name], i) for i, s in enumerate(spec.scorers)]
+        self.refusal = spec.refusal or fallback
+        """The text a refused request gets (and a steered one is offered, if asked)."""
         self._loaded = False
 
     @property
@@ -170,6 +181,16 @@ class InputGate:
                 "steer", scores, steering.name, harm, (), seconds, labels.get(steering.name, ())
             )
         return RequestAssessment("pass", scores, None, harm, (), seconds)
+
+    def offered(self, assessment: RequestAssessment | None) -> list[Candidate]:
+        """Candidates the gate adds to a request's sampled ones: the refusal text, for a
+        steered request when ``steer.offer_refusal`` is set; none otherwise."""
+        steer = self.spec.steer
+        if assessment is None or assessment.action != "steer" or steer is None:
+            return []
+        if not steer.offer_refusal or not self.refusal:
+            return []
+        return [Candidate(text=self.refusal, origin="refusal")]
 
     def close(self) -> None:
         for rule in self.rules:

@@ -51,6 +51,10 @@ class Candidate:
     """``complete`` (the backend ended it: see ``finish_reason``), ``partial`` (still being
     written by a search strategy) or ``rejected`` (a search strategy dropped it unfinished;
     it stays in the result for audit and is never chosen)."""
+    origin: str = "sampled"
+    """Where the text came from: ``sampled`` (the generator) or ``refusal`` (the input
+    gate's refusal text, offered as one more candidate for a steered request and scored
+    like the others)."""
 
     def to_dict(self) -> dict[str, Any]:
         """One candidate in the ``run --json`` contract (see the README)."""
@@ -60,6 +64,7 @@ class Candidate:
             "scores": dict(self.scores),
             "passed": self.passed,
             "tokens": self.tokens,
+            "origin": self.origin,
         }
 
     def to_record(self) -> dict[str, Any]:
@@ -79,6 +84,7 @@ class Candidate:
             "gate_failures": list(self.gate_failures),
             "logprob": self.logprob,
             "state": self.state,
+            "origin": self.origin,
         }
 
     @classmethod
@@ -96,6 +102,7 @@ class Candidate:
             gate_failures=tuple(record.get("gate_failures") or ()),
             logprob=record.get("logprob"),
             state=record.get("state") or "complete",
+            origin=str(record.get("origin") or "sampled"),
         )
 
 

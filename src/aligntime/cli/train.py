@@ -50,6 +50,9 @@ def train_scorer(
     harm_threshold: float = typer.Option(
         0.5, "--harm-threshold", help="Harm head threshold the metrics are reported at."
     ),
+    ngrams: int = typer.Option(
+        0, "--ngrams", help="Hashed word n-gram columns the harm head reads (0: none)."
+    ),
     encoder: str = typer.Option(
         "all-minilm-l6-v2-int8", "--encoder", help="ONNX encoder: catalogue name or path."
     ),
@@ -75,8 +78,10 @@ def train_scorer(
     for flag, value in (("--steps", steps), ("--max-length", max_length), ("--threads", threads)):
         if value < 1:
             raise InputError(f"{flag} must be at least 1, got {value}")
-    if hidden < 0 or l2 < 0 or anchor < 0 or learning_rate <= 0:
-        raise InputError("--hidden, --l2 and --anchor must not be negative, --lr must be positive")
+    if hidden < 0 or l2 < 0 or anchor < 0 or ngrams < 0 or learning_rate <= 0:
+        raise InputError(
+            "--hidden, --l2, --anchor and --ngrams must not be negative, --lr must be positive"
+        )
     if (from_audit is None) != (labels is None):
         raise InputError("--from-audit and --labels go together", hint="give both or neither")
     dataset = Dataset([], [])
@@ -100,6 +105,7 @@ def train_scorer(
         reward=TrainSettings(steps=steps, learning_rate=learning_rate, l2=l2, seed=seed),
         harm=TrainSettings(steps=steps, learning_rate=learning_rate, l2=l2, seed=seed),
         harm_threshold=harm_threshold,
+        ngrams=ngrams,
         encoder={"model": encoder, "tokenizer": tokenizer, "max_length": max_length},
     )
     sources = [str(p) for p in data or []] + [f"eval folder {f}" for f in from_eval]

@@ -130,7 +130,10 @@ def run_eval(
     cells = summarise(records, replay, names, heldout.scorer if heldout else None)
     replay_s = time.perf_counter() - t0
 
-    candidates = [c for r in records for c in r["candidates"]]
+    # Sampled candidates only: a steered request's offered refusal was not generated.
+    candidates = [
+        c for r in records for c in r["candidates"] if c.get("origin", "sampled") == "sampled"
+    ]
     summary: dict[str, Any] = {
         "config": {
             "policy": aligner.policy.name,

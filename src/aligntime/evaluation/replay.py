@@ -15,6 +15,11 @@ number of candidates the strategy consumed.
   ordering to the strategy's ``decide``; when it asks for more, the next ones
   follow, as the aligner would sample them, up to the policy's budget (capped
   by the pool size: a strategy that wants more than the pool holds stops there).
+
+Candidates the input gate offered (``origin`` other than ``sampled``: a steered
+request's refusal) were not drawn from the generator: the aligner adds them to
+every request's first round, so they belong to every subset and count neither
+towards ``n`` nor towards the pool size.
 """
 
 from __future__ import annotations
@@ -53,6 +58,13 @@ def to_candidates(rows: Sequence[dict[str, Any]]) -> list[Candidate]:
     return [Candidate.from_record(r) for r in rows]
 
 
+def split_pool(pool: Sequence[Candidate]) -> tuple[list[int], list[int]]:
+    """Indices of the sampled candidates and of those the input gate offered."""
+    sampled = [i for i, c in enumerate(pool) if c.origin == "sampled"]
+    offered = [i for i, c in enumerate(pool) if c.origin != "sampled"]
+    return sampled, offered
+
+
 def make_strategy(kind: str, options: dict[str, Any], seed: int) -> Strategy:
     """A fresh strategy; one whose options take a seed and have none gets ``seed``."""
     model = options_model(resolve("strategy", kind))
@@ -64,21 +76,26 @@ def make_strategy(kind: str, options: dict[str, Any], seed: int) -> Strategy:
 
 
 def best_of_n_choice(pool: Sequence[Candidate], n: int) -> Choice:
-    """The exact outcome distribution of best-of-n over random n-subsets of ``pool``."""
+    """The exact outcome distribution of best-of-n over random n-subsets of the sampled
+    candidates of ``pool``, with the offered ones in every subset."""
 
     def rank(i: int) -> tuple[bool, float, int]:  # ascending: the best first
         passed, score = rank_key(pool[i])
         return (not passed, -score, i)
 
-    order = sorted(range(len(pool)), key=rank)
+    sampled, offered = split_pool(pool)
+    top_offered = min(offered, key=rank) if offered else None
     probs: dict[int, float] = {}
     fallback = 0.0
-    for index, weight in zip(order, rank_weights(len(pool), n), strict=True):
+    for index, weight in zip(sorted(sampled, key=rank), rank_weights(len(sampled), n), strict=True):
+        # The subset's best sampled candidate meets the offered one, present in every subset.
+        if top_offered is not None and rank(top_offered) < rank(index):
+            index = top_offered
         if pool[index].passed:
-            probs[index] = weight
+            probs[index] = probs.get(index, 0.0) + weight
         else:
             fallback += weight
-    mean_tokens = sum(c.tokens for c in pool) / len(pool)
+    mean_tokens = sum(pool[i].tokens for i in sampled) / len(sampled)
     return Choice(probs, fallback, float(n), n * mean_tokens)
 
 
@@ -132,25 +149,30 @@ def _monte_carlo(
     seed: int,
     per_candidate_s: float,
 ) -> Choice:
-    k = len(pool)
+    sampled, offered = split_pool(pool)
+    k = len(sampled)
     cap = min(max(budget, n), k)
     rng = random.Random(seed)
     counts: dict[int, int] = {}
     fallbacks = used_total = tokens_total = 0
     for _ in range(draws):
-        order = rng.sample(range(k), k)
+        order = rng.sample(sampled, k)
         rounds = SamplingRounds(strategy, n, cap)
+        first = rounds.batch
         used: list[int] = []
+        shown: list[int] = []
         while rounds.batch:
             used = order[: len(used) + rounds.batch]
-            rounds.after([pool[i] for i in used], len(used), per_candidate_s * len(used))
+            # As in the aligner, the offered candidates follow the first round's samples.
+            shown = [*used[:first], *offered, *used[first:]]
+            rounds.after([pool[i] for i in shown], len(used), per_candidate_s * len(used))
         decision = rounds.decision
         used_total += len(used)
         tokens_total += sum(pool[i].tokens for i in used)
         if decision.best is None:
             fallbacks += 1
         else:
-            chosen = used[decision.best]
+            chosen = shown[decision.best]
             counts[chosen] = counts.get(chosen, 0) + 1
     return Choice(
         {i: c / draws for i, c in counts.items()},

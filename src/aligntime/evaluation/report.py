@@ -141,7 +141,8 @@ def _scores_table(summary: dict[str, Any]) -> str:
 
 def _example(record: dict[str, Any]) -> str:
     pool = to_candidates(record["candidates"])
-    chosen = next(iter(best_of_n_choice(pool, len(pool)).probs), None) if pool else None
+    sampled = sum(c.origin == "sampled" for c in pool)
+    chosen = next(iter(best_of_n_choice(pool, sampled).probs), None) if sampled else None
     rows_scored = [*record["candidates"], record["fallback"]]
     names = sorted({k for c in rows_scored for k in c.get("scores", {})})
     label = {True: "harmful", False: "benign", None: "unlabelled"}[record.get("harmful")]

@@ -120,9 +120,11 @@ def prompt_metrics(
         return _metrics(
             Choice({}, 1.0, 0.0, 0.0), rows, rec["fallback"], input_s, scorer_names, heldout
         )
-    if n > len(pool):
-        raise ValueError(f"prompt {rec['id']}: pool of {len(pool)} is smaller than n={n}")
-    per_candidate_s = (timings.get("generate_s", 0.0) + timings.get("score_s", 0.0)) / len(rows)
+    # Candidates the input gate offered (a steered request's refusal) are no samples.
+    sampled = sum(c.origin == "sampled" for c in pool)
+    if n > sampled:
+        raise ValueError(f"prompt {rec['id']}: pool of {sampled} is smaller than n={n}")
+    per_candidate_s = (timings.get("generate_s", 0.0) + timings.get("score_s", 0.0)) / sampled
     choice = choose(
         spec.kind,
         spec.options,
@@ -147,8 +149,10 @@ def _metrics(
 ) -> dict[str, float]:
     """Every metric's expected value under ``choice`` over the pool ``rows``."""
     held_norm = _held(heldout)
-    held_pool = [held_norm(r.get("heldout")) for r in rows]
-    proxy_pool = [_num(r.get("score")) for r in rows]
+    # The baseline is one plain sample: an offered refusal is not one.
+    singles = [r for r in rows if (r.get("origin") or "sampled") == "sampled"]
+    held_pool = [held_norm(r.get("heldout")) for r in singles]
+    proxy_pool = [_num(r.get("score")) for r in singles]
 
     def expect(quantity: Quantity) -> float:
         return _expect(choice, rows, fb, quantity)

@@ -201,6 +201,11 @@ class SteerSpec(_Strict):
     """Replaces the system text (the policy's or the template's) when set."""
     principles: list[str] = Field(default_factory=list)
     """Principles added after the policy's (or the template's) principles."""
+    offer_refusal: bool = False
+    """Add the input section's refusal text (default: the policy's fallback) to a steered
+    request's candidates as one more candidate (``origin: refusal``), scored like the
+    sampled ones: a small model that rarely refuses on its own still has a refusal to
+    choose, and the scorers (a reward that reads the harm estimate) decide whether it wins."""
 
     @model_validator(mode="after")
     def _something(self) -> SteerSpec:

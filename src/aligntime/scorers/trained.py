@@ -128,8 +128,8 @@ class TrainedScorer(Scorer):
         model, encoder = self._parts()
         if model.harm is None:
             raise ConfigError(f"the trained scorer {self.options.model!r} has no harm head")
-        u = encoder.embed([conversation_text(messages)])
-        return float(model.harm(u)[0])
+        text = conversation_text(messages)
+        return float(model.harm(encoder.embed([text]), [text])[0])
 
     def score_sync(
         self,
@@ -144,14 +144,15 @@ class TrainedScorer(Scorer):
         texts = [c.text or " " for c in candidates]
         if self.options.head == "harm":
             assert model.harm is not None
-            return [float(x) for x in model.harm(encoder.embed(texts))]
+            return [float(x) for x in model.harm(encoder.embed(texts), texts)]
         assert model.reward is not None
-        rows = encoder.embed([conversation_text(messages), *texts])
+        request = conversation_text(messages)
+        rows = encoder.embed([request, *texts])
         u = np.repeat(rows[:1], len(texts), axis=0)
         if self.options.use_assessment and assessment is not None and assessment.harm is not None:
             harm = float(assessment.harm)
         elif model.harm is not None:
-            harm = float(model.harm(rows[:1])[0])
+            harm = float(model.harm(rows[:1], [request])[0])
         else:
             harm = 0.0
         h = np.full(len(texts), harm, np.float32)

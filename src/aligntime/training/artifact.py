@@ -142,5 +142,6 @@ def load_folder(folder: Path) -> TrainedModel:
         params = {k[7:]: v for k, v in tensors.items() if k.startswith("reward.")}
         reward = RewardHead(params, int(config["reward"].get("hidden", 0)))
     if config.get("harm"):
-        harm = HarmHead({k[5:]: v for k, v in tensors.items() if k.startswith("harm.")})
+        params = {k[5:]: v for k, v in tensors.items() if k.startswith("harm.")}
+        harm = HarmHead(params, int(config["harm"].get("ngrams", 0)))
     return TrainedModel(config, reward, harm)

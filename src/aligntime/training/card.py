@@ -67,7 +67,9 @@ def model_card(
     harm = m.get("harm")
     if harm:
         threshold = cfg["harm"]["threshold"]
-        lines.append(f"Harm head (logistic, threshold {threshold}):")
+        ngrams = int(cfg["harm"].get("ngrams", 0))
+        reads = f"embedding and {ngrams} hashed word n-gram columns" if ngrams else "embedding"
+        lines.append(f"Harm head (logistic over the {reads}, threshold {threshold}):")
         lines += ["", "| split | requests | accuracy | harmful recall | benign FPR | AUC |"]
         lines.append("| --- | ---: | ---: | ---: | ---: | ---: |")
         for split in ("train", "heldout"):

@@ -17,6 +17,9 @@ estimate (the harm head's, or the input gate's). The reward head reads
 
 from __future__ import annotations
 
+import itertools
+import re
+import zlib
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -78,3 +81,27 @@ class CachedEmbedder:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """:meth:`__call__`, so that a cache is itself an :class:`Embedder`."""
         return self(texts)
+
+
+_TOKEN = re.compile(r"[a-z0-9']+")
+
+
+def hashed_ngrams(texts: Sequence[str], buckets: int) -> np.ndarray:
+    """Word unigrams and bigrams of each text, hashed into ``buckets`` columns.
+
+    A sentence embedding keeps a request's topic and loses some of its wording; the
+    words that carry intent ("without getting caught", "safely dispose") survive here.
+    Counts are log-scaled and each row has unit length. The hash (crc32) is the same in
+    every process and Python version, so trained weights mean the same everywhere.
+    """
+    out = np.zeros((len(texts), buckets), np.float32)
+    for row, text in enumerate(texts):
+        tokens = _TOKEN.findall(text.lower().replace("’", "'"))
+        grams = tokens + [f"{a} {b}" for a, b in itertools.pairwise(tokens)]
+        for gram in grams:
+            out[row, zlib.crc32(gram.encode("utf-8")) % buckets] += 1.0
+        np.log1p(out[row], out=out[row])
+        norm = float(np.linalg.norm(out[row]))
+        if norm > 0:
+            out[row] /= norm
+    return out

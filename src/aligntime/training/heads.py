@@ -7,16 +7,19 @@ safetensors and load without torch.
 - :class:`RewardHead` rates (request, answer) features; trained so that
   ``sigmoid(r(chosen) - r(rejected))`` is the probability the chosen answer is
   preferred (Bradley-Terry), with an optional hidden layer.
-- :class:`HarmHead` maps a request's embedding to P(harmful); soft labels
-  (0.5 for a careful-answer case) are allowed, classes are weighted to balance.
+- :class:`HarmHead` maps a request's embedding (and, optionally, its hashed word
+  n-grams) to P(harmful); soft labels (0.5 for a careful-answer case) are allowed,
+  classes are weighted to balance.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from aligntime.training.features import hashed_ngrams
 
 Progress = Callable[[int, int, float], None]
 """Called as ``progress(step, steps, loss)`` while a head trains."""
@@ -158,21 +161,33 @@ class RewardHead:
 
 @dataclass
 class HarmHead:
-    """P(harmful) = sigmoid(w . u + b) over a request embedding ``u``."""
+    """P(harmful) = sigmoid(w . x + b), ``x`` a request's embedding ``u`` followed by its
+    text's hashed word n-grams when ``ngrams`` > 0 (see :meth:`inputs`)."""
 
     params: dict[str, np.ndarray] = field(default_factory=dict)
+    ngrams: int = 0
+    """Hashed word n-gram columns read beside the embedding (0: the embedding alone)."""
 
     @classmethod
-    def init(cls, features: int) -> HarmHead:
-        return cls({"w": np.zeros(features, np.float32), "b": np.zeros(1, np.float32)})
+    def init(cls, features: int, ngrams: int = 0) -> HarmHead:
+        size = features + max(ngrams, 0)
+        return cls({"w": np.zeros(size, np.float32), "b": np.zeros(1, np.float32)}, ngrams)
 
-    def logits(self, u: np.ndarray) -> np.ndarray:
-        out: np.ndarray = u @ self.params["w"] + self.params["b"][0]
+    def inputs(self, u: np.ndarray, texts: Sequence[str] | None = None) -> np.ndarray:
+        """The head's input rows: ``u``, and the n-grams of ``texts`` (the texts ``u`` embeds)."""
+        if self.ngrams <= 0:
+            return u
+        if texts is None or len(texts) != len(u):
+            raise ValueError("this harm head reads word n-grams: pass the texts with u")
+        return np.concatenate([u, hashed_ngrams(texts, self.ngrams)], axis=1)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        out: np.ndarray = x @ self.params["w"] + self.params["b"][0]
         return out
 
-    def __call__(self, u: np.ndarray) -> np.ndarray:
-        """P(harmful), one per row of ``u``."""
-        return sigmoid(self.logits(u))
+    def __call__(self, u: np.ndarray, texts: Sequence[str] | None = None) -> np.ndarray:
+        """P(harmful), one per row of ``u`` (the embeddings of ``texts``)."""
+        return sigmoid(self.logits(self.inputs(u, texts)))
 
     def fit(
         self,
@@ -181,7 +196,9 @@ class HarmHead:
         settings: TrainSettings,
         progress: Progress | None = None,
     ) -> list[float]:
-        """Minimise class-balanced cross-entropy with (soft) labels in [0, 1]."""
+        """Minimise class-balanced cross-entropy with (soft) labels in [0, 1].
+
+        ``u`` holds the head's input rows (:meth:`inputs`)."""
         y = labels.astype(np.float32)
         # Balance the harmful and benign mass so that neither side dominates the fit.
         pos = float(y.sum())

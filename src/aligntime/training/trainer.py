@@ -43,6 +43,9 @@ class TrainOptions:
     reward: TrainSettings = field(default_factory=lambda: TrainSettings(steps=500, l2=1e-3))
     harm: TrainSettings = field(default_factory=lambda: TrainSettings(steps=500, l2=1e-3))
     harm_threshold: float = 0.5
+    ngrams: int = 0
+    """Hashed word n-gram columns the harm head reads beside the embedding (0: none). The
+    embedding keeps a request's topic; the words that carry its intent survive here."""
     anchor: float = 0.0
     """Weight of the anchoring term of the reward head (see ``RewardHead.fit``): 0 trains
     differences only; above 0, sigmoid(reward) reads as P(acceptable answer)."""
@@ -129,7 +132,7 @@ def train(
     config: dict[str, Any] = {
         "encoder": dict(options.encoder),
         "reward": {"features": blocks, "hidden": options.hidden} if reward else None,
-        "harm": {"threshold": options.harm_threshold} if harm else None,
+        "harm": {"threshold": options.harm_threshold, "ngrams": options.ngrams} if harm else None,
         "metrics": metrics,
     }
     return TrainResult(TrainedModel(config, reward, harm), metrics, sorted(held))
@@ -166,14 +169,17 @@ def _fit_harm(
     if not len(labels) or not (labels >= 0.5).any() or not (labels < 0.5).any():
         metrics["harm"] = None  # a classifier needs both harmful and benign requests
         return None
-    u = cache([r.request for r in train_set])
-    head = HarmHead.init(u.shape[1])
-    head.fit(u, labels, options.harm, _stage(progress, "harm"))
+    texts = [r.request for r in train_set]
+    u = cache(texts)
+    head = HarmHead.init(u.shape[1], options.ngrams)
+    x = head.inputs(u, texts)
+    head.fit(x, labels, options.harm, _stage(progress, "harm"))
+    tests = [r.request for r in test_set]
     metrics["harm"] = {
-        "train": harm_metrics(head(u), labels, options.harm_threshold),
+        "train": harm_metrics(head(u, texts), labels, options.harm_threshold),
         "heldout": (
             harm_metrics(
-                head(cache([r.request for r in test_set])),
+                head(cache(tests), tests),
                 np.array([r.label for r in test_set], np.float32),
                 options.harm_threshold,
             )
@@ -225,8 +231,9 @@ def pair_features(
 
     A request's harm is taken from ``estimates`` where it is there, else from ``harm``.
     """
-    u = embed([p.request for p in pairs])
-    h = harm(u) if harm is not None else np.zeros(len(pairs), np.float32)
+    requests = [p.request for p in pairs]
+    u = embed(requests)
+    h = harm(u, requests) if harm is not None else np.zeros(len(pairs), np.float32)
     if estimates:
         h = np.array(
             [estimates.get(p.request, float(x)) for p, x in zip(pairs, h, strict=True)],
@@ -257,17 +264,18 @@ def cross_fit_harm(
         return {}
     order = list(range(len(train_set)))
     random.Random(options.seed + 1).shuffle(order)
-    u = cache([r.request for r in train_set])
+    texts = [r.request for r in train_set]
     y = np.array([r.label for r in train_set], np.float32)
+    x = HarmHead.init(0, options.ngrams).inputs(cache(texts), texts)
     out: dict[str, float] = {}
     for fold in range(options.cross_fit):
         test = np.array(order[fold :: options.cross_fit])
         keep = np.setdiff1d(np.arange(len(train_set)), test)
         if not (y[keep] >= 0.5).any() or not (y[keep] < 0.5).any():
             continue
-        head = HarmHead.init(u.shape[1])
-        head.fit(u[keep], y[keep], options.harm)
-        for i, p in zip(test, head(u[test]), strict=True):
+        head = HarmHead.init(x.shape[1])
+        head.fit(x[keep], y[keep], options.harm)
+        for i, p in zip(test, head(x[test]), strict=True):
             out[train_set[i].request] = float(p)
     return out
 
