@@ -39,6 +39,9 @@ def batch(
         help="With --ray: the cluster to join (auto, ray://host:10001, host:6379).",
     ),
     actors: int = typer.Option(2, "--actors", help="With --ray: aligner actors in the pool."),
+    cpus_per_actor: float = typer.Option(
+        1.0, "--cpus-per-actor", help="With --ray: CPUs each aligner actor reserves."
+    ),
     gpus_per_actor: float = typer.Option(
         0.0, "--gpus-per-actor", help="With --ray: GPUs each aligner actor reserves."
     ),
@@ -78,6 +81,7 @@ def batch(
             ray=RayOptions(
                 address=ray_address,
                 actors=actors,
+                cpus_per_actor=cpus_per_actor,
                 gpus_per_actor=gpus_per_actor,
                 batch_size=batch_size,
             ),
