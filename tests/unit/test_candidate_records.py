@@ -24,6 +24,7 @@ def test_a_record_is_json_and_reads_back_as_the_same_candidate() -> None:
         gate_failures=("safety (S1 Violent Crimes)",),
         logprob=-3.5,
         state="rejected",
+        origin="refusal",
     )
     record = cand.to_record()
     # Strict JSON: a failed scorer's NaN is null, never the non-standard NaN token.
@@ -40,11 +41,12 @@ def test_a_record_is_json_and_reads_back_as_the_same_candidate() -> None:
 def test_an_older_record_takes_the_defaults_and_its_nan_scores_still_read() -> None:
     old = json.loads('{"text": "a", "tokens": null, "scores": {"s": NaN}, "score": 0.1}')
     cand = Candidate.from_record(old)
-    assert (cand.tokens, cand.finish_reason, cand.passed, cand.state) == (
+    assert (cand.tokens, cand.finish_reason, cand.passed, cand.state, cand.origin) == (
         0,
         "stop",
         True,
         "complete",
+        "sampled",
     )
     assert math.isnan(cand.scores["s"])
     assert to_candidates([old]) == [cand]
