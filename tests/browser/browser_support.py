@@ -34,9 +34,10 @@ from aligntime.server.testing import serve_subprocess
 ROOT = Path(__file__).resolve().parents[2]
 AXE = Path(__file__).with_name("vendor") / "axe.min.js"
 USER_KEY = "user-key-1"
-"""An ordinary API key: may ask, may not read the audit log."""
+"""An ordinary API key with the candidates right: may ask and see candidates (the text of
+one that failed a gate withheld), may not read the audit log."""
 AUDIT_KEY = "auditor-key-1"
-"""A key with the audit right (``--audit-key``)."""
+"""A key with the audit right (which brings the candidates right)."""
 
 SCRIPT_TEXT = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> Rest.'
 """A candidate that would run if the page inserted model text as HTML."""
@@ -166,7 +167,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     reports = make_report(folder, policies[0])
     args = [arg for p in policies for arg in ("-p", str(p))]
     args += ["--audit-db", str(folder / "audit.db"), "--reports", str(reports)]
-    args += ["--api-key", USER_KEY, "--audit-key", AUDIT_KEY]
+    args += ["--api-key", f"user:{USER_KEY}:candidates", "--api-key", f"auditor:{AUDIT_KEY}:audit"]
     proc, url = serve_subprocess(args, timeout=120)
     try:
         yield Server(url, proc)

@@ -54,14 +54,16 @@ def cards(page: Any, pane: str = "A") -> list[dict[str, Any]]:
     )
 
 
-def api_completion(server: Server, policy: str, prompt: str, n: int) -> dict[str, Any]:
+def api_completion(
+    server: Server, policy: str, prompt: str, n: int, key: str = USER_KEY
+) -> dict[str, Any]:
     body = {
         "model": policy,
         "messages": [{"role": "user", "content": prompt}],
         "aligntime": {"n": n, "return_candidates": True},
     }
     res = httpx.post(server.url + "/v1/chat/completions", json=body,
-                     headers={"Authorization": f"Bearer {USER_KEY}"}, timeout=60)  # fmt: skip
+                     headers={"Authorization": f"Bearer {key}"}, timeout=60)  # fmt: skip
     res.raise_for_status()
     return res.json()
 
@@ -71,7 +73,8 @@ def test_candidates_appear_scored_and_the_chosen_one_is_highlighted(
 ) -> None:
     guard.expected.append("401")  # the first listing, before the key is given
     page.goto(server.url + "/")
-    use_key(page, USER_KEY)
+    # The auditor: only the audit right sees the text of the candidate that failed a gate.
+    use_key(page, AUDIT_KEY)
     ask(page, FEVER)
     wait_for_candidates(page, 3)
     shown = cards(page)
@@ -84,7 +87,7 @@ def test_candidates_appear_scored_and_the_chosen_one_is_highlighted(
     assert all(c["reason"].startswith("Lost") for c in shown if not c["chosen"])
 
     # The same request through the JSON API: the same candidates with the same scores.
-    api = api_completion(server, "helpful", FEVER, 3)["aligntime"]
+    api = api_completion(server, "helpful", FEVER, 3, AUDIT_KEY)["aligntime"]
     by_text = {c["text"]: c for c in api["candidates"]}
     assert {c["text"] for c in shown} == set(by_text)
     for card in shown:
@@ -126,6 +129,21 @@ def test_a_script_candidate_is_shown_as_text_and_never_run(
     assert page.text_content("#pA .answer") == SCRIPT_TEXT
     assert page.evaluate("window.__pwned") is None
     assert page.eval_on_selector_all("#panes script, #panes img", "els => els.length") == 0
+
+
+def test_a_key_without_the_audit_right_sees_gate_failed_candidates_withheld(
+    page: Any, server: Server, guard: Guard
+) -> None:
+    guard.expected.append("401")
+    page.goto(server.url + "/")
+    use_key(page, USER_KEY)  # the candidates right, not the audit right
+    ask(page, FEVER)
+    wait_for_candidates(page, 3)
+    shown = cards(page)
+    failed = [c for c in shown if "failed" in c["cls"]]
+    assert len(failed) == 1 and "text withheld" in failed[0]["text"]
+    assert all("idiot" not in c["text"] for c in shown)
+    assert set(failed[0]["scores"]) >= {"safety", "rules"}  # its scores are still shown
 
 
 def test_compare_mode_runs_two_policies_on_one_prompt(

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[openai.OpenAI]:
-    app = app_from_policies(["default"], ServerOptions(timeout_s=300))
+    app = app_from_policies(["default"], ServerOptions(timeout_s=300, anonymous_rights=frozenset({"candidates"})))
     app.state.service.load()
     with LiveServer(app) as live:
         yield openai.OpenAI(base_url=live.url + "/v1", api_key="x", max_retries=0, timeout=300)

@@ -141,7 +141,9 @@ def test_no_log_record_holds_a_prompt_or_an_answer(
         _aligner(_policy("down", "{backend: fake, fail_times: 10}")),
         _aligner(_policy("closed", answers), broken="safety"),
     ]
-    options = ServerOptions(audit_db=tmp_path / "audit.db", max_tokens=64)
+    options = ServerOptions(
+        audit_db=tmp_path / "audit.db", max_tokens=64, anonymous_rights=frozenset({"candidates"})
+    )
     audit = AuditLog(tmp_path / "audit.db")
     service = AlignmentService(aligners, options, Metrics(), audit)
     app = create_app(service)

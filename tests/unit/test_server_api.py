@@ -35,7 +35,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         "n: 2\nscorers:\n  - {name: safety, kind: classifier, gate: {max: 0.6}}\n"
         "fallback: Sorry, no good answer.\n"
     )
-    app = app_from_policies([policy, second, rude], ServerOptions())
+    # Keys off, and every caller may see candidates (gate-failed text stays withheld).
+    options = ServerOptions(anonymous_rights=frozenset({"candidates"}))
+    app = app_from_policies([policy, second, rude], options)
     app.state.service.load()
     with LiveServer(app) as live:
         yield live

@@ -113,7 +113,8 @@ def _service_with_broken(on_error: str, broken: str, *, gated: bool = True) -> A
         scorers.append(BatchingScorer(inner))
     generator = MeteredGenerator(build("generator", "fake", policy.generator.options()))
     aligner = Aligner(policy, generator=generator, scorers=scorers)
-    return AlignmentService([aligner], ServerOptions(), metrics)
+    options = ServerOptions(anonymous_rights=frozenset({"candidates"}))
+    return AlignmentService([aligner], options, metrics)
 
 
 @pytest.mark.parametrize("on_error", ["raise", "degrade"])

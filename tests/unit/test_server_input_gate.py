@@ -65,7 +65,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServe
     folder = tmp_path_factory.mktemp("gate")
     db = folder / "audit.db"
     policies = [parse_policy(GATED), parse_policy(PLAIN)]
-    app = app_from_policies(policies, ServerOptions(audit_db=db))
+    options = ServerOptions(audit_db=db, anonymous_rights=frozenset({"candidates"}))
+    app = app_from_policies(policies, options)
     app.state.service.load()
     with LiveServer(app) as live:
         yield live, db

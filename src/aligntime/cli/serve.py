@@ -29,7 +29,29 @@ def serve(
         8000, "--port", envvar="ALIGNTIME_PORT", help="Port to listen on (0: any free port)."
     ),
     api_key: list[str] = typer.Option(
-        [], "--api-key", help="Accepted bearer key; repeatable. Also ALIGNTIME_API_KEYS (a,b)."
+        [],
+        "--api-key",
+        help="Accepted bearer key, KEY (no rights) or NAME:KEY:RIGHTS (rights: candidates, "
+        "audit; several joined with +); repeatable. Also ALIGNTIME_API_KEYS (a,b).",
+    ),
+    keys_file: Path | None = typer.Option(
+        None,
+        "--keys-file",
+        envvar="ALIGNTIME_KEYS_FILE",
+        help="YAML or JSON file of keys: {keys: [{name, secret or sha256, rights}]}.",
+    ),
+    anonymous_rights: str = typer.Option(
+        "",
+        "--anonymous-rights",
+        envvar="ALIGNTIME_ANONYMOUS_RIGHTS",
+        help="Rights of every request while no key is configured (only candidates; "
+        "audit always needs a key). Default: none.",
+    ),
+    keepalive: float = typer.Option(
+        5.0,
+        "--keepalive",
+        envvar="ALIGNTIME_KEEPALIVE",
+        help="Seconds between ': keep-alive' comment lines while a stream is being aligned.",
     ),
     audit_db: Path | None = typer.Option(
         None,
@@ -80,8 +102,8 @@ def serve(
     audit_key: list[str] = typer.Option(
         [],
         "--audit-key",
-        help="An API key that may also read the audit log over HTTP (the /audit page); "
-        "repeatable. Also ALIGNTIME_AUDIT_KEYS (a,b).",
+        help="Deprecated: a key with the audit right; use --api-key NAME:KEY:audit. "
+        "Also ALIGNTIME_AUDIT_KEYS (a,b).",
     ),
     ui: bool = typer.Option(
         True,
@@ -106,6 +128,9 @@ def serve(
             AUDIT_KEYS_ENV,
             ServerOptions,
             keys_from_env,
+            load_keys_file,
+            parse_anonymous_rights,
+            parse_api_key,
             parse_forwarded_allow_ips,
         )
         from aligntime.server.runner import Server, uvicorn_config
@@ -114,14 +139,21 @@ def serve(
 
         raise missing("aligntime serve", exc, extra="server") from exc
 
-    keys = keys_from_env(api_key)
+    given = [parse_api_key(k) for k in sorted(keys_from_env(api_key))]
+    keys = frozenset(k for k in given if isinstance(k, str))
+    named = [k for k in given if not isinstance(k, str)]
+    if keys_file is not None:
+        named += load_keys_file(keys_file)
     audit_keys = keys_from_env(audit_key, AUDIT_KEYS_ENV)
+    if audit_keys:
+        log.warning("--audit-key and ALIGNTIME_AUDIT_KEYS are deprecated: use --api-key "
+                    "NAME:KEY:audit or a --keys-file entry with rights: [audit]")  # fmt: skip
     if reports is not None and not reports.is_dir():
         raise ConfigError(
             f"--reports: {reports} is not a folder",
             hint="give the folder `aligntime eval --out` wrote, or one holding several",
         )
-    if not (keys | audit_keys) and host not in ("127.0.0.1", "localhost", "::1"):
+    if not (keys or audit_keys or named) and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without API keys: anyone who can reach it can use it", host)
     try:
         options = ServerOptions(
@@ -136,6 +168,9 @@ def serve(
             forwarded_allow_ips=parse_forwarded_allow_ips(forwarded_allow_ips),
             shutdown_timeout_s=shutdown_timeout,
             audit_keys=audit_keys,
+            keys=tuple(named),
+            anonymous_rights=parse_anonymous_rights(anonymous_rights),
+            keepalive_s=keepalive,
             ui=ui,
             reports_dir=reports,
         )

@@ -146,7 +146,8 @@ class GuardMiddleware:
         self.app = app
         self.service = service
         self.metrics = service.metrics
-        self.auth = Authenticator(service.options.api_keys)
+        options = service.options
+        self.auth = Authenticator(options.all_keys(), options.anonymous_rights)
         self.limiter = RateLimiter(service.options.rate_limit)
         self.auth_failures = RateLimiter(service.options.rate_limit)
         self.max_body = service.options.max_body_bytes
@@ -207,10 +208,13 @@ class GuardMiddleware:
                 # attempt gets 429, the right key too, so guessing learns nothing.
                 self.auth_failures.ensure_left(address)
                 try:
-                    ctx.key_id = self.auth.check(authorization)
+                    caller = self.auth.identify(authorization)
                 except ApiError:
                     self.auth_failures.spend(address)
                     raise
+            else:
+                caller = self.auth.identify(None)
+            ctx.key_id, ctx.rights = caller.key_id, caller.rights
             self.limiter.check(ctx.key_id or address)
         if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
             return await _buffer_body(receive, self.max_body)

@@ -19,7 +19,8 @@ def answered(
 ) -> AuditRecord:
     """The record of an answered request: what was sent, and every candidate."""
     ext = body.aligntime
-    candidates = ext.candidates if ext.candidates is not None else candidates_out(outcome)
+    # The log keeps every candidate's text, whatever the caller was shown.
+    candidates = candidates_out(outcome, redact=False)
     request = RequestRow(
         id=body.id,
         created=body.created,

@@ -14,9 +14,10 @@ from aligntime.aligner import Aligner, build
 from aligntime.errors import ConfigError
 from aligntime.policy.schema import Policy
 from aligntime.request import AlignRequest
-from aligntime.server.config import ServerOptions
+from aligntime.server.config import Right, ServerOptions
 from aligntime.server.errors import ApiError, bad_request
 from aligntime.server.protocol import ChatCompletionRequest
+from aligntime.server.security import forbidden
 from aligntime.server.text import find_lone_surrogate
 
 
@@ -53,12 +54,31 @@ class Plan:
     request: AlignRequest
     """What to align, ``n`` resolved within the policy's and the server's limits."""
     return_candidates: bool = False
+    """Send every candidate (asked for, and the key holds the ``candidates`` right)."""
+    reveal_failed: bool = False
+    """Send the text of candidates that failed a gate too (the ``audit`` right);
+    otherwise it is withheld and only their scores are sent."""
 
 
-def plan(req: ChatCompletionRequest, served: Mapping[str, Served], options: ServerOptions) -> Plan:
-    """Validate a request against the served policy and the server's limits (4xx)."""
+def plan(
+    req: ChatCompletionRequest,
+    served: Mapping[str, Served],
+    options: ServerOptions,
+    rights: frozenset[Right] = frozenset(),
+) -> Plan:
+    """Validate a request against the served policy, the server's limits and the caller's
+    ``rights`` (4xx)."""
     check_text(req)
     found = _served(req.model, served)
+    ext = req.aligntime
+    wanted = bool(ext and ext.return_candidates)
+    if wanted and "candidates" not in rights:
+        # Every sample of a request, unsafe ones included, is what best-of-N jailbreaks need.
+        raise forbidden(
+            "candidates",
+            "this API key may not receive candidates (aligntime.return_candidates)",
+            param="aligntime.return_candidates",
+        )
     if req.tools:
         raise bad_request("tools are not supported by aligntime", param="tools")
     if req.logprobs:
@@ -69,7 +89,6 @@ def plan(req: ChatCompletionRequest, served: Mapping[str, Served], options: Serv
             param="continue_final_message",
         )
     request = req.to_align_request()
-    ext = req.aligntime
     policy = found.policy
     if not any(m.role == "user" and m.content.strip() for m in request.messages):
         raise bad_request("the conversation has no non-empty user message", param="messages")
@@ -96,7 +115,7 @@ def plan(req: ChatCompletionRequest, served: Mapping[str, Served], options: Serv
     aligner = found.aligner
     if ext and ext.strategy and ext.strategy != policy.strategy.kind:
         aligner = variant(found, ext.strategy)
-    return Plan(found, aligner, replace(request, n=n), bool(ext and ext.return_candidates))
+    return Plan(found, aligner, replace(request, n=n), wanted, "audit" in rights)
 
 
 def variant(served: Served, kind: str) -> Aligner:

@@ -84,7 +84,9 @@ class AligntimeOptions(_Strict):
     template: str | None = None
     """Name of one of the policy's prompt templates."""
     return_candidates: bool = False
-    """Return every candidate with its scores under ``aligntime.candidates``."""
+    """Return every candidate with its scores under ``aligntime.candidates``. Only for a key
+    with the ``candidates`` right (403 otherwise); the text of a candidate that failed a
+    gate is withheld (``text: null``, ``redacted: true``) unless the key has ``audit``."""
 
 
 class ChatCompletionRequest(BaseModel):
@@ -208,9 +210,11 @@ class UsageOut(BaseModel):
 
 
 class CandidateOut(BaseModel):
-    """One candidate with its scores (``return_candidates``)."""
+    """One candidate with its scores (``return_candidates``, for a key with the
+    ``candidates`` right)."""
 
-    text: str
+    text: str | None
+    """The candidate's text; ``null`` when withheld (``redacted``)."""
     score: float | None
     """Combined, normalised score (higher is better)."""
     scores: dict[str, float | None]
@@ -225,6 +229,9 @@ class CandidateOut(BaseModel):
     """``rejected``: a search strategy (``early_rejection``) dropped it unfinished; it is
     kept for audit with the partial text and the scores it was dropped on."""
     chosen: bool
+    redacted: bool = False
+    """The text failed a gate and is withheld: only a key with the ``audit`` right (and the
+    audit log) sees it; the scores are sent all the same."""
 
 
 class InputDecisionOut(BaseModel):

@@ -36,17 +36,27 @@ def new_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex
 
 
-def candidates_out(outcome: Outcome) -> list[CandidateOut]:
-    """Every candidate with its scores, the chosen one marked (sent on request, always audited)."""
+def candidates_out(outcome: Outcome, *, redact: bool) -> list[CandidateOut]:
+    """Every candidate with its scores, the chosen one marked (sent on request, always
+    audited); with ``redact``, the text of each that failed a gate is withheld."""
     result = outcome.result
     if result is None:
         return []
-    return [candidate_out(c, result.best == i) for i, c in enumerate(result.candidates)]
+    return [
+        candidate_out(c, result.best == i, redact=redact) for i, c in enumerate(result.candidates)
+    ]
 
 
-def candidate_out(candidate: Candidate, chosen: bool) -> CandidateOut:
-    """One candidate as the server shows it: its record, less what the API does not carry."""
-    return CandidateOut.model_validate({**candidate.to_record(), "chosen": chosen})
+def candidate_out(candidate: Candidate, chosen: bool, *, redact: bool = True) -> CandidateOut:
+    """One candidate as the server shows it: its record, less what the API does not carry.
+
+    With ``redact`` (the default: only the audit right and the audit log see more), a
+    candidate that failed a gate has ``text: null`` and ``redacted: true``; its scores stay.
+    """
+    out = CandidateOut.model_validate({**candidate.to_record(), "chosen": chosen})
+    if redact and not out.passed:
+        return out.model_copy(update={"text": None, "redacted": True})
+    return out
 
 
 def completion(plan: Plan, outcome: Outcome, rid: str, created: int) -> ChatCompletion:
@@ -94,7 +104,11 @@ def _extension(plan: Plan, outcome: Outcome) -> AligntimeResult:
         scorer_errors=outcome.scorer_errors,
         timings=result.timings.to_dict() if result else {},
         input=InputDecisionOut.model_validate(verdict.to_dict()) if verdict else None,
-        candidates=candidates_out(outcome) if plan.return_candidates else None,
+        candidates=(
+            candidates_out(outcome, redact=not plan.reveal_failed)
+            if plan.return_candidates
+            else None
+        ),
     )
 
 

@@ -61,7 +61,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     service = _service(request)
     ctx = _context(request)
     if body.stream:
-        plan = service.plan(body)  # 4xx before the stream starts, as a real status
+        plan = service.plan(body, ctx)  # 4xx before the stream starts, as a real status
         ctx.streamed = True
         return StreamingResponse(
             service.stream(body, plan, ctx),

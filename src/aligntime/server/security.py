@@ -1,4 +1,4 @@
-"""API keys, the per-key rate limit, and the limit on failed authentication."""
+"""API keys and their rights, the per-key rate limit, and the limit on failed authentication."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import hashlib
 import hmac
 import math
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 
+from aligntime.server.config import ApiKey, Right, implied
 from aligntime.server.errors import ApiError
 
 
@@ -15,12 +18,37 @@ def key_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-class Authenticator:
-    """Checks ``Authorization: Bearer KEY`` against the configured keys."""
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: the key's id and name, and the rights it holds."""
 
-    def __init__(self, keys: frozenset[str]) -> None:
-        self._keys = [k.encode() for k in keys]
-        self._ids = {k: key_id(k) for k in keys}
+    key_id: str | None
+    """The key's short hash (``None`` while keys are off)."""
+    name: str | None
+    rights: frozenset[Right]
+    """With what they imply (:func:`~aligntime.server.config.implied`)."""
+
+    def may(self, right: Right) -> bool:
+        """Whether the caller holds ``right``."""
+        return right in self.rights
+
+
+class Authenticator:
+    """Checks ``Authorization: Bearer KEY`` against the configured keys and their rights.
+
+    Keys are held and compared as SHA-256 digests, so a keys file may give only the
+    digest; the comparison runs against every key in constant time.
+    """
+
+    def __init__(
+        self, keys: Iterable[ApiKey | str], anonymous: frozenset[Right] = frozenset()
+    ) -> None:
+        given = [k if isinstance(k, ApiKey) else ApiKey(name=key_id(k), secret=k) for k in keys]
+        self._keys = [
+            (bytes.fromhex(k.digest()), Caller(k.digest()[:12], k.name, implied(k.rights)))
+            for k in given
+        ]
+        self._anonymous = Caller(None, None, implied(anonymous))
 
     @property
     def enabled(self) -> bool:
@@ -28,8 +56,12 @@ class Authenticator:
 
     def check(self, authorization: str | None) -> str | None:
         """The key's id, or ``None`` when keys are off; raises 401 on a missing or bad key."""
+        return self.identify(authorization).key_id
+
+    def identify(self, authorization: str | None) -> Caller:
+        """The caller (anonymous while keys are off); raises 401 on a missing or bad key."""
         if not self._keys:
-            return None
+            return self._anonymous
         if not authorization:
             raise ApiError(
                 401,
@@ -39,15 +71,29 @@ class Authenticator:
             )
         scheme, _, token = authorization.partition(" ")
         presented = token.strip().encode() if scheme.lower() == "bearer" else b""
+        digest = hashlib.sha256(presented).digest()
         # Constant-time comparison against every key, so timing reveals nothing.
-        ok = False
-        for k in self._keys:
-            ok |= hmac.compare_digest(k, presented)
-        if not ok:
+        found: Caller | None = None
+        for stored, caller in self._keys:
+            if hmac.compare_digest(stored, digest) and presented:
+                found = caller
+        if found is None:
             raise ApiError(
                 401, "invalid API key", type="authentication_error", code="invalid_api_key"
             )
-        return self._ids[presented.decode()]
+        return found
+
+
+def forbidden(right: Right, message: str, *, param: str | None = None) -> ApiError:
+    """A 403 for a caller without ``right``, saying how a server grants it."""
+    return ApiError(
+        403,
+        f"{message}; the server gives that right with --api-key NAME:KEY:{right} "
+        f"or a --keys-file entry with rights: [{right}]",
+        type="permission_error",
+        param=param,
+        code=f"{right}_forbidden",
+    )
 
 
 _MAX_CLIENTS = 100_000

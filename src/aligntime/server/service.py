@@ -32,7 +32,7 @@ from aligntime.policy.schema import Policy
 from aligntime.server import audit_records, planning
 from aligntime.server.audit import AuditLog, AuditRecord, AuditUnavailable
 from aligntime.server.batching import BatchingScorer
-from aligntime.server.config import ServerOptions
+from aligntime.server.config import Right, ServerOptions
 from aligntime.server.errors import (
     ApiError,
     audit_unavailable,
@@ -74,6 +74,8 @@ class RequestContext:
     key_id: str | None = None
     align_s: float | None = None
     streamed: bool = False
+    rights: frozenset[Right] = frozenset()
+    """What the caller's key may do besides asking (see :mod:`aligntime.server.config`)."""
 
 
 @dataclass(frozen=True)
@@ -131,9 +133,11 @@ class AlignmentService:
                 )
             self.served[name] = Served.of(al, created)
 
-    def plan(self, req: ChatCompletionRequest) -> Plan:
-        """Validate a request against the served policy and the server's limits (4xx)."""
-        return planning.plan(req, self.served, self.options)
+    def plan(self, req: ChatCompletionRequest, ctx: RequestContext | None = None) -> Plan:
+        """Validate a request against the served policy, the server's limits and the
+        rights of the caller in ``ctx`` (none without it) (4xx)."""
+        rights = ctx.rights if ctx is not None else frozenset()
+        return planning.plan(req, self.served, self.options, rights)
 
     async def run(self, plan: Plan, ctx: RequestContext, deadline: float) -> Outcome:
         """Align, mapping failures to API errors; fails closed when a gating scorer fails.
@@ -184,7 +188,7 @@ class AlignmentService:
         """Answer one non-streaming request; returns only after the audit rows are committed."""
         call = self._call(req, ctx)
         try:
-            plan = self.plan(req)
+            plan = self.plan(req, ctx)
             outcome = await self.run(plan, ctx, call.deadline)
         except ApiError as exc:
             await self._audit_error(call, exc)

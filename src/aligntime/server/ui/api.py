@@ -2,10 +2,10 @@
 
 They live under ``/v1/``, so the request guard applies to them exactly as to chat
 completions: the same API keys, the same rate limit, the same body limit. Reading
-the audit log also needs the audit right (a key given with ``--audit-key``); with
-no such key configured it cannot be read over HTTP at all (it holds every user's
-prompts). Everything is served as JSON for the page to render: no HTML is built
-from data on the server.
+the audit log also needs the ``audit`` right (``--api-key NAME:KEY:audit`` or a
+``--keys-file`` entry); with no such key configured it cannot be read over HTTP
+at all (it holds every user's prompts). Everything is served as JSON for the page
+to render: no HTML is built from data on the server.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from aligntime.aligner import build
 from aligntime.policy.schema import Policy
 from aligntime.scorers.base import Scorer
 from aligntime.server.errors import ApiError
-from aligntime.server.security import key_id
+from aligntime.server.security import forbidden
 from aligntime.server.service import AlignmentService, RequestContext
 from aligntime.server.text import json_bytes
 from aligntime.server.ui import audit_view, reports
@@ -108,16 +108,9 @@ def _audit_db(request: Request) -> Path:
     """The audit database, once the caller's key is known to hold the audit right."""
     service = _service(request)
     ctx = request.scope.get("aligntime.ctx")
-    caller = ctx.key_id if isinstance(ctx, RequestContext) else None
-    allowed = {key_id(k) for k in service.options.audit_keys}
-    if caller is None or caller not in allowed:
-        raise ApiError(
-            403,
-            "this API key may not read the audit log; the server gives that right with "
-            "--audit-key KEY",
-            type="permission_error",
-            code="audit_forbidden",
-        )
+    # Only a key holds the audit right (never an anonymous caller: see ServerOptions).
+    if not (isinstance(ctx, RequestContext) and ctx.key_id and "audit" in ctx.rights):
+        raise forbidden("audit", "this API key may not read the audit log")
     if service.options.audit_db is None:
         raise ApiError(
             404, "the audit log is off on this server (serve --audit-db FILE)", code="not_found"
