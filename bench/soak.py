@@ -269,7 +269,8 @@ def main() -> None:
         db = Path(tmp) / "audit.db"
         proc, host, port = start_server(
             ["--policy", str(policy), "--audit-db", str(db),
-             "--max-body-bytes", str(MAX_BODY), "--shutdown-timeout", "10"]
+             "--max-body-bytes", str(MAX_BODY), "--shutdown-timeout", "10",
+             "--anonymous-rights", "candidates"]
         )  # fmt: skip
         try:
             result = asyncio.run(soak(host, port, proc.pid, args.clients, warmup, args.duration))
