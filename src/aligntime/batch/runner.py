@@ -130,18 +130,12 @@ async def arun_batch(
     return summary
 
 
-def run_batch(
-    aligner: Aligner,
-    rows: Sequence[BatchRow],
-    output: Path,
-    options: BatchOptions = BatchOptions(),
-    on_row: Callable[[int, int], None] | None = None,
-) -> BatchSummary:
-    """Synchronous :func:`arun_batch`; works where an event loop is already running too."""
+def run_batch(*args: Any, **kwargs: Any) -> BatchSummary:
+    """Synchronous :func:`arun_batch` (the same arguments); works inside a running loop too."""
     from aligntime.background_loop import BackgroundLoop
 
     loop = BackgroundLoop("aligntime-batch")
     try:
-        return loop.run(arun_batch(aligner, rows, output, options, on_row))
+        return loop.run(arun_batch(*args, **kwargs))
     finally:
         loop.stop()
