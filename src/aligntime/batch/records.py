@@ -4,8 +4,8 @@ A record holds the chosen answer, every candidate with its scores, usage and
 timings::
 
     {"id", "policy", "messages", "text", "best", "fallback", "refused", "error",
-     "candidates": [{"text", "score", "scores", "passed", "gate_failures", "tokens",
-                     "finish_reason"}],
+     "candidates": [Candidate.to_record(): {"text", "tokens", "finish_reason", "scores",
+                     "score", "passed", "gate_failures", "logprob", "state", "origin"}],
      "usage": {"prompt_tokens", "completion_tokens"},
      "timings": {"generate_s", "score_s", "total_s"}, "input": {...} | null}
 
@@ -26,11 +26,8 @@ NESTED = ("messages", "candidates", "usage", "timings", "input")
 
 
 def candidate_record(candidate: Candidate) -> dict[str, Any]:
-    """One candidate as a record: the ``run --json`` fields and why it failed a gate."""
-    full = candidate.to_record()  # strict JSON values: NaN is null
-    record = {**candidate.to_dict(), "scores": full["scores"], "score": full["score"]}
-    record.update(gate_failures=full["gate_failures"], finish_reason=full["finish_reason"])
-    return record
+    """One candidate as a record: the candidates' one codec (strict JSON: NaN is null)."""
+    return candidate.to_record()
 
 
 def row_record(row_id: str, result: Result) -> dict[str, Any]:
