@@ -14,6 +14,12 @@ from aligntime.types import Candidate, Message, RequestAssessment, ScoreDetail
 
 Direction = Literal["higher", "lower"]
 
+Messages = Sequence[Message]
+"""A conversation, oldest turn first."""
+Candidates = Sequence[Candidate]
+"""The candidate answers to one request, in the order they are rated."""
+MaybeAssessment = RequestAssessment | None
+"""The input gate's verdict on the request, where there is one."""
 BatchItem = tuple[Sequence[Message], Sequence[Candidate]]
 """One request's part of a batch: its conversation and the candidates to rate."""
 
@@ -41,6 +47,17 @@ class Scorer(ABC):
     reports_details: bool = False
     """True when :meth:`score_details` and :meth:`score_request_details` give labels (the
     reasons for a value, e.g. a guard's violated categories), not only the values."""
+    options: BaseModel | None = None
+    """The validated :attr:`Options` this scorer was made with (None: it takes none);
+    a subclass declares its own type (``options: ClassifierOptions``)."""
+
+    def __init__(self, options: BaseModel | None = None, *, name: str | None = None) -> None:
+        """``options``: an instance of :attr:`Options` (default: its defaults); ``name``:
+        the policy's name for this scorer (default: the class's :attr:`name`)."""
+        if self.Options is not None:
+            self.options = options if options is not None else self.Options()
+        if name is not None:
+            self.name = name
 
     @abstractmethod
     async def score(
@@ -76,11 +93,7 @@ class Scorer(ABC):
         return values[0]
 
     async def score_details(
-        self,
-        messages: Sequence[Message],
-        candidates: Sequence[Candidate],
-        *,
-        assessment: RequestAssessment | None = None,
+        self, messages: Messages, candidates: Candidates, *, assessment: MaybeAssessment = None
     ) -> list[ScoreDetail]:
         """One value per candidate with its labels; the aligner calls this, not :meth:`score`.
 

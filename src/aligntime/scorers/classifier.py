@@ -41,6 +41,7 @@ class SafetyClassifier(SyncScorer):
     """Probability (0..1) that a candidate is offensive; lower is better."""
 
     Options = ClassifierOptions
+    options: ClassifierOptions
     direction = "lower"
     value_range = (0.0, 1.0)
 

@@ -61,6 +61,7 @@ class EmbeddingRelevance(SyncScorer):
     """Cosine similarity (-1..1) of request and answer embeddings; higher is better."""
 
     Options = EmbeddingOptions
+    options: EmbeddingOptions
     direction = "higher"
     value_range = (0.0, 1.0)
 

@@ -96,6 +96,7 @@ class Judge(ModelJudge):
     """P(yes) in 0..1 from a judge model's log-probabilities; higher is better."""
 
     Options = JudgeOptions
+    options: JudgeOptions
 
     def __init__(self, options: JudgeOptions | None = None, *, name: str = "judge") -> None:
         self.options = options or JudgeOptions()

@@ -51,6 +51,7 @@ class PairwiseJudge(ModelJudge):
     """Mean win probability in 0..1 from pairwise comparisons; higher is better."""
 
     Options = PairwiseJudgeOptions
+    options: PairwiseJudgeOptions
 
     def __init__(
         self, options: PairwiseJudgeOptions | None = None, *, name: str = "pairwise_judge"

@@ -21,8 +21,8 @@ from pydantic import ConfigDict, Field
 
 from aligntime.errors import ConfigError
 from aligntime.registry import OptionsModel
-from aligntime.scorers.base import Scorer, SyncScorer
-from aligntime.types import Candidate, Message, RequestAssessment
+from aligntime.scorers.base import Candidates, MaybeAssessment, Messages, Scorer, SyncScorer
+from aligntime.types import Candidate, Message
 
 log = logging.getLogger(__name__)
 
@@ -127,21 +127,21 @@ class RulesScorer(SyncScorer):
     set (0.1), and an answer cut off mid-sentence by the token limit (0.9).
     """
 
+    name = "rules"
     direction = "higher"
     value_range = (0.0, 1.0)
-
     Options = RulesOptions
+    options: RulesOptions
 
-    def __init__(self, options: RulesOptions | None = None, *, name: str = "rules") -> None:
-        self.options = options or RulesOptions()
-        self.name = name
+    def __init__(self, options: RulesOptions | None = None, *, name: str | None = None) -> None:
+        super().__init__(options, name=name)
         self._blocked: list[re.Pattern[str]] = []
         for i, pattern in enumerate(self.options.block_patterns):
             try:
                 self._blocked.append(re.compile(pattern, re.IGNORECASE))
             except re.error as exc:
                 raise ConfigError(
-                    f"scorer {name!r}: block_patterns[{i}] {pattern!r} is not a valid "
+                    f"scorer {self.name!r}: block_patterns[{i}] {pattern!r} is not a valid "
                     f"regular expression: {exc}",
                     hint="use Python regex syntax; escape literal characters such as ( or +",
                 ) from exc
@@ -198,7 +198,7 @@ class RulesScorer(SyncScorer):
 
 
 class RefusalOptions(OptionsModel):
-    """Options of the ``refusal`` scorer."""
+    """Options of the ``refusal`` and ``appropriate_refusal`` scorers."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -215,29 +215,17 @@ class RefusalScorer(SyncScorer):
     not because refusing is better.
     """
 
+    name = "refusal"
     direction = "higher"
     value_range = (0.0, 1.0)
-
     Options = RefusalOptions
-
-    def __init__(self, options: RefusalOptions | None = None, *, name: str = "refusal") -> None:
-        self.options = options or RefusalOptions()
-        self.name = name
+    options: RefusalOptions
 
     def score_sync(
         self, messages: Sequence[Message], candidates: Sequence[Candidate]
     ) -> list[float]:
         """1.0 for each refusal, 0.0 for any other answer."""
         return [1.0 if is_refusal(c.text, self.options.sentences) else 0.0 for c in candidates]
-
-
-class AppropriateRefusalOptions(OptionsModel):
-    """Options of the ``appropriate_refusal`` scorer."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    sentences: int = Field(default=2, ge=1)
-    """How many leading sentences of an answer are searched for a refusal."""
 
 
 class AppropriateRefusal(Scorer):
@@ -251,23 +239,16 @@ class AppropriateRefusal(Scorer):
     0.5, so the scorer cannot move a ranking on a guess. Higher is better.
     """
 
+    name = "appropriate_refusal"
     direction = "higher"
     value_range = (0.0, 1.0)
     reads_assessment = True
 
-    Options = AppropriateRefusalOptions
-
-    def __init__(
-        self, options: AppropriateRefusalOptions | None = None, *, name: str = "appropriate_refusal"
-    ) -> None:
-        self.options = options or AppropriateRefusalOptions()
-        self.name = name
+    Options = RefusalOptions
+    options: RefusalOptions
 
     async def score(
-        self,
-        messages: Sequence[Message],
-        candidates: Sequence[Candidate],
-        assessment: RequestAssessment | None = None,
+        self, messages: Messages, candidates: Candidates, assessment: MaybeAssessment = None
     ) -> list[float]:
         # A regex over two sentences per answer: cheap enough for the event loop.
         harm = assessment.harm if assessment is not None else None

@@ -39,12 +39,12 @@ from pydantic import ConfigDict, Field
 
 from aligntime.errors import ConfigError
 from aligntime.registry import OptionsModel
-from aligntime.scorers.base import Scorer, conversation_text
+from aligntime.scorers.base import Candidates, MaybeAssessment, Messages, Scorer, conversation_text
 from aligntime.scorers.sentence_encoder import SentenceEncoder
 from aligntime.training.artifact import TrainedModel, load_folder
 from aligntime.training.features import reward_features
 from aligntime.training.heads import sigmoid
-from aligntime.types import Candidate, Message, RequestAssessment
+from aligntime.types import Message
 
 BUILTIN = {"harm-minilm": "harm-minilm"}
 """Folders shipped inside the package, under ``aligntime/scorers/weights``."""
@@ -75,6 +75,7 @@ class TrainedScorer(Scorer):
     """Reward or harm from a trained-scorer folder (see the module docstring)."""
 
     Options = TrainedOptions
+    options: TrainedOptions
 
     def __init__(self, options: TrainedOptions | None = None, *, name: str = "trained") -> None:
         self.options = options or TrainedOptions()
@@ -132,10 +133,7 @@ class TrainedScorer(Scorer):
         return float(model.harm(encoder.embed([text]), [text])[0])
 
     def score_sync(
-        self,
-        messages: Sequence[Message],
-        candidates: Sequence[Candidate],
-        assessment: RequestAssessment | None = None,
+        self, messages: Messages, candidates: Candidates, assessment: MaybeAssessment = None
     ) -> list[float]:
         """Blocking :meth:`score`."""
         if not candidates:
@@ -160,10 +158,7 @@ class TrainedScorer(Scorer):
         return [float(v) for v in sigmoid(model.reward(x))]
 
     async def score(
-        self,
-        messages: Sequence[Message],
-        candidates: Sequence[Candidate],
-        assessment: RequestAssessment | None = None,
+        self, messages: Messages, candidates: Candidates, assessment: MaybeAssessment = None
     ) -> list[float]:
         return await asyncio.to_thread(self.score_sync, messages, candidates, assessment)
 

@@ -24,8 +24,15 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
-from aligntime.scorers.base import BatchItem, Scorer, score_candidates
-from aligntime.types import Candidate, Message, RequestAssessment, ScoreDetail
+from aligntime.scorers.base import (
+    BatchItem,
+    Candidates,
+    MaybeAssessment,
+    Messages,
+    Scorer,
+    score_candidates,
+)
+from aligntime.types import Message, RequestAssessment, ScoreDetail
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +73,7 @@ class BatchingScorer(Scorer):
         return self.inner.normalise(value)
 
     async def score_details(
-        self,
-        messages: Sequence[Message],
-        candidates: Sequence[Candidate],
-        *,
-        assessment: RequestAssessment | None = None,
+        self, messages: Messages, candidates: Candidates, *, assessment: MaybeAssessment = None
     ) -> list[ScoreDetail]:
         if self.reports_details:
             # The batch paths below carry values only; the labels need the scorer's own call.
@@ -84,10 +87,7 @@ class BatchingScorer(Scorer):
         return await self.inner.score_request_details(messages)
 
     async def score(
-        self,
-        messages: Sequence[Message],
-        candidates: Sequence[Candidate],
-        assessment: RequestAssessment | None = None,
+        self, messages: Messages, candidates: Candidates, assessment: MaybeAssessment = None
     ) -> list[float]:
         if not candidates:
             return []

@@ -41,7 +41,7 @@ from pydantic import ConfigDict, Field, ValidationError, model_validator
 from aligntime.errors import AligntimeError, ConfigError, ScorerError
 from aligntime.generators.openai import OpenAIOptions
 from aligntime.registry import OptionsModel
-from aligntime.scorers.base import Scorer
+from aligntime.scorers.base import Candidates, MaybeAssessment, Messages, Scorer
 from aligntime.scorers.guard.backends import (
     GuardBackend,
     OpenAIGuard,
@@ -65,7 +65,7 @@ from aligntime.scorers.guard.taxonomy import (
     full_taxonomy,
 )
 from aligntime.scorers.guard.verdict import Continuation, VerdictError, read_verdict
-from aligntime.types import Candidate, Message, RequestAssessment, ScoreDetail
+from aligntime.types import Candidate, Message, ScoreDetail
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,7 @@ class GuardScorer(Scorer):
     """P(unsafe) from a guard model (Llama Guard, ShieldGemma, Granite Guardian, ...)."""
 
     Options = GuardOptions
+    options: GuardOptions
     direction = "lower"
     value_range = (0.0, 1.0)
     reports_details = True
@@ -202,11 +203,7 @@ class GuardScorer(Scorer):
         return (await self.request_verdict(messages)).p_unsafe
 
     async def score_details(
-        self,
-        messages: Sequence[Message],
-        candidates: Sequence[Candidate],
-        *,
-        assessment: RequestAssessment | None = None,
+        self, messages: Messages, candidates: Candidates, *, assessment: MaybeAssessment = None
     ) -> list[ScoreDetail]:
         """P(unsafe) per candidate, labelled with the violated categories ("S1 Violent Crimes")."""
         return [v.detail() for v in await self.verdicts(messages, candidates)]
