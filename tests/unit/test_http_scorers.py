@@ -33,8 +33,7 @@ def stub() -> Iterator[PoolingStub]:
 
 def answers(count: int) -> list[Candidate]:
     return [
-        Candidate(" ".join(["bad" if j % 3 == 0 else "idea"] * (i % 7 + 1)))
-        for i, j in zip(range(count), range(count), strict=True)
+        Candidate(" ".join(["bad" if i % 3 == 0 else "idea"] * (i % 7 + 1))) for i in range(count)
     ]
 
 
@@ -202,3 +201,29 @@ def test_a_failing_served_gate_fails_closed(stub: PoolingStub, tmp_path: Path) -
         down = al.align("Hello there")
     assert down.best is None and down.text == "Sorry."
     assert all(not c.passed for c in down.candidates)
+
+
+def test_score_batch_shares_requests_across_requests(stub: PoolingStub) -> None:
+    from aligntime.scorers.base import BatchItem
+
+    convs = [[Message("user", f"question {i}")] for i in range(3)]
+    items: list[BatchItem] = [(c, answers(4)) for c in convs]
+    rm = ServedRewardModel(ServedRewardModel.Options(server="tei", base_url=stub.base_url))
+    rows = asyncio.run(rm.score_batch(items))
+    assert len(stub.requests) == 1  # twelve answers of three requests, one HTTP request
+    assert rows == [[reward(c.text) for c in answers(4)]] * 3
+    assert [pair[0] for pair in stub.requests[0][1]["inputs"]][::4] == [
+        "question 0",
+        "question 1",
+        "question 2",
+    ]
+    stub.requests.clear()
+    rerank = ServedRewardModel(
+        ServedRewardModel.Options(server="tei", base_url=stub.base_url, endpoint="/rerank")
+    )
+    asyncio.run(rerank.score_batch(items))
+    assert len(stub.requests) == 3  # one query per request: no sharing
+    stub.requests.clear()
+    stub.script.append("400")
+    failed = asyncio.run(rm.score_batch(items))
+    assert all(isinstance(r, ScorerError) for r in failed)

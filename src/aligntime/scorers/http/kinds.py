@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from pydantic import Field, model_validator
 
 from aligntime.errors import ConfigError, ScorerError
-from aligntime.scorers.base import Direction, Scorer, request_text
+from aligntime.scorers.base import BatchItem, Direction, Scorer, request_text, split_rows
 from aligntime.scorers.http import endpoints as ep
 from aligntime.scorers.http.client import ServedClient, ServedOptions
 from aligntime.types import Candidate, Message
@@ -67,6 +67,32 @@ class ServedScorer(Scorer):
     @abstractmethod
     async def rate(self, request: str, answers: list[str]) -> list[float]:
         """One raw value per answer to ``request`` (the user's turns as one text)."""
+
+    def units(self, request: str, answers: list[str]) -> list[Any] | None:
+        """What the server reads per answer when each carries its own request (a text or
+        a pair), so several requests' answers can share one HTTP request; None when the
+        endpoint reads one request for many answers (/rerank, embeddings)."""
+        return None
+
+    async def rate_units(self, units: list[Any]) -> list[float]:
+        """One value per unit of :meth:`units`, sent ``batch_size`` to a request."""
+        raise NotImplementedError  # only called where units() gave units
+
+    async def score_batch(
+        self, items: Sequence[BatchItem]
+    ) -> Sequence[list[float] | BaseException]:
+        """Several requests' candidates in shared HTTP requests where the endpoint allows
+        it (the server coalesces concurrent requests through this); one failed HTTP
+        request fails every item it carried."""
+        chars = self.options.max_request_chars
+        units = [self.units(request_text(m, chars), [c.text for c in cands]) for m, cands in items]
+        if len(items) < 2 or any(u is None for u in units):
+            return await super().score_batch(items)
+        try:
+            values = await self.rate_units([u for group in units for u in group or []])
+        except Exception as exc:
+            return [exc] * len(items)
+        return split_rows(values, items)
 
     async def rate_pairs(self, request: str, answers: list[str]) -> list[float]:
         """The server's score of each (request, answer) pair: /score or /rerank."""
@@ -126,19 +152,30 @@ class ServedRewardModel(ServedScorer):
         self.direction = options.direction
 
     async def rate(self, request: str, answers: list[str]) -> list[float]:
-        o = self.options
-        if self.endpoint in ("/score", "/rerank"):
+        units = self.units(request, answers)
+        if units is None:
             return await self.rate_pairs(request, answers)
+        return await self.rate_units(units)
+
+    def units(self, request: str, answers: list[str]) -> list[Any] | None:
+        if self.endpoint in ("/score", "/rerank"):
+            return None
+        if self.options.server == "tei":  # /predict reads (request, answer) pairs
+            return [[request, a] for a in answers]
+        template = self.options.template
+        return [template.replace("{request}", request).replace("{answer}", a) for a in answers]
+
+    async def rate_units(self, units: list[Any]) -> list[float]:
+        o = self.options
         if o.server == "tei":
             named = await self.client.map_batches(
-                [[request, a] for a in answers],
+                units,
                 lambda b: ep.tei_predict_body(b, raw=True, truncate=o.truncate),
                 ep.tei_predict,
             )
             return [self._label(row) for row in named]
-        texts = [o.template.replace("{request}", request).replace("{answer}", a) for a in answers]
         parse = ep.vllm_pooling if self.endpoint == "/pooling" else ep.vllm_classify
-        rows = await self.client.map_batches(texts, lambda b: ep.vllm_inputs(o.model, b), parse)
+        rows = await self.client.map_batches(units, lambda b: ep.vllm_inputs(o.model, b), parse)
         return [self._output(row) for row in rows]
 
     def _output(self, row: list[float]) -> float:
@@ -220,15 +257,20 @@ class ServedTextClassifier(ServedScorer):
         return index
 
     async def rate(self, request: str, answers: list[str]) -> list[float]:
+        return await self.rate_units(self.units(request, answers))
+
+    def units(self, request: str, answers: list[str]) -> list[Any]:
+        return [f"{request}\n{a}" if self.options.include_request else a for a in answers]
+
+    async def rate_units(self, units: list[Any]) -> list[float]:
         o = self.options
-        texts = [f"{request}\n{a}" if o.include_request else a for a in answers]
         if o.server == "vllm":
             rows = await self.client.map_batches(
-                texts, lambda b: ep.vllm_inputs(o.model, b), ep.vllm_classify
+                units, lambda b: ep.vllm_inputs(o.model, b), ep.vllm_classify
             )
             return [self._weighted(row) for row in rows]
         named = await self.client.map_batches(
-            [[t] for t in texts],
+            [[t] for t in units],
             lambda b: ep.tei_predict_body(b, raw=False, truncate=o.truncate),
             ep.tei_predict,
         )
