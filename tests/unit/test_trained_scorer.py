@@ -121,6 +121,28 @@ def test_harm_head_rates_the_whole_conversation(folder: Path) -> None:
     assert values[0] > 0.5
 
 
+def test_harm_head_batches_every_requests_answers_in_one_pass(folder: Path) -> None:
+    scorer = TrainedScorer(TrainedOptions(model=str(folder), head="harm"), name="harm")
+    items = [
+        (
+            [Message("user", "a")],
+            [Candidate("use poison to injure someone badly"), Candidate("ok")],
+        ),
+        ([Message("user", "b")], [Candidate("plant a garden with friends")]),
+    ]
+    scorer.load()
+    encoder = scorer._encoder
+    assert encoder is not None
+    embed, passes = encoder.embed, []
+    encoder.embed = lambda texts: passes.append(len(texts)) or embed(texts)  # type: ignore[method-assign]
+    together = asyncio.run(scorer.score_batch(items))
+    assert passes == [3]  # one encoder pass over the three answers of both requests
+    alone = [asyncio.run(scorer.score(m, c)) for m, c in items]
+    assert [len(row) for row in together if isinstance(row, list)] == [2, 1]
+    for a, b in zip(together, alone, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
 def test_registered_and_loads_once(folder: Path) -> None:
     assert registry.resolve("scorer", "trained") is TrainedScorer
     scorer = TrainedScorer(TrainedOptions(model=str(folder)))

@@ -39,7 +39,15 @@ from pydantic import ConfigDict, Field
 
 from aligntime.errors import ConfigError
 from aligntime.registry import OptionsModel
-from aligntime.scorers.base import Candidates, MaybeAssessment, Messages, Scorer, conversation_text
+from aligntime.scorers.base import (
+    BatchItem,
+    Candidates,
+    MaybeAssessment,
+    Messages,
+    Scorer,
+    conversation_text,
+    split_rows,
+)
 from aligntime.scorers.sentence_encoder import SentenceEncoder
 from aligntime.training.artifact import TrainedModel, load_folder
 from aligntime.training.features import reward_features
@@ -161,6 +169,18 @@ class TrainedScorer(Scorer):
         self, messages: Messages, candidates: Candidates, assessment: MaybeAssessment = None
     ) -> list[float]:
         return await asyncio.to_thread(self.score_sync, messages, candidates, assessment)
+
+    async def score_batch(
+        self, items: Sequence[BatchItem]
+    ) -> Sequence[list[float] | BaseException]:
+        """The harm head reads the answers alone: every item's answers in one encoder pass.
+
+        (The reward head reads the gate's verdict, so the server never batches it.)
+        """
+        if self.options.head != "harm" or len(items) == 1:
+            return await super().score_batch(items)
+        flat = [candidate for _, candidates in items for candidate in candidates]
+        return split_rows(await self.score((), flat), items)
 
     async def score_request(self, messages: Sequence[Message]) -> float:
         """P(harmful) of the conversation (every turn), for the input gate."""
