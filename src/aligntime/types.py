@@ -64,7 +64,9 @@ class Candidate:
             "scores": dict(self.scores),
             "passed": self.passed,
             "tokens": self.tokens,
-            "origin": self.origin,
+            # Only for the input gate's offered refusal: the contract's five keys stay as
+            # they are for every sampled answer.
+            **({"origin": self.origin} if self.origin != "sampled" else {}),
         }
 
     def to_record(self) -> dict[str, Any]:

@@ -39,6 +39,7 @@ class _WithOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
     _selector: ClassVar[str] = "kind"
     _validated: BaseModel | None = PrivateAttr(default=None)
+    _validated_from: dict[str, Any] | None = PrivateAttr(default=None)
     _where: Where | None = PrivateAttr(default=None)
 
     @property
@@ -53,11 +54,19 @@ class _WithOptions(BaseModel):
     def bind(self, validated: BaseModel | None, where: Where) -> None:
         """Keep the options the loader validated and where the section is in its file."""
         self._validated, self._where = validated, where
+        self._validated_from = self.options()
 
     def build_options(self) -> BaseModel | dict[str, Any]:
         """What :func:`~aligntime.registry.build` takes: the validated options when the
-        loader checked them (so they are validated once), else the section's keys."""
-        return self._validated if self._validated is not None else self.options()
+        loader checked them (so they are validated once), else the section's keys.
+
+        ``model_copy(update=...)`` copies private attributes, so a copy whose keys were
+        changed after loading would otherwise build from the stale validated options.
+        """
+        current = self.options()
+        if self._validated is not None and current == self._validated_from:
+            return self._validated
+        return current
 
     @property
     def where(self) -> Where | None:
