@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from pydantic import BaseModel
@@ -23,6 +23,12 @@ class Capabilities:
     token_steps: bool = False
     """Continues partial answers a few tokens at a time (:meth:`Generator.extend`), as
     search strategies need."""
+    response_format: bool = False
+    """Takes ``GenerationParams.response_format`` (JSON, a JSON Schema) and holds its
+    answers to it where the engine can (a grammar); the aligner checks every answer."""
+    tools: bool = False
+    """Takes ``GenerationParams.tools`` and returns answers that call them as
+    ``Candidate.tool_calls``."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,48 @@ class Generator(ABC):
         """The work of :meth:`extend`, given at least one prefix: what a backend that
         continues partial answers implements."""
         raise NotImplementedError(f"the {self.name} backend cannot continue partial answers")
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        prefix: str,
+        max_tokens: int,
+        params: GenerationParams,
+        *,
+        block_tokens: int = 8,
+    ) -> AsyncGenerator[Generation, None]:
+        """Continue one partial answer, yielding its new text as it is written.
+
+        Each item holds one candidate with only the new text (and its tokens) and what
+        that piece cost; the last item's ``finish_reason`` says how the answer ended
+        ("stop", or "length" once ``max_tokens`` new tokens are written). Closing the
+        iterator early stops the work. Needs ``capabilities.token_steps``; a backend
+        with a token stream of its own implements :meth:`stream_continuation`.
+        """
+        partial = PartialAnswers(messages, [prefix], max_tokens, params)
+        return self.stream_continuation(partial, block_tokens)
+
+    async def stream_continuation(
+        self, partial: PartialAnswers, block_tokens: int
+    ) -> AsyncGenerator[Generation, None]:
+        """The work of :meth:`stream` (one prefix in ``partial``); the default calls
+        :meth:`extend` in blocks of ``block_tokens`` tokens."""
+        written = 0
+        text = partial.prefixes[0]
+        while written < partial.max_tokens:
+            step = min(block_tokens, partial.max_tokens - written)
+            generation = await self.extend(partial.messages, [text], step, partial.params)
+            piece = generation.candidates[0]
+            written += piece.tokens
+            text += piece.text
+            # A block that wrote nothing ended the answer, whatever the backend said.
+            cut = piece.finish_reason == "length"
+            ended = not cut or written >= partial.max_tokens or not piece.tokens
+            if ended and cut and written < partial.max_tokens:
+                piece = replace(piece, finish_reason="stop")
+            yield Generation([piece], generation.usage)
+            if ended:
+                return
 
     def load(self) -> None:  # noqa: B027 - optional hook, empty on purpose
         """Load weights or open connections ahead of the first request."""

@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from aligntime.generators.base import Capabilities, Generator, PartialAnswers
 from aligntime.generators.llamacpp_cache import PromptCounters
 from aligntime.generators.options import SamplingOptions
 from aligntime.models import store
-from aligntime.types import Generation, GenerationParams, Message
+from aligntime.types import Candidate, Generation, GenerationParams, Message, Usage
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,11 @@ class LlamaCppGenerator(Generator):
 
     Options = LlamaCppOptions
     name = "llamacpp"
-    capabilities = Capabilities(n_sampling=True, logprobs=True, token_steps=True)
+    # llama.cpp turns a response_format into a grammar, and with its Jinja chat templates
+    # (on by default) parses tool calls out of the answer in the model's own format.
+    capabilities = Capabilities(
+        n_sampling=True, logprobs=True, token_steps=True, response_format=True, tools=True
+    )
 
     def __init__(self, options: LlamaCppOptions | None = None) -> None:
         self.options = options or LlamaCppOptions()
@@ -165,7 +169,8 @@ class LlamaCppGenerator(Generator):
     def _body(self, messages: Sequence[Message], params: GenerationParams) -> dict[str, Any]:
         # The per-token log-probabilities are how we learn each choice's length:
         # llama.cpp's usage block counts the first choice only.
-        return chat.chat_body(messages, self.options.resolve(params), logprobs=True)
+        sampling = self.options.resolve(params)
+        return chat.chat_body(messages, sampling, logprobs=True, params=params)
 
     async def generate(
         self, messages: Sequence[Message], n: int, params: GenerationParams
@@ -198,6 +203,68 @@ class LlamaCppGenerator(Generator):
         engine = await asyncio.to_thread(lambda: self.engine)
         reply = await engine.probe(chat.logprobs_body(messages, top_k))
         return chat.top_logprobs(reply, "llama.cpp")
+
+    async def stream_continuation(
+        self, partial: PartialAnswers, block_tokens: int
+    ) -> AsyncGenerator[Generation, None]:
+        """llama.cpp's own token stream: one item per token as the slot writes it
+        (``block_tokens`` is not needed). Closing the iterator stops the decoding."""
+        engine = await asyncio.to_thread(lambda: self.engine)
+        max_tokens = partial.max_tokens
+        body = {**self._body(partial.messages, partial.params), "max_tokens": max_tokens}
+        body = chat.continuation_body({**body, "stream": True}, partial.prefixes[0], 0)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any] | BaseException | None] = asyncio.Queue()
+        stop = threading.Event()
+
+        def on_chunk(chunk: dict[str, Any]) -> bool:
+            loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            return stop.is_set()  # True asks llama.cpp to stop this request
+
+        def run() -> None:
+            try:
+                engine._server.handle_chat_completions(body, on_chunk)
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+            except BaseException as exc:  # reaches the caller through the queue
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+
+        worker = asyncio.ensure_future(asyncio.to_thread(run))
+        written = 0
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise BackendError(f"llama.cpp failed while streaming: {item}") from item
+                piece = _stream_piece(item)
+                if piece is None:
+                    continue
+                written += piece.tokens
+                timings = item.get("timings") or {}
+                prompt = sum(_count(timings.get(k)) or 0 for k in ("prompt_n", "cache_n"))
+                yield Generation([piece], Usage(prompt, piece.tokens))
+                if piece.finish_reason != "length" or written >= max_tokens:
+                    return
+        finally:
+            stop.set()
+            await asyncio.shield(worker)
+
+
+def _stream_piece(chunk: dict[str, Any]) -> Candidate | None:
+    """One streamed chunk as new text: ``None`` for a chunk that adds nothing and
+    ends nothing (the role chunk); raises on an error chunk."""
+    if "error" in chunk:
+        raise BackendError(f"llama.cpp rejected the request: {chunk['error']}")
+    choices = chunk.get("choices") or [{}]
+    choice = choices[0]
+    text = (choice.get("delta") or {}).get("content") or ""
+    finish = choice.get("finish_reason")
+    if not text and finish is None:
+        return None
+    # One streamed delta is one token (its log-probabilities list it when asked for).
+    entries = ((choice.get("logprobs") or {}).get("content")) or []
+    tokens = len(entries) if entries else (1 if text else 0)
+    # "length" until the answer ends; the caller also ends it at max_tokens.
+    reason = "length" if finish is None or finish == "length" else "stop"
+    return Candidate(text=text, tokens=tokens, finish_reason=reason)
 
 
 def _count(value: Any) -> int | None:

@@ -10,8 +10,9 @@ This keeps ``usage`` right even when a request ends without a ``Result``
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,21 @@ class MeteredGenerator(Generator):
         self, messages: Sequence[Message], top_k: int = 20
     ) -> dict[str, float]:
         return await self.inner.next_token_logprobs(messages, top_k)
+
+    async def stream_continuation(
+        self, partial: PartialAnswers, block_tokens: int
+    ) -> AsyncGenerator[Generation, None]:
+        # The inner generator's own stream (llama.cpp's token stream), metered piece by piece.
+        p = partial
+        pieces = self.inner.stream(
+            p.messages, p.prefixes[0], p.max_tokens, p.params, block_tokens=block_tokens
+        )
+        async with contextlib.aclosing(pieces):  # closed early: the inner stops too
+            async for piece in pieces:
+                meter = current_meter.get()
+                if meter is not None:
+                    meter.usage = meter.usage + piece.usage
+                yield piece
 
     def load(self) -> None:
         self.inner.load()

@@ -87,6 +87,12 @@ class AligntimeOptions(_Strict):
     """Return every candidate with its scores under ``aligntime.candidates``. Only for a key
     with the ``candidates`` right (403 otherwise); the text of a candidate that failed a
     gate is withheld (``text: null``, ``redacted: true``) unless the key has ``audit``."""
+    stream_mode: Literal["whole", "early"] = "whole"
+    """With ``stream: true``: ``whole`` sends the answer once it is selected and audited;
+    ``early`` streams while selecting (prunes the partial answers to one survivor, then
+    releases its text only after each window of it passed every gate; a later window that
+    fails ends the answer with the fallback notice and ``content_filter``). Ignored
+    without ``stream``."""
 
 
 class ChatCompletionRequest(BaseModel):

@@ -29,7 +29,7 @@ from aligntime.errors import (
     ScorerError,
 )
 from aligntime.policy.schema import Policy
-from aligntime.server import audit_records, planning
+from aligntime.server import audit_records, early_stream, planning
 from aligntime.server.audit import AuditLog, AuditRecord, AuditUnavailable
 from aligntime.server.batching import BatchingScorer
 from aligntime.server.config import Right, ServerOptions
@@ -57,6 +57,7 @@ from aligntime.server.responses import (
     first_chunk,
     new_id,
 )
+from aligntime.types import Result
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +140,18 @@ class AlignmentService:
         rights = ctx.rights if ctx is not None else frozenset()
         return planning.plan(req, self.served, self.options, rights)
 
-    async def run(self, plan: Plan, ctx: RequestContext, deadline: float) -> Outcome:
+    async def run(
+        self,
+        plan: Plan,
+        ctx: RequestContext,
+        deadline: float,
+        work: Awaitable[Result] | None = None,
+    ) -> Outcome:
         """Align, mapping failures to API errors; fails closed when a gating scorer fails.
 
         ``deadline`` (event-loop time) ends the wait with a 504; the end of the
-        shutdown grace period ends it with a 503.
+        shutdown grace period ends it with a 503. ``work`` replaces the aligner's
+        whole-answer alignment (stream-while-selecting's selection).
         """
         meter = UsageMeter()
         token = current_meter.set(meter)
@@ -151,7 +159,7 @@ class AlignmentService:
         name = plan.served.policy.name
         try:
             result = await self._within(
-                plan.aligner.aalign_request(plan.request),
+                work or plan.aligner.aalign_request(plan.request),
                 deadline,
                 abortable=True,
             )
@@ -212,6 +220,10 @@ class AlignmentService:
         call = self._call(req, ctx)
         yield first_chunk(call.rid, call.created, plan.served.policy.name)
         try:
+            if req.aligntime is not None and req.aligntime.stream_mode == "early":
+                async for data in early_stream.events(self, call, plan):
+                    yield data
+                return
             outcome = await self.run(plan, ctx, call.deadline)
             body = completion(plan, outcome, call.rid, call.created)
         except ApiError as exc:
