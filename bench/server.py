@@ -309,7 +309,7 @@ async def bench_default(
     host: str, port: int, db: Path, levels: list[tuple[int, int]]
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    make = body_for("default", n=2, max_tokens=32, stream=True)
+    make = body_for("default", best_of=2, max_tokens=32, stream=True)  # 2 sampled
     await closed_loop(host, port, make, 1, total=1, seconds=300, stream=True)  # warm-up
     acked: list[str] = []
     for clients, total in levels:

@@ -96,7 +96,7 @@ KINDS = [
     Kind("unknown_model", lambda i: _body(model=f"gpt-{i}"), 404),
     Kind("candidates", lambda i: _body(aligntime={"return_candidates": True})),
     Kind("empty_stop", lambda i: _body(stop=[""]), 400),
-    Kind("plain_n2", lambda i: _body(n=2, seed=i)),
+    Kind("plain_n2", lambda i: _body(best_of=2, seed=i)),
     Kind("too_many", lambda i: _body(n=10_000), 400),
     Kind("bad_role", lambda i: _body(messages=[{"role": "robot", "content": "hi"}]), 400),
     Kind("no_messages", lambda i: _body(messages=[]), 400),

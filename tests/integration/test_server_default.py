@@ -16,7 +16,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[openai.OpenAI]:
-    app = app_from_policies(["default"], ServerOptions(timeout_s=300, anonymous_rights=frozenset({"candidates"})))
+    app = app_from_policies(
+        ["default"], ServerOptions(timeout_s=300, anonymous_rights=frozenset({"candidates"}))
+    )
     app.state.service.load()
     with LiveServer(app) as live:
         yield openai.OpenAI(base_url=live.url + "/v1", api_key="x", max_retries=0, timeout=300)
@@ -29,9 +31,8 @@ def test_default_policy_answers_with_scored_candidates(client: openai.OpenAI) ->
     res = client.chat.completions.create(
         model="default",
         messages=QUESTION,
-        n=2,
         max_tokens=32,
-        extra_body={"aligntime": {"return_candidates": True}},
+        extra_body={"best_of": 2, "aligntime": {"return_candidates": True}},
     )
     ext = res.model_extra["aligntime"]  # type: ignore[index]
     assert len(ext["candidates"]) == 2
@@ -47,7 +48,11 @@ def test_default_policy_answers_with_scored_candidates(client: openai.OpenAI) ->
 def test_default_policy_streams_and_serves_concurrent_clients(client: openai.OpenAI) -> None:
     chunks = list(
         client.chat.completions.create(
-            model="default", messages=QUESTION, n=2, max_tokens=24, stream=True
+            model="default",
+            messages=QUESTION,
+            max_tokens=24,
+            stream=True,
+            extra_body={"best_of": 2},
         )
     )
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -62,8 +67,8 @@ def test_default_policy_streams_and_serves_concurrent_clients(client: openai.Ope
                     "content": f"Name a fruit that is {['red', 'yellow', 'green', 'orange'][i]}.",
                 }
             ],
-            n=2,
             max_tokens=16,
+            extra_body={"best_of": 2},
         )
         return res.choices[0].message.content or ""
 

@@ -30,6 +30,7 @@ from aligntime.server.audit import AuditLog
 from aligntime.server.config import ServerOptions
 from aligntime.server.errors import ApiError, internal_error
 from aligntime.server.metrics import Metrics
+from aligntime.server.responses import new_id
 from aligntime.server.routes import router
 from aligntime.server.security import Authenticator, RateLimiter
 from aligntime.server.service import AlignmentService, RequestContext, build_aligner
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 CHAT_PATH = "/v1/chat/completions"
 _KNOWN_PATHS = {CHAT_PATH, "/v1/models", "/healthz", "/metrics"}
+_MODEL_PATH = "/v1/models/"
 
 
 def create_app(service: AlignmentService) -> FastAPI:
@@ -158,13 +160,18 @@ class GuardMiddleware:
             return
         started = time.perf_counter()
         path: str = scope["path"]
-        ctx = RequestContext()
+        # The id every response carries as x-request-id; a chat completion's id and its
+        # audit row's, so a client's report finds the row.
+        rid = new_id()
+        ctx = RequestContext(request_id=rid)
         scope["aligntime.ctx"] = ctx
         status = [500]
+        request_id = (b"x-request-id", rid.encode())
 
         async def send_status(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), request_id]}
             await send(message)
 
         chat = path == CHAT_PATH
@@ -178,7 +185,13 @@ class GuardMiddleware:
         finally:
             if chat:
                 self.metrics.in_flight.dec()
-            endpoint = path if path in _KNOWN_PATHS else "other"
+            endpoint = (
+                path
+                if path in _KNOWN_PATHS
+                else "/v1/models/{model}"
+                if path.startswith(_MODEL_PATH)
+                else "other"
+            )
             self.metrics.requests.labels(endpoint, str(status[0])).inc()
             if chat and ctx.align_s is not None and not ctx.streamed:
                 total = time.perf_counter() - started

@@ -84,6 +84,15 @@ def shutting_down(seconds: float) -> ApiError:
     )
 
 
+def client_closed() -> ApiError:
+    """The client disconnected before its answer was sent (nginx's 499, for the audit log)."""
+    return ApiError(
+        499,
+        "the client closed the connection before the answer was sent; its work was cancelled",
+        code="client_closed_request",
+    )
+
+
 def internal_error() -> ApiError:
     """A bug: nothing about it is told to the client (it is logged)."""
     return _server_error(500, "internal_error", "internal server error")

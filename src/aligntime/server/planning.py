@@ -58,6 +58,8 @@ class Plan:
     reveal_failed: bool = False
     """Send the text of candidates that failed a gate too (the ``audit`` right);
     otherwise it is withheld and only their scores are sent."""
+    choices: int = 1
+    """Choices to return (OpenAI ``n``): the answer, then next-best eligible candidates."""
 
 
 def plan(
@@ -92,12 +94,25 @@ def plan(
     policy = found.policy
     if not any(m.role == "user" and m.content.strip() for m in request.messages):
         raise bad_request("the conversation has no non-empty user message", param="messages")
-    n = request.n or policy.n
+    n = request.n or policy.n  # candidates sampled
     limit = min(policy.max_n, options.max_n)
+    sampled_by = "aligntime.n" if ext and ext.n is not None else "best_of"
     if n > limit:
         raise bad_request(
-            f"n must be at most {limit} for model {policy.name!r}, got {n}",
-            param="aligntime.n" if ext and ext.n is not None else "n",
+            f"{sampled_by} must be at most {limit} for model {policy.name!r}, got {n}",
+            param=sampled_by,
+        )
+    choices = req.n or 1
+    if choices > limit:
+        raise bad_request(
+            f"n must be at most {limit} for model {policy.name!r}, got {choices}",
+            param="n",
+        )
+    if choices > n:
+        raise bad_request(
+            f"n (choices returned, {choices}) must be at most the candidates sampled, {n} "
+            f"({sampled_by if request.n else 'the policy default'}); raise best_of",
+            param="n",
         )
     max_tokens = request.params.max_tokens
     if max_tokens is not None and max_tokens > options.max_tokens:
@@ -115,7 +130,7 @@ def plan(
     aligner = found.aligner
     if ext and ext.strategy and ext.strategy != policy.strategy.kind:
         aligner = variant(found, ext.strategy)
-    return Plan(found, aligner, replace(request, n=n), wanted, "audit" in rights)
+    return Plan(found, aligner, replace(request, n=n), wanted, "audit" in rights, choices)
 
 
 def variant(served: Served, kind: str) -> Aligner:

@@ -77,7 +77,7 @@ class AligntimeOptions(_Strict):
     """Per-request alignment settings. Not in the OpenAI spec (an aligntime extension)."""
 
     n: int | None = Field(None, ge=1)
-    """Candidates to sample; takes precedence over the OpenAI ``n``."""
+    """Candidates to sample; takes precedence over ``best_of``."""
     strategy: str | None = None
     """Strategy kind for this request only (e.g. ``best_of_n``, ``rejection``), with its
     default options; the policy's strategy when absent."""
@@ -98,9 +98,10 @@ class AligntimeOptions(_Strict):
 class ChatCompletionRequest(BaseModel):
     """``POST /v1/chat/completions``.
 
-    ``model`` names a served policy. ``n`` is the number of candidates sampled
-    and scored (aligntime always returns one choice: the aligned answer);
-    ``aligntime.n`` overrides it.
+    ``model`` names a served policy. ``n`` is the number of choices returned, as in
+    OpenAI's API: the aligned answer first, then the next-best distinct candidates
+    that passed every gate. The number of candidates sampled and scored is
+    ``best_of`` (vLLM's name), or ``aligntime.n``, else the policy's ``n``.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -110,7 +111,11 @@ class ChatCompletionRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     """The conversation; the last user message is the request."""
     n: int | None = Field(None, ge=1)
-    """Candidates to sample and score (the policy's ``n`` when absent)."""
+    """Choices to return (1 when absent): the aligned answer, then the next-best distinct
+    candidates that passed every gate (fewer when fewer did); at most ``best_of``."""
+    best_of: int | None = Field(None, ge=1)
+    """Candidates to sample and score (the policy's ``n`` when absent); ``aligntime.n``
+    wins over it."""
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     """Sampling temperature of the candidates."""
     max_tokens: int | None = Field(None, ge=1)
@@ -143,7 +148,7 @@ class ChatCompletionRequest(BaseModel):
     def to_align_request(self) -> AlignRequest:
         """The request in the aligner's terms (as vLLM's ``to_sampling_params()``).
 
-        ``developer`` messages become ``system``; ``aligntime.n`` wins over ``n``; the
+        ``developer`` messages become ``system``; ``aligntime.n`` wins over ``best_of``; the
         smaller of ``max_tokens`` and ``max_completion_tokens`` applies. The aligner
         checks the result against the policy (:meth:`AlignRequest.checked`).
         """
@@ -158,7 +163,7 @@ class ChatCompletionRequest(BaseModel):
         params = GenerationParams(
             min(given) if given else None, self.temperature, self.top_p, self.seed, tuple(stop)
         )
-        n = ext.n if ext and ext.n is not None else self.n
+        n = ext.n if ext and ext.n is not None else self.best_of
         return AlignRequest(messages, n, ext.template if ext else None, params)
 
 
@@ -196,7 +201,7 @@ class AssistantMessage(BaseModel):
 
 
 class Choice(BaseModel):
-    """The one choice aligntime returns: the aligned answer."""
+    """One choice: the aligned answer (index 0), or a next-best candidate (``n`` > 1)."""
 
     index: int = 0
     message: AssistantMessage

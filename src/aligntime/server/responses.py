@@ -7,9 +7,11 @@ of ``chat.completion.chunk`` events that carries the same answer.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from aligntime.server.errors import ApiError
 from aligntime.server.outcome import Outcome
@@ -28,7 +30,7 @@ from aligntime.server.protocol import (
     UsageOut,
 )
 from aligntime.server.text import json_bytes
-from aligntime.types import Candidate
+from aligntime.types import Candidate, rank_key
 
 
 def new_id() -> str:
@@ -63,11 +65,20 @@ def completion(plan: Plan, outcome: Outcome, rid: str, created: int) -> ChatComp
     """The ``chat.completion`` object (the candidates in it when the request asked for them)."""
     text, finish = _answer(plan, outcome)
     usage = outcome.usage
+    choices = [Choice(message=AssistantMessage(content=text), finish_reason=finish)]
+    for extra in _runners_up(plan, outcome, text):
+        choices.append(
+            Choice(
+                index=len(choices),
+                message=AssistantMessage(content=extra.text),
+                finish_reason=_finish(extra),
+            )
+        )
     return ChatCompletion(
         id=rid,
         created=created,
         model=plan.served.policy.name,
-        choices=[Choice(message=AssistantMessage(content=text), finish_reason=finish)],
+        choices=choices,
         usage=UsageOut(
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
@@ -88,7 +99,34 @@ def _answer(plan: Plan, outcome: Outcome) -> tuple[str, FinishReason]:
     if result.best is None:
         return result.fallback or policy.fallback, "content_filter"
     chosen = result.candidates[result.best]
-    return chosen.text, "length" if chosen.finish_reason == "length" else "stop"
+    return chosen.text, _finish(chosen)
+
+
+def _finish(candidate: Candidate) -> FinishReason:
+    return "length" if candidate.finish_reason == "length" else "stop"
+
+
+def _runners_up(plan: Plan, outcome: Outcome, answer: str) -> list[Candidate]:
+    """The choices after the answer (OpenAI ``n`` > 1): the best-ranked other candidates
+    that passed every gate and were finished, each text once. None when the answer is
+    a stand-in (fallback or refusal): no candidate was fit to be the first."""
+    result = outcome.result
+    if plan.choices <= 1 or result is None or result.best is None:
+        return []
+    eligible = [
+        c
+        for i, c in enumerate(result.candidates)
+        if i != result.best and c.passed and c.state == "complete"
+    ]
+    seen = {answer}
+    found: list[Candidate] = []
+    for candidate in sorted(eligible, key=rank_key, reverse=True):
+        if len(found) == plan.choices - 1:
+            break
+        if candidate.text not in seen:
+            seen.add(candidate.text)
+            found.append(candidate)
+    return found
 
 
 def _extension(plan: Plan, outcome: Outcome) -> AligntimeResult:
@@ -134,15 +172,44 @@ def answer_chunks(body: ChatCompletion, *, include_usage: bool) -> Iterator[byte
     """The events that carry ``body``: the answer in pieces, a last chunk with the
     ``finish_reason`` and the extension, the usage when asked for, then ``[DONE]``."""
     rid, created, model = body.id, body.created, body.model
-    choice = body.choices[0]
-    for piece in split_text(choice.message.content):
-        yield event(_chunk(rid, created, model, Delta(content=piece)))
-    yield event(_chunk(rid, created, model, Delta(), choice.finish_reason, body.aligntime))
+    for choice in body.choices:
+        if choice.index:  # the first choice's role went out in the first chunk
+            yield event(
+                _chunk(rid, created, model, Delta(role="assistant", content=""), index=choice.index)
+            )
+        for piece in split_text(choice.message.content):
+            yield event(_chunk(rid, created, model, Delta(content=piece), index=choice.index))
+        # The extension rides on the chunk that ends the last choice.
+        last = choice.index == len(body.choices) - 1
+        ext = body.aligntime if last else None
+        yield event(_chunk(rid, created, model, Delta(), choice.finish_reason, ext, choice.index))
     if include_usage:
         yield event(
             ChatCompletionChunk(id=rid, created=created, model=model, choices=[], usage=body.usage)
         )
     yield b"data: [DONE]\n\n"
+
+
+KEEPALIVE = b": keep-alive\n\n"
+"""An SSE comment line: clients skip it, proxies see traffic on an idle stream."""
+
+
+async def keepalive(work: asyncio.Future[Any], every: float) -> AsyncIterator[bytes]:
+    """:data:`KEEPALIVE` every ``every`` seconds until ``work`` is done.
+
+    Starlette's ``StreamingResponse`` streams what is yielded; FastAPI's own
+    ``EventSourceResponse`` pings too, but every 15 s (a private module constant),
+    above what proxies with short idle time-outs allow. A consumer that stops
+    early (the client left) cancels ``work``.
+    """
+    try:
+        while not work.done():
+            done, _ = await asyncio.wait({work}, timeout=every)
+            if not done:
+                yield KEEPALIVE
+    finally:
+        if not work.done():
+            work.cancel()
 
 
 def error_events(exc: ApiError) -> bytes:
@@ -162,8 +229,9 @@ def _chunk(
     delta: Delta,
     finish: FinishReason | None = None,
     aligntime: AligntimeResult | None = None,
+    index: int = 0,
 ) -> ChatCompletionChunk:
-    choice = ChunkChoice(delta=delta, finish_reason=finish)
+    choice = ChunkChoice(index=index, delta=delta, finish_reason=finish)
     return ChatCompletionChunk(
         id=rid, created=created, model=model, choices=[choice], aligntime=aligntime
     )

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
+from aligntime.server.errors import ApiError
 from aligntime.server.metrics import CONTENT_TYPE
 from aligntime.server.protocol import (
     ChatCompletion,
@@ -20,6 +24,7 @@ from aligntime.server.service import AlignmentService, RequestContext
 from aligntime.server.text import json_bytes
 
 router = APIRouter()
+T = TypeVar("T")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid request (the field is named)"},
@@ -68,8 +73,35 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    answer = await service.complete(body, ctx)
+    answer = await _unless_disconnected(service.complete(body, ctx), request)
+    if answer is None:  # nobody is left to read it; the status is for the logs and metrics
+        return Response(status_code=499)
     return Response(json_bytes(answer.model_dump()), media_type="application/json")
+
+
+async def _unless_disconnected(work: Awaitable[T], request: Request) -> T | None:
+    """``work``'s result, or ``None`` once the client has disconnected: then ``work`` is
+    cancelled (its engine work with it, where the engine allows) and records the 499.
+
+    Starlette cancels a stream whose client left, but not a plain request's handler.
+    """
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task  # its own handler audits the abandoned request
+        gone.cancel()
+    return task.result() if not task.cancelled() else None
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client closes the connection (the body has been read by now)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 @router.get("/v1/models", response_model=ModelList, responses={401: _ERRORS[401]})
@@ -78,10 +110,32 @@ async def list_models(request: Request) -> ModelList:
     service = _service(request)
     return ModelList(
         data=[
-            ModelCard(id=name, created=s.created, description=s.policy.description)
+            _card(name, s.created, s.policy.description)
             for name, s in sorted(service.served.items())
         ]
     )
+
+
+def _card(name: str, created: int, description: str) -> ModelCard:
+    return ModelCard(id=name, created=created, description=description)
+
+
+@router.get(
+    "/v1/models/{model}",
+    response_model=ModelCard,
+    responses={401: _ERRORS[401], 404: _ERRORS[404]},
+)
+async def retrieve_model(model: str, request: Request) -> ModelCard:
+    """One served policy, as OpenAI's ``GET /v1/models/{model}``."""
+    served = _service(request).served.get(model)
+    if served is None:
+        raise ApiError(
+            404,
+            f"the model {model!r} does not exist",
+            param="model",
+            code="model_not_found",
+        )
+    return _card(model, served.created, served.policy.description)
 
 
 @router.get(

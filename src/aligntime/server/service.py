@@ -38,6 +38,7 @@ from aligntime.server.errors import (
     audit_unavailable,
     backend_down,
     bad_request,
+    client_closed,
     context_length_exceeded,
     internal_error,
     scorer_unavailable,
@@ -55,6 +56,7 @@ from aligntime.server.responses import (
     completion,
     error_events,
     first_chunk,
+    keepalive,
     new_id,
 )
 from aligntime.types import Result
@@ -77,6 +79,8 @@ class RequestContext:
     streamed: bool = False
     rights: frozenset[Right] = frozenset()
     """What the caller's key may do besides asking (see :mod:`aligntime.server.config`)."""
+    request_id: str | None = None
+    """The id the ``x-request-id`` header carries: the completion's and its audit row's."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,8 @@ class AlignmentService:
         self.served: dict[str, Served] = {}
         self._last_probe = 0.0
         self._closed = False
+        self._background: set[asyncio.Task[None]] = set()
+        """Audit writes of abandoned requests, held until done."""
         created = int(time.time())
         for al in aligners:
             name = al.policy.name
@@ -190,7 +196,8 @@ class AlignmentService:
         return asyncio.get_running_loop().time() + self.options.timeout_s
 
     def _call(self, req: ChatCompletionRequest, ctx: RequestContext) -> _Call:
-        return _Call(req, ctx, new_id(), int(time.time()), self.deadline())
+        rid = ctx.request_id or new_id()
+        return _Call(req, ctx, rid, int(time.time()), self.deadline())
 
     async def complete(self, req: ChatCompletionRequest, ctx: RequestContext) -> ChatCompletion:
         """Answer one non-streaming request; returns only after the audit rows are committed."""
@@ -200,6 +207,9 @@ class AlignmentService:
             outcome = await self.run(plan, ctx, call.deadline)
         except ApiError as exc:
             await self._audit_error(call, exc)
+            raise
+        except asyncio.CancelledError:  # the client left (routes.py cancels the work)
+            self._abandoned(call)
             raise
         except Exception:
             await self._audit_error(call, internal_error())
@@ -218,18 +228,29 @@ class AlignmentService:
         event before ``[DONE]``: a stream always ends properly.
         """
         call = self._call(req, ctx)
+        work: asyncio.Future[Outcome] | None = None
         yield first_chunk(call.rid, call.created, plan.served.policy.name)
         try:
             if req.aligntime is not None and req.aligntime.stream_mode == "early":
                 async for data in early_stream.events(self, call, plan):
                     yield data
                 return
-            outcome = await self.run(plan, ctx, call.deadline)
+            # Comment lines while the answer is chosen, so idle time-outs keep the stream.
+            work = asyncio.ensure_future(self.run(plan, ctx, call.deadline))
+            async for ping in keepalive(work, self.options.keepalive_s):
+                yield ping
+            outcome = work.result()
             body = completion(plan, outcome, call.rid, call.created)
         except ApiError as exc:
             await self._audit_error(call, exc)
             yield error_events(exc)
             return
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client left: Starlette cancels the stream, or closes it at a yield.
+            if work is not None:
+                work.cancel()
+            self._abandoned(call)
+            raise
         except Exception:
             log.exception("unexpected error while streaming %s", call.rid)
             await self._audit_error(call, internal_error())
@@ -265,6 +286,15 @@ class AlignmentService:
         except AuditUnavailable as exc:
             # Unaudited answers are not acknowledged: the client gets an error, not the answer.
             raise audit_unavailable(exc.reason) from exc
+
+    def _abandoned(self, call: _Call) -> None:
+        """Record that the client left (status 499), without waiting: the caller is
+        being cancelled, and the write must outlive it."""
+        if self.audit is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._audit_error(call, client_closed()))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _audit_error(self, call: _Call, exc: ApiError) -> None:
         if self.audit is None:
