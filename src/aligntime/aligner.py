@@ -310,7 +310,8 @@ class Aligner:
 
         async def score(candidates: list[Candidate]) -> list[Candidate]:
             await scorers_ready
-            return await self._score(request.messages, candidates, assessment)
+            # The shape the request asks for (response_format, tools) is a gate too.
+            return await self._score(request.messages, candidates, assessment, request.params)
 
         default_tokens = getattr(getattr(self.generator, "options", None), "max_tokens", 256)
         n = request.n or self.policy.n
@@ -376,6 +377,7 @@ class Aligner:
         messages: list[Message],
         candidates: list[Candidate],
         assessment: RequestAssessment | None,
+        params: GenerationParams | None = None,
     ) -> list[Candidate]:
         if not candidates:
             return []
@@ -399,7 +401,7 @@ class Aligner:
                 )
             raw[scorer.name] = [d.value for d in details]
             labels[scorer.name] = [d.labels for d in details]
-        return combine(candidates, raw, self.weightings, labels)
+        return combine(candidates, raw, self.weightings, labels, params=params)
 
     # --- lifecycle --------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -21,6 +21,8 @@ from aligntime.types import GenerationParams, Message
 
 if TYPE_CHECKING:
     from aligntime.policy.schema import Policy
+    from aligntime.structured import ResponseFormat
+    from aligntime.tools import ToolSet
 
 Conversation = str | Sequence[Message] | Sequence[dict[str, str]]
 """A prompt string, or chat messages as :class:`Message` objects or ``role``/``content`` dicts."""
@@ -81,6 +83,19 @@ class AlignRequest:
     params: GenerationParams = field(default_factory=GenerationParams)
     """Sampling settings for this request: ``max_tokens``, ``temperature``, ``top_p``,
     ``seed``, ``stop``."""
+    response_format: ResponseFormat | dict[str, Any] | None = None
+    """The shape every answer must have, as OpenAI's ``response_format`` object
+    (``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {"name": ...,
+    "schema": {...}}}``) or a :class:`~aligntime.structured.ResponseFormat`. The backend
+    is asked for it where it can constrain decoding, and an answer that is not valid
+    JSON, or breaks the schema, fails the gate ``response_format``."""
+    tools: ToolSet | list[dict[str, Any]] | None = None
+    """Functions the answer may call, as OpenAI's ``tools`` list (``tool_choice`` beside
+    it) or a :class:`~aligntime.tools.ToolSet`. An answer's calls are checked (known
+    names, arguments valid against each function's ``parameters``): the gate ``tools``."""
+    tool_choice: str | dict[str, Any] | None = None
+    """OpenAI's ``tool_choice``: ``none``, ``auto`` (the default), ``required`` or one
+    function (``{"type": "function", "function": {"name": ...}}``)."""
 
     def checked(self, policy: Policy) -> AlignRequest:
         """This request with ``n`` resolved, once every setting is known to be servable.
@@ -100,6 +115,7 @@ class AlignRequest:
                 "max_tokens", f"max_tokens must be at least 1, got {self.params.max_tokens}"
             )
         check_sampling(self.params)
+        params = shaped(self)
         if self.template is not None and self.template not in policy.prompt.templates:
             from aligntime.registry import suggest
 
@@ -110,7 +126,34 @@ class AlignRequest:
                 f"templates: {', '.join(names) or 'none'}",
                 hint=suggest(self.template, names) if names else "this policy defines no templates",
             )
-        return replace(self, n=n)
+        return replace(
+            self,
+            n=n,
+            params=params,
+            response_format=params.response_format,
+            tools=params.tools,
+            tool_choice=None,
+        )
+
+
+def shaped(request: AlignRequest) -> GenerationParams:
+    """The request's sampling settings, with the shape it asks for (``response_format``,
+    ``tools``) read and checked; raises :class:`RequestError` naming the field at fault."""
+    from aligntime.structured import ResponseFormat
+    from aligntime.tools import ToolSet
+
+    params = request.params
+    if request.response_format is not None:
+        params = replace(params, response_format=ResponseFormat.parse(request.response_format))
+    if request.tools is not None or request.tool_choice is not None:
+        given = request.tools
+        if isinstance(given, ToolSet):
+            if request.tool_choice is not None:
+                given = ToolSet.parse([t.to_openai() for t in given.tools], request.tool_choice)
+        else:
+            given = ToolSet.parse(given, request.tool_choice)
+        params = replace(params, tools=given)
+    return params
 
 
 def reseeded(params: GenerationParams, sampled: int) -> GenerationParams:

@@ -10,11 +10,36 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-Role = Literal["system", "user", "assistant"]
+if TYPE_CHECKING:
+    from aligntime.structured import ResponseFormat
+    from aligntime.tools import ToolSet
+
+Role = Literal["system", "user", "assistant", "tool"]
+"""``tool``: a tool's result, answering an assistant message's ``tool_calls``."""
 CandidateState = Literal["complete", "partial", "rejected"]
 """Where a candidate stands in a search; separate from the backend's ``finish_reason``."""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One call of a tool (a function) that an answer makes, in OpenAI's terms."""
+
+    name: str
+    """The tool's (function's) name."""
+    arguments: str
+    """The arguments as the model wrote them: a JSON object's text (not yet checked)."""
+    id: str = ""
+    """The call's id, which the ``tool`` message with its result names."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The OpenAI ``tool_calls`` entry."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
 
 
 @dataclass(frozen=True)
@@ -23,9 +48,22 @@ class Message:
 
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    """An assistant message's calls of tools (its ``content`` may then be empty)."""
+    tool_call_id: str | None = None
+    """A ``tool`` message's answer to this call id."""
 
     def to_dict(self) -> dict[str, str]:
         return {"role": self.role, "content": self.content}
+
+    def to_chat(self) -> dict[str, Any]:
+        """The OpenAI chat message: :meth:`to_dict`, with the tool fields when set."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [c.to_dict() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 @dataclass(frozen=True)
@@ -55,6 +93,9 @@ class Candidate:
     """Where the text came from: ``sampled`` (the generator) or ``refusal`` (the input
     gate's refusal text, offered as one more candidate for a steered request and scored
     like the others)."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """The tools this answer calls (a request that offered ``tools``); ``text`` is then
+    whatever the model wrote beside the calls, often nothing."""
 
     def to_dict(self) -> dict[str, Any]:
         """One candidate in the ``run --json`` contract (see the README)."""
@@ -87,6 +128,8 @@ class Candidate:
             "logprob": self.logprob,
             "state": self.state,
             "origin": self.origin,
+            # Only when there are some: records of answers without calls stay as they were.
+            **({"tool_calls": [c.to_dict() for c in self.tool_calls]} if self.tool_calls else {}),
         }
 
     @classmethod
@@ -105,6 +148,14 @@ class Candidate:
             logprob=record.get("logprob"),
             state=record.get("state") or "complete",
             origin=str(record.get("origin") or "sampled"),
+            tool_calls=tuple(
+                ToolCall(
+                    str(c["function"]["name"]),
+                    str(c["function"]["arguments"]),
+                    str(c.get("id") or ""),
+                )
+                for c in record.get("tool_calls") or ()
+            ),
         )
 
 
@@ -181,6 +232,11 @@ class GenerationParams:
     top_p: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    response_format: ResponseFormat | None = None
+    """The shape every answer must have (JSON, or JSON matching a schema); ``None``: text.
+    Backends that constrain decoding pass it on (a grammar); each candidate is checked."""
+    tools: ToolSet | None = None
+    """Tools the answer may call, and the request's ``tool_choice``; ``None``: no tools."""
 
 
 @dataclass(frozen=True)

@@ -161,8 +161,11 @@ def test_unknown_model_is_404_listing_the_served_ones(client: openai.OpenAI) -> 
          "aligntime.template", "templates: concise"),
         ({"model": "fake-test", "messages": FEVER, "aligntime": {"strategy": "best_of"}},
          "aligntime.strategy", "did you mean 'best_of_n'"),
-        ({"model": "fake-test", "messages": FEVER, "tools": [{"type": "function"}]}, "tools",
-         "not supported"),
+        # Tools are served now (issue 12): a malformed one is still a 400 naming it.
+        ({"model": "fake-test", "messages": FEVER, "tools": [{"type": "function"}]},
+         "tools[0].function", "must be an object"),
+        ({"model": "fake-test", "messages": [{"role": "tool", "content": "x"}]},
+         "messages", "no non-empty user message"),
         ({"model": "fake-test", "messages": [{"role": "critic", "content": "x"}]},
          "messages.0.role", "Input should be"),
     ],

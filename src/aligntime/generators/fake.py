@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import Sequence
 
 from pydantic import Field
@@ -17,7 +18,7 @@ from pydantic import Field
 from aligntime.errors import BackendError
 from aligntime.generators.base import Capabilities, Generator, PartialAnswers
 from aligntime.generators.options import SamplingOptions
-from aligntime.types import Candidate, Generation, GenerationParams, Message, Usage
+from aligntime.types import Candidate, Generation, GenerationParams, Message, ToolCall, Usage
 
 
 class FakeOptions(SamplingOptions):
@@ -26,7 +27,9 @@ class FakeOptions(SamplingOptions):
     model: str = "fake"
     """Ignored; kept so every backend takes the same keys."""
     responses: list[str] = Field(default_factory=list)
-    """Answers to return, cycled across candidates and calls."""
+    """Answers to return, cycled across candidates and calls. When the request offers
+    tools, an answer that is a JSON object with a ``tool_calls`` list of ``{"name",
+    "arguments"}`` objects is returned as those calls (as a real backend parses them)."""
     delay_s: float = Field(0.0, ge=0.0)
     """Seconds to wait per call, to imitate a slow backend."""
     fail_times: int = Field(0, ge=0)
@@ -42,7 +45,9 @@ class FakeGenerator(Generator):
 
     Options = FakeOptions
     name = "fake"
-    capabilities = Capabilities(n_sampling=True, logprobs=True, token_steps=True)
+    capabilities = Capabilities(
+        n_sampling=True, logprobs=True, token_steps=True, response_format=True, tools=True
+    )
 
     def __init__(self, options: FakeOptions | None = None) -> None:
         self.options = options or FakeOptions()
@@ -69,7 +74,12 @@ class FakeGenerator(Generator):
             if len(words) > limit:
                 words, finish = words[:limit], "length"
                 text = " ".join(words)
-            candidates.append(Candidate(text=text, tokens=len(words), finish_reason=finish))
+            calls = _tool_calls(text, self._cursor) if params.tools is not None else ()
+            if calls:
+                text, finish = "", "tool_calls"
+            candidates.append(
+                Candidate(text=text, tokens=len(words), finish_reason=finish, tool_calls=calls)
+            )
             self._cursor += 1
         prompt_tokens = sum(len(m.content.split()) for m in messages)
         return Generation(candidates, Usage(prompt_tokens, sum(c.tokens for c in candidates)))
@@ -115,6 +125,25 @@ class FakeGenerator(Generator):
     ) -> dict[str, float]:
         o = self.options
         return {"Yes": o.yes_logprob, "No": -1.0, "A": o.a_logprob, "B": -1.0}
+
+
+def _tool_calls(text: str, index: int) -> tuple[ToolCall, ...]:
+    """The calls an answer of the form ``{"tool_calls": [{"name", "arguments"}]}`` makes
+    (``arguments`` an object or its JSON text); none for any other text."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return ()
+    entries = value.get("tool_calls") if isinstance(value, dict) else None
+    if not isinstance(entries, list):
+        return ()
+    calls = []
+    for k, entry in enumerate(entries):
+        arguments = entry.get("arguments", {})
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments)
+        calls.append(ToolCall(str(entry.get("name")), arguments, f"call_{index}_{k}"))
+    return tuple(calls)
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> str:

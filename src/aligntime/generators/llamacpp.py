@@ -144,10 +144,11 @@ class LlamaCppGenerator(Generator):
 
     Options = LlamaCppOptions
     name = "llamacpp"
-    # llama.cpp turns a response_format into a grammar, and with its Jinja chat templates
-    # (on by default) parses tool calls out of the answer in the model's own format.
+    # llama.cpp turns a response_format into a grammar. Tools it took and ignored: the
+    # catalogue's model answered in prose even under tool_choice "required" (measured on
+    # xllamacpp 2026.10.11549), so a request with tools is refused rather than misled.
     capabilities = Capabilities(
-        n_sampling=True, logprobs=True, token_steps=True, response_format=True, tools=True
+        n_sampling=True, logprobs=True, token_steps=True, response_format=True
     )
 
     def __init__(self, options: LlamaCppOptions | None = None) -> None:

@@ -142,6 +142,9 @@ class OpenAIGenerator(Generator):
             n_sampling=self._native() is True,
             logprobs=True,
             token_steps=self._continuation() is not None,
+            # Passed on as OpenAI spells them; what the server makes of them is checked.
+            response_format=True,
+            tools=True,
         )
 
     def _auth_header(self) -> dict[str, str]:
@@ -207,7 +210,9 @@ class OpenAIGenerator(Generator):
 
     def _body(self, messages: Sequence[Message], params: GenerationParams) -> dict[str, Any]:
         sampling = self.options.resolve(params)
-        return chat.chat_body(messages, sampling, logprobs=self.options.logprobs, fixed=self._fixed)
+        return chat.chat_body(
+            messages, sampling, logprobs=self.options.logprobs, fixed=self._fixed, params=params
+        )
 
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         """One request with retries; every failure becomes a BackendError."""

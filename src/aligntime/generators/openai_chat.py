@@ -24,6 +24,7 @@ answer at the start of the reply; only the new text is kept.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -33,7 +34,7 @@ from typing import Any
 
 from aligntime.errors import BackendError, ContextLengthError
 from aligntime.generators.options import Sampling, seed_at
-from aligntime.types import Candidate, Generation, Message, Usage
+from aligntime.types import Candidate, Generation, GenerationParams, Message, ToolCall, Usage
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,14 @@ def chat_body(
     *,
     logprobs: bool,
     fixed: Mapping[str, Any] | None = None,
+    params: GenerationParams | None = None,
 ) -> dict[str, Any]:
     """The body of a sampling request; ``fixed`` fields (the model name) come first and lose to
-    none of the sampling fields."""
+    none of the sampling fields. The shape ``params`` ask for (``response_format``,
+    ``tools`` and ``tool_choice``) goes in as OpenAI spells it."""
     body: dict[str, Any] = {
         **(fixed or {}),
-        "messages": [m.to_dict() for m in messages],
+        "messages": [m.to_chat() for m in messages],
         "max_tokens": sampling.max_tokens,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
@@ -81,6 +84,10 @@ def chat_body(
         body["stop"] = list(sampling.stop)
     if sampling.seed is not None:
         body["seed"] = sampling.seed
+    if params is not None and params.response_format is not None:
+        body["response_format"] = params.response_format.to_openai()
+    if params is not None and params.tools is not None:
+        body.update(params.tools.to_openai())
     return body
 
 
@@ -95,9 +102,18 @@ def part_body(body: dict[str, Any], n: int, first: int) -> dict[str, Any]:
 
 def continuation_body(body: dict[str, Any], prefix: str, index: int) -> dict[str, Any]:
     """``body`` asking for one continuation of ``prefix``, the request's partial answer
-    number ``index``."""
+    number ``index``.
+
+    It is asked without the request's shape (``response_format``, ``tools``): a grammar
+    would start again at the prefix's end; the finished answer is checked by the gates.
+    """
     messages = [*body["messages"], {"role": "assistant", "content": prefix}]
-    return part_body({**body, "messages": messages}, 1, index)
+    plain = {k: v for k, v in body.items() if k not in _SHAPE}
+    return part_body({**plain, "messages": messages}, 1, index)
+
+
+_SHAPE = ("response_format", "tools", "tool_choice")
+"""The fields of a body that ask for a shape of the whole answer."""
 
 
 def logprobs_body(
@@ -207,10 +223,10 @@ def collect(replies: list[dict[str, Any]]) -> tuple[list[Candidate], Usage]:
         completion = _int(usage, "completion_tokens") if usage else None
         prompt_tokens += (_int(usage, "prompt_tokens") if usage else None) or 0
         server_completion += completion or 0
-        with_text = [c for c in choices if _text(c) is not None]
-        textless += [str(c.get("finish_reason")) for c in choices if _text(c) is None]
-        choices = with_text
-        texts = [str(_text(c)) for c in choices]
+        answered = [c for c in choices if _text(c) is not None or _calls(c)]
+        textless += [str(c.get("finish_reason")) for c in choices if c not in answered]
+        choices = answered
+        texts = [_text(c) or "" for c in choices]
         counts: list[int] = []
         for choice, text in zip(choices, texts, strict=True):
             exact = (choice.get("logprobs") or {}).get("content")
@@ -223,12 +239,14 @@ def collect(replies: list[dict[str, Any]]) -> tuple[list[Candidate], Usage]:
                 counts.append(_estimate(text, texts, completion))
         for choice, text, tokens in zip(choices, texts, counts, strict=True):
             finish = choice.get("finish_reason")
+            calls = _calls(choice)
             candidates.append(
                 Candidate(
                     text=text,
                     tokens=tokens,
-                    finish_reason=str(finish or "unknown"),
+                    finish_reason=str(finish or ("tool_calls" if calls else "unknown")),
                     logprob=_sequence_logprob(choice),
+                    tool_calls=calls,
                 )
             )
     if textless:
@@ -262,6 +280,24 @@ def _text(choice: dict[str, Any]) -> str | None:
             # JSON can carry a lone surrogate that no encoder takes further: replace it.
             return _LONE_SURROGATE.sub("\ufffd", value)
     return None
+
+
+def _calls(choice: dict[str, Any]) -> tuple[ToolCall, ...]:
+    """The tool calls of a choice's message (none when it has none, or only malformed ones:
+    a call without a function name is no call, and is logged)."""
+    found = []
+    for entry in choice["message"].get("tool_calls") or ():
+        function = entry.get("function") if isinstance(entry, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str):
+            log.warning("a tool call without a function name was dropped: %r", entry)
+            continue
+        arguments = function.get("arguments") if isinstance(function, dict) else None
+        if not isinstance(arguments, str):
+            # Some servers send the arguments as an object; the contract is its JSON text.
+            arguments = json.dumps(arguments if arguments is not None else {})
+        found.append(ToolCall(name, arguments, str(entry.get("id") or "")))
+    return tuple(found)
 
 
 def _sequence_logprob(choice: dict[str, Any]) -> float | None:

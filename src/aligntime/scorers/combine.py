@@ -9,7 +9,10 @@ Two steps, in this order:
    scorer name, followed by the labels the scorer gave for that candidate when it
    gave any (``guard (S1 Violent Crimes, S10 Hate)``). An empty or
    whitespace-only answer fails the implicit gate ``empty``: it is never chosen,
-   whatever the scorers think of it.
+   whatever the scorers think of it. When the request asked for a shape
+   (``params``: a ``response_format``, ``tools``), a complete answer that does not
+   have it fails the implicit gate ``response_format`` or ``tools``
+   (:func:`shape_failures`); an answer that calls tools is not ``empty``.
 2. **Weighted score.** Each raw value is mapped to [0, 1] (1 best) by its
    scorer's :meth:`~aligntime.scorers.base.Scorer.normalise`, and the combined
    ``score`` is the weighted mean ``sum(w * norm) / sum(w)`` over scorers with
@@ -28,8 +31,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from aligntime import structured, tools
 from aligntime.scorers.base import Scorer
-from aligntime.types import Candidate
+from aligntime.types import Candidate, GenerationParams
 
 
 @dataclass(frozen=True)
@@ -67,11 +71,40 @@ def gate_failure(name: str, labels: Sequence[str] = ()) -> str:
     return f"{name} ({', '.join(labels)})" if labels else name
 
 
+def shape_failures(candidate: Candidate, params: GenerationParams) -> tuple[str, ...]:
+    """The implicit gates a complete ``candidate`` fails for the shape ``params`` ask for.
+
+    A partial answer (a search strategy's, a stream's window) is not judged: it has
+    not had the chance to close its JSON. Calls are checked against the request's
+    tools; an answer without calls against its ``response_format``.
+    """
+    if candidate.state != "complete":
+        return ()
+    found: list[str] = []
+    offered = params.tools
+    if offered is not None or candidate.tool_calls:
+        reasons = (
+            offered.failures(candidate.tool_calls)
+            if offered is not None
+            else ("the request offered no tools",)
+        )
+        if reasons:
+            found.append(gate_failure(tools.GATE, reasons))
+    shape = params.response_format
+    if shape is not None and not candidate.tool_calls:
+        reasons = shape.failures(candidate.text)
+        if reasons:
+            found.append(gate_failure(structured.GATE, reasons))
+    return tuple(found)
+
+
 def combine(
     candidates: Sequence[Candidate],
     raw: Mapping[str, Sequence[float]],
     weightings: Sequence[ScorerWeighting],
     labels: Mapping[str, Sequence[Sequence[str]]] | None = None,
+    *,
+    params: GenerationParams | None = None,
 ) -> list[Candidate]:
     """Return new candidates with ``scores``, ``score``, ``passed`` and ``gate_failures`` set.
 
@@ -79,6 +112,7 @@ def combine(
     ``candidates``. Scores already on a candidate are kept unless a scorer of the
     same name overrides them. ``labels`` maps a scorer name to the labels it gave
     each candidate (:class:`~aligntime.types.ScoreDetail`); a failed gate names them.
+    ``params`` are the request's: the shape they ask for is an implicit gate.
     """
     labels = labels or {}
     for name, values in [*raw.items(), *labels.items()]:
@@ -99,7 +133,9 @@ def combine(
             for w in weightings
             if w.gate is not None and not w.gate.holds(scores.get(w.name, math.nan))
         )
-        if not cand.text.strip():
+        if params is not None:
+            failures = (*shape_failures(cand, params), *failures)
+        if not cand.text.strip() and not cand.tool_calls:
             failures = (EMPTY, *failures)
 
         score = 0.0

@@ -13,7 +13,7 @@ from aligntime import registry
 from aligntime.aligner import Aligner, build
 from aligntime.errors import ConfigError
 from aligntime.policy.schema import Policy
-from aligntime.request import AlignRequest
+from aligntime.request import AlignRequest, RequestError, shaped
 from aligntime.server.config import Right, ServerOptions
 from aligntime.server.errors import ApiError, bad_request
 from aligntime.server.protocol import ChatCompletionRequest
@@ -81,8 +81,6 @@ def plan(
             "this API key may not receive candidates (aligntime.return_candidates)",
             param="aligntime.return_candidates",
         )
-    if req.tools:
-        raise bad_request("tools are not supported by aligntime", param="tools")
     if req.logprobs:
         raise bad_request("logprobs are not supported by aligntime", param="logprobs")
     if req.continue_final_message:
@@ -91,6 +89,13 @@ def plan(
             param="continue_final_message",
         )
     request = req.to_align_request()
+    try:
+        request = replace(request, params=shaped(request), tool_choice=None)
+    except RequestError as exc:
+        raise bad_request(exc.message, param=exc.field) from None
+    request = replace(
+        request, response_format=request.params.response_format, tools=request.params.tools
+    )
     policy = found.policy
     if not any(m.role == "user" and m.content.strip() for m in request.messages):
         raise bad_request("the conversation has no non-empty user message", param="messages")
@@ -130,7 +135,47 @@ def plan(
     aligner = found.aligner
     if ext and ext.strategy and ext.strategy != policy.strategy.kind:
         aligner = variant(found, ext.strategy)
+    check_shape(request, aligner, early=bool(req.stream and ext and ext.stream_mode == "early"))
     return Plan(found, aligner, replace(request, n=n), wanted, "audit" in rights, choices)
+
+
+def check_shape(request: AlignRequest, aligner: Aligner, *, early: bool) -> None:
+    """Refuse ``response_format`` or ``tools`` where they cannot be honoured (400 naming the
+    field): a backend that cannot constrain its answers to them, or a way of writing
+    answers in pieces (a search strategy, stream-while-selecting), which no grammar
+    spans and whose windows are released before the JSON is whole."""
+    from aligntime.strategies.base import SearchStrategy
+
+    params = request.params
+    given = [
+        name
+        for name, value in (("response_format", params.response_format), ("tools", params.tools))
+        if value is not None
+    ]
+    if not given:
+        return
+    generator = aligner.generator
+    able = generator.capabilities
+    for name in given:
+        if not (able.response_format if name == "response_format" else able.tools):
+            raise bad_request(
+                f"{name} is not supported by the {generator.name!r} backend of this model",
+                param=name,
+            )
+    first = given[0]
+    if isinstance(aligner.strategy, SearchStrategy):
+        raise bad_request(
+            f"{first} cannot be used with strategy {aligner.strategy.name!r}: it writes answers "
+            "in steps, which a response format or tool grammar does not span; use a sampling "
+            "strategy (aligntime.strategy, e.g. best_of_n)",
+            param=first,
+        )
+    if early:
+        raise bad_request(
+            f"{first} cannot be used with aligntime.stream_mode 'early': an answer's shape is "
+            "known only once it is whole; use stream_mode 'whole'",
+            param=first,
+        )
 
 
 def variant(served: Served, kind: str) -> Aligner:

@@ -5,8 +5,9 @@ client works unchanged. Everything under ``aligntime`` (in the request and in
 the response) is an extension that is **not in the OpenAI spec**; clients that
 do not know it ignore it. OpenAI fields that aligntime does not act on are
 accepted and ignored (listed in the README), except those whose silent
-omission would mislead a caller (tools, log-probabilities), which are refused
-with a 400.
+omission would mislead a caller (log-probabilities), which are refused with a
+400. ``response_format`` and ``tools`` are honoured: passed to the backend and
+checked on every candidate (a backend that cannot take them gets a 400).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from aligntime.request import AlignRequest
-from aligntime.types import GenerationParams, Message
+from aligntime.types import GenerationParams, Message, ToolCall
 
 MAX_STOP = 4
 """Most stop strings a request may give (OpenAI's limit)."""
@@ -24,8 +25,9 @@ MAX_STOP = 4
 StopString = Annotated[str, Field(min_length=1)]
 """A stop string; an empty one would end every answer before it began."""
 
-FinishReason = Literal["stop", "length", "content_filter"]
-"""Why the answer ended; ``content_filter`` when a text stood in for every candidate."""
+FinishReason = Literal["stop", "length", "content_filter", "tool_calls"]
+"""Why the answer ended; ``content_filter`` when a text stood in for every candidate,
+``tool_calls`` when the answer calls tools."""
 
 
 class _Strict(BaseModel):
@@ -43,17 +45,45 @@ class TextPart(BaseModel):
     """The text of this part."""
 
 
+class FunctionCall(BaseModel):
+    """The function a tool call calls, and its arguments (a JSON object's text)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    """One tool call of an assistant message (sent in an answer, or read in a request)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+    def to_call(self) -> ToolCall:
+        """The call in the library's terms."""
+        return ToolCall(self.function.name, self.function.arguments, self.id)
+
+
 class ChatMessage(BaseModel):
     """One message of the conversation, as OpenAI clients send it."""
 
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    """Who wrote it; ``developer`` is treated as ``system``."""
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    """Who wrote it; ``developer`` is treated as ``system``; ``tool`` carries a tool's
+    result (``tool_call_id`` names the call it answers)."""
     content: str | list[TextPart] | None = None
     """The text, or a list of text parts that are joined."""
     name: str | None = None
     """Accepted for compatibility; not used."""
+    tool_calls: list[ToolCallOut] | None = None
+    """An assistant message's tool calls."""
+    tool_call_id: str | None = None
+    """A ``tool`` message's call id."""
 
     def text(self) -> str:
         """The message's text, multi-part content joined with newlines."""
@@ -136,8 +166,20 @@ class ChatCompletionRequest(BaseModel):
     """Accepted; recorded in the audit log when it is on."""
     logprobs: bool | None = None
     """Not supported: ``true`` is refused."""
+    response_format: dict[str, Any] | None = None
+    """``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {"name",
+    "schema", "strict"}}``: passed to the backend (a grammar on llama.cpp), and every
+    candidate is checked; one that is not valid JSON or breaks the schema fails the gate
+    ``response_format``. ``{"type": "text"}`` is the default."""
     tools: list[dict[str, Any]] | None = None
-    """Not supported: a non-empty list is refused."""
+    """Functions the answer may call (OpenAI's shape), passed to the backend; a candidate
+    that calls tools is checked on its calls (the gate ``tools``: offered names, arguments
+    valid against the function's ``parameters``) and returned as ``tool_calls``."""
+    tool_choice: str | dict[str, Any] | None = None
+    """``none``, ``auto`` (the default with tools), ``required``, or ``{"type":
+    "function", "function": {"name": ...}}``; the tool gate holds answers to it."""
+    parallel_tool_calls: bool | None = None
+    """Accepted and ignored: candidates may make several calls whatever it says."""
     continue_final_message: bool = False
     """vLLM's and SGLang's request to continue the final assistant message. Not supported
     yet: ``true`` is refused (naming this field), so that a client learns it cannot
@@ -154,7 +196,13 @@ class ChatCompletionRequest(BaseModel):
         """
         ext = self.aligntime
         messages = [
-            Message("system" if m.role == "developer" else m.role, m.text()) for m in self.messages
+            Message(
+                "system" if m.role == "developer" else m.role,
+                m.text(),
+                tuple(c.to_call() for c in m.tool_calls or ()),
+                m.tool_call_id,
+            )
+            for m in self.messages
         ]
         given = [t for t in (self.max_tokens, self.max_completion_tokens) if t is not None]
         stop = (
@@ -164,7 +212,15 @@ class ChatCompletionRequest(BaseModel):
             min(given) if given else None, self.temperature, self.top_p, self.seed, tuple(stop)
         )
         n = ext.n if ext and ext.n is not None else self.best_of
-        return AlignRequest(messages, n, ext.template if ext else None, params)
+        return AlignRequest(
+            messages,
+            n,
+            ext.template if ext else None,
+            params,
+            response_format=self.response_format,
+            tools=self.tools,
+            tool_choice=self.tool_choice,
+        )
 
 
 # --- responses ------------------------------------------------------------------------
@@ -193,11 +249,16 @@ class _Wire(BaseModel):
         return data
 
 
-class AssistantMessage(BaseModel):
+class AssistantMessage(_Wire):
     """The assistant's answer."""
+
+    _absent_when_none = frozenset({"tool_calls"})
 
     role: Literal["assistant"] = "assistant"
     content: str
+    """The text; empty when the answer only calls tools."""
+    tool_calls: list[ToolCallOut] | None = None
+    """The tools the answer calls (absent when it calls none)."""
 
 
 class Choice(BaseModel):
@@ -306,15 +367,26 @@ class ChatCompletion(BaseModel):
     """Not in the OpenAI spec."""
 
 
+class DeltaToolCall(BaseModel):
+    """One tool call in a stream chunk, sent whole (``index`` orders the calls)."""
+
+    index: int
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Delta(_Wire):
     """What one stream chunk adds to the answer (only the keys it sets)."""
 
-    _absent_when_none = frozenset({"role", "content"})
+    _absent_when_none = frozenset({"role", "content", "tool_calls"})
 
     role: Literal["assistant"] | None = None
     """``assistant``, in the first chunk only."""
     content: str | None = None
     """The next piece of the answer (empty in the first chunk, absent in the last)."""
+    tool_calls: list[DeltaToolCall] | None = None
+    """The answer's tool calls, in one chunk after its text (absent otherwise)."""
 
 
 class ChunkChoice(BaseModel):

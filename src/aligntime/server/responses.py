@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from aligntime.server.errors import ApiError
@@ -25,12 +25,15 @@ from aligntime.server.protocol import (
     Choice,
     ChunkChoice,
     Delta,
+    DeltaToolCall,
     FinishReason,
+    FunctionCall,
     InputDecisionOut,
+    ToolCallOut,
     UsageOut,
 )
 from aligntime.server.text import json_bytes
-from aligntime.types import Candidate, rank_key
+from aligntime.types import Candidate, ToolCall, rank_key
 
 
 def new_id() -> str:
@@ -65,12 +68,14 @@ def completion(plan: Plan, outcome: Outcome, rid: str, created: int) -> ChatComp
     """The ``chat.completion`` object (the candidates in it when the request asked for them)."""
     text, finish = _answer(plan, outcome)
     usage = outcome.usage
-    choices = [Choice(message=AssistantMessage(content=text), finish_reason=finish)]
+    chosen = outcome.result.chosen if outcome.result is not None else None
+    calls = chosen.tool_calls if chosen is not None else ()
+    choices = [Choice(message=_message(text, calls), finish_reason=finish)]
     for extra in _runners_up(plan, outcome, text):
         choices.append(
             Choice(
                 index=len(choices),
-                message=AssistantMessage(content=extra.text),
+                message=_message(extra.text, extra.tool_calls),
                 finish_reason=_finish(extra),
             )
         )
@@ -103,7 +108,25 @@ def _answer(plan: Plan, outcome: Outcome) -> tuple[str, FinishReason]:
 
 
 def _finish(candidate: Candidate) -> FinishReason:
+    if candidate.tool_calls:
+        return "tool_calls"
     return "length" if candidate.finish_reason == "length" else "stop"
+
+
+def _message(text: str, calls: Sequence[ToolCall]) -> AssistantMessage:
+    """An answer's message: its text, and its tool calls when it makes any."""
+    if not calls:
+        return AssistantMessage(content=text)
+    return AssistantMessage(
+        content=text,
+        tool_calls=[
+            ToolCallOut(
+                id=c.id or f"call_{uuid.uuid4().hex[:24]}",
+                function=FunctionCall(name=c.name, arguments=c.arguments),
+            )
+            for c in calls
+        ],
+    )
 
 
 def _runners_up(plan: Plan, outcome: Outcome, answer: str) -> list[Candidate]:
@@ -123,8 +146,10 @@ def _runners_up(plan: Plan, outcome: Outcome, answer: str) -> list[Candidate]:
     for candidate in sorted(eligible, key=rank_key, reverse=True):
         if len(found) == plan.choices - 1:
             break
-        if candidate.text not in seen:
-            seen.add(candidate.text)
+        # An answer that calls tools is told apart by its calls too.
+        key = candidate.text + "".join(f"\0{c.name}\0{c.arguments}" for c in candidate.tool_calls)
+        if key not in seen:
+            seen.add(key)
             found.append(candidate)
     return found
 
@@ -179,6 +204,13 @@ def answer_chunks(body: ChatCompletion, *, include_usage: bool) -> Iterator[byte
             )
         for piece in split_text(choice.message.content):
             yield event(_chunk(rid, created, model, Delta(content=piece), index=choice.index))
+        if choice.message.tool_calls:
+            # Each call whole in one chunk; clients join argument pieces, so one piece works.
+            calls = [
+                DeltaToolCall(index=k, id=c.id, function=c.function)
+                for k, c in enumerate(choice.message.tool_calls)
+            ]
+            yield event(_chunk(rid, created, model, Delta(tool_calls=calls), index=choice.index))
         # The extension rides on the chunk that ends the last choice.
         last = choice.index == len(body.choices) - 1
         ext = body.aligntime if last else None
