@@ -177,3 +177,14 @@ def test_shapes_that_cannot_be_served_are_400_naming_the_field(
     err = r.json()["error"]
     assert err["param"] == param
     assert fragment in err["message"]
+
+
+def test_langchain_structured_output_and_tools(server: LiveServer) -> None:
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(model="shaped", base_url=server.url + "/v1", api_key="none", max_retries=0)
+    person = llm.with_structured_output(Person).invoke("Tell me about Ada.")
+    assert person == Person(name="Ada", age=36)
+    message = llm.bind_tools([WEATHER], tool_choice="required").invoke("Weather in Oslo?")
+    assert [c["name"] for c in message.tool_calls] == ["get_weather"]
+    assert message.tool_calls[0]["args"] == {"city": "Oslo"}
