@@ -238,3 +238,20 @@ def test_aligner_returns_tool_calls() -> None:
         chosen = result.chosen
         assert chosen is not None and chosen.tool_calls[0].name == "get_weather"
         assert [c.passed for c in result.candidates] == [False, True, False]
+
+
+def test_guard_reads_a_tool_result_on_the_users_side() -> None:
+    from aligntime.scorers.guard.formats.base import guard_turns
+
+    messages = [
+        Message("user", "weather?"),
+        Message("assistant", "", (ToolCall("get_weather", '{"city": "Rome"}', "c1"),)),
+        Message("tool", "sunny", tool_call_id="c1"),
+    ]
+    turns = guard_turns(messages, "It is sunny.")
+    assert [(t.role, t.content) for t in turns] == [
+        ("user", "weather?"),
+        ("assistant", ""),
+        ("user", "sunny"),
+        ("assistant", "It is sunny."),
+    ]

@@ -58,7 +58,9 @@ def guard_turns(messages: Sequence[Message], answer: str | None = None) -> list[
         if message.role == "user" and pending_system:
             content = "\n\n".join([*pending_system, content]).strip()
             pending_system = []
-        _append(turns, Turn(message.role, content))
+        # A tool's result is text the assistant was handed, as the user's is: the guard
+        # judges it on the user's side.
+        _append(turns, Turn("user" if message.role == "tool" else message.role, content))
     if pending_system:
         _append(turns, Turn("user", "\n\n".join(pending_system)))
     if answer is None:
