@@ -87,6 +87,16 @@ def batch(address: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def command_line(proc: object) -> str:
+    """A process's command line; "" once it is gone or a zombie (the raylet reaps late)."""
+    import psutil
+
+    try:
+        return " ".join(proc.cmdline())  # type: ignore[attr-defined]
+    except psutil.Error:
+        return ""
+
+
 def raylet_of(node_port: int) -> object:
     import psutil
 
@@ -117,18 +127,23 @@ def test_every_row_once_after_the_worker_node_is_killed(cluster: str, tmp_path: 
     out = tmp_path / "out"
     driver = batch(cluster, "-i", str(rows), "-o", str(out), "-p", str(policy),
                    "--actors", "2", "--batch-size", "2", "-c", "1")  # fmt: skip
-    raylet = raylet_of(node_port)
-    deadline = time.monotonic() + 120
-    while not any("MapWorker" in " ".join(c.cmdline()) for c in raylet.children()):  # type: ignore[attr-defined]
-        assert driver.poll() is None, driver.communicate()[1][-2000:]
-        assert time.monotonic() < deadline, "no aligner actor started on the worker node"
-        time.sleep(0.2)
-    time.sleep(2.0)  # the actor is now in the middle of its batches
-    victims = [raylet, *raylet.children(recursive=True)]  # type: ignore[attr-defined]
-    for proc in victims:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(signal.SIGKILL)
-    stdout, stderr = driver.communicate(timeout=300)
+    try:
+        raylet = raylet_of(node_port)
+        deadline = time.monotonic() + 120
+        while not any("MapWorker" in command_line(c) for c in raylet.children()):  # type: ignore[attr-defined]
+            assert driver.poll() is None, driver.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "no aligner actor started on the worker node"
+            time.sleep(0.2)
+        time.sleep(2.0)  # the actor is now in the middle of its batches
+        victims = [raylet, *raylet.children(recursive=True)]  # type: ignore[attr-defined]
+        for proc in victims:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signal.SIGKILL)
+        stdout, stderr = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.communicate()
     assert driver.returncode == 0, stderr[-3000:]
     assert json.loads(stdout.strip().splitlines()[-1])["aligned"] == 40
     ids = sorted(r["id"] for r in read_records(out))

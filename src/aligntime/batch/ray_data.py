@@ -145,16 +145,16 @@ def run_on_ray(
         ray_mod.init(address=ray.address, include_dashboard=False, log_to_driver=False)
     data = ray_mod.data
     started = time.perf_counter()
-    source = (
-        data.read_parquet(str(input_path))
-        if is_parquet(input_path)
-        else data.read_json(str(input_path), lines=True)
-    )
+    # Reading and writing reserve no CPU: they are light, and a CPU they held would be
+    # one an aligner actor could not have (on a one-CPU node the job would wait forever).
+    io = {"num_cpus": 0}
+    read = data.read_parquet if is_parquet(input_path) else data.read_json
+    source = read(str(input_path), num_cpus=0)
     aligned = align_dataset(source, pol, options=options, ray_options=ray)
     if is_parquet(output):
-        aligned.write_parquet(str(output))
+        aligned.write_parquet(str(output), ray_remote_args=io)
     else:
-        aligned.write_json(str(output), lines=True, force_ascii=False)
+        aligned.write_json(str(output), lines=True, force_ascii=False, ray_remote_args=io)
     summary = BatchSummary(rows=len(rows), seconds=time.perf_counter() - started)
     for record in read_records(output):
         summary.add(record)
