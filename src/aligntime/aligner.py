@@ -15,6 +15,7 @@ import math
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -31,6 +32,7 @@ from aligntime.request import AlignRequest, Conversation, to_messages
 from aligntime.scorers.base import Scorer, as_scorer_error
 from aligntime.scorers.combine import Gate, ScorerWeighting, combine
 from aligntime.strategies.base import SearchContext, Strategy
+from aligntime.tools import call_text
 from aligntime.types import (
     Candidate,
     GenerationParams,
@@ -383,8 +385,10 @@ class Aligner:
             return []
         # Without a gate, scorers that read the verdict see one with no harm estimate.
         verdict = assessment or RequestAssessment()
+        # An answer that calls tools is scored on its calls: the scorers read them as text.
+        shown = [replace(c, text=call_text(c)) if c.tool_calls else c for c in candidates]
         results = await asyncio.gather(
-            *(s.score_details(messages, candidates, assessment=verdict) for s in self.scorers),
+            *(s.score_details(messages, shown, assessment=verdict) for s in self.scorers),
             return_exceptions=True,
         )
         raw: dict[str, list[float]] = {}

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aligntime.request import RequestError
 from aligntime.structured import check_schema, loads, validator, violations
-from aligntime.types import ToolCall
+from aligntime.types import Candidate, ToolCall
 
 if TYPE_CHECKING:
     from jsonschema.protocols import Validator
@@ -172,3 +172,10 @@ def _choice(value: Any, names: Sequence[str]) -> tuple[Mode, str | None]:
             f"tool_choice names {name!r}, which is not one of the tools: {', '.join(names)}",
         )
     return "required", name
+
+
+def call_text(candidate: Candidate) -> str:
+    """An answer with its tool calls written out, one ``name(arguments)`` a line after
+    its text: what scorers read, so that a call is judged on what it would do."""
+    calls = "\n".join(f"{c.name}({c.arguments})" for c in candidate.tool_calls)
+    return f"{candidate.text}\n{calls}".strip()

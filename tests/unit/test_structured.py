@@ -255,3 +255,31 @@ def test_guard_reads_a_tool_result_on_the_users_side() -> None:
         ("user", "sunny"),
         ("assistant", "It is sunny."),
     ]
+
+
+def test_scorers_read_an_answer_that_calls_tools_as_its_calls() -> None:
+    from collections.abc import Sequence
+    from typing import ClassVar
+
+    from aligntime.scorers.base import Scorer
+
+    class Seen(Scorer):
+        name = "seen"
+        texts: ClassVar[list[str]] = []
+
+        async def score(
+            self, messages: Sequence[Message], candidates: Sequence[Candidate]
+        ) -> list[float]:
+            self.texts.extend(c.text for c in candidates)
+            return [0.5] * len(candidates)
+
+    call = json.dumps({"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]})
+    policy = Policy.model_validate(
+        {"name": "seen", "generator": {"backend": "fake", "responses": [call]}, "n": 1,
+         "scorers": [{"name": "seen", "kind": "rules"}]}
+    )  # fmt: skip
+    with Aligner(policy, scorers=[Seen()]) as al:
+        result = al.align_request(AlignRequest([Message("user", "Oslo?")], tools=WEATHER))
+    assert Seen.texts == ['get_weather({"city": "Oslo"})']
+    chosen = result.chosen
+    assert chosen is not None and chosen.text == "" and chosen.tool_calls  # the answer itself
