@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
@@ -24,7 +22,6 @@ from aligntime.server.service import AlignmentService, RequestContext
 from aligntime.server.text import json_bytes
 
 router = APIRouter()
-T = TypeVar("T")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid request (the field is named)"},
@@ -73,29 +70,45 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    answer = await _unless_disconnected(service.complete(body, ctx), request)
-    if answer is None:  # nobody is left to read it; the status is for the logs and metrics
+    watch = _DisconnectWatch(request)
+    try:
+        answer = await service.complete(body, ctx)
+    except asyncio.CancelledError:
+        if not watch.left:
+            raise
+        # The watch cancelled us: nobody is left to read the answer; the status is for the
+        # logs and metrics (complete() has recorded the request as abandoned).
+        uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python 3.11+
+        if uncancel is not None:
+            uncancel()
         return Response(status_code=499)
+    finally:
+        watch.stop()
     return Response(json_bytes(answer.model_dump()), media_type="application/json")
 
 
-async def _unless_disconnected(work: Awaitable[T], request: Request) -> T | None:
-    """``work``'s result, or ``None`` once the client has disconnected: then ``work`` is
-    cancelled (its engine work with it, where the engine allows) and records the 499.
+class _DisconnectWatch:
+    """Cancels the current task (a plain request's handler) when its client disconnects,
+    so its work stops (where the engine allows) and it is audited as abandoned.
 
     Starlette cancels a stream whose client left, but not a plain request's handler.
+    The handler keeps running in its own task: the answer takes no extra trip through
+    the event loop's queue, which at 64 clients costs milliseconds.
     """
-    task = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task  # its own handler audits the abandoned request
-        gone.cancel()
-    return task.result() if not task.cancelled() else None
+
+    def __init__(self, request: Request) -> None:
+        self.left = False
+        self._handler = asyncio.current_task()
+        self._task = asyncio.ensure_future(self._watch(request))
+
+    async def _watch(self, request: Request) -> None:
+        await _disconnected(request)
+        self.left = True
+        if self._handler is not None:
+            self._handler.cancel()
+
+    def stop(self) -> None:
+        self._task.cancel()
 
 
 async def _disconnected(request: Request) -> None:
