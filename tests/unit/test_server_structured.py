@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -188,3 +189,55 @@ def test_langchain_structured_output_and_tools(server: LiveServer) -> None:
     message = llm.bind_tools([WEATHER], tool_choice="required").invoke("Weather in Oslo?")
     assert [c["name"] for c in message.tool_calls] == ["get_weather"]
     assert message.tool_calls[0]["args"] == {"city": "Oslo"}
+
+
+def _remote(body: dict[str, object]) -> dict[str, object]:
+    """A remote engine that honours the fields: JSON under response_format, a call under
+    tools; it checks that they arrived as OpenAI spells them."""
+    if body.get("tools"):
+        assert body["tool_choice"] == "required"
+        message: dict[str, object] = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_remote",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        }
+        finish = "tool_calls"
+    else:
+        assert body["response_format"]["type"] == "json_schema"  # type: ignore[index]
+        message, finish = {"role": "assistant", "content": '{"name": "Bo", "age": 7}'}, "stop"
+    n = int(body.get("n", 1))  # type: ignore[call-overload]
+    choices = [{"index": i, "message": message, "finish_reason": finish} for i in range(n)]
+    return {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": choices}
+
+
+def test_the_openai_backend_passes_the_fields_on(tmp_path: Path) -> None:
+    from openai_stub_server import StubServer
+
+    stub = StubServer(forward=_remote).start()
+    try:
+        policy = tmp_path / "remote.yaml"
+        policy.write_text(
+            "name: remote\n"
+            f"generator: {{backend: openai, base_url: '{stub.base_url}', model: m}}\n"
+            "n: 2\nscorers:\n  - {name: rules, kind: rules}\n"
+        )
+        with LiveServer(app_from_policies([policy], ServerOptions())) as live:
+            client = openai.OpenAI(base_url=live.url + "/v1", api_key="none", max_retries=0)
+            done = client.beta.chat.completions.parse(
+                model="remote", messages=ASK, response_format=Person
+            )
+            assert done.choices[0].message.parsed == Person(name="Bo", age=7)
+            called = client.chat.completions.create(
+                model="remote", messages=ASK, tools=[WEATHER], tool_choice="required"
+            )
+            assert called.choices[0].finish_reason == "tool_calls"
+            (call,) = called.choices[0].message.tool_calls or []
+            assert (call.id, call.function.name) == ("call_remote", "get_weather")
+    finally:
+        stub.stop()
