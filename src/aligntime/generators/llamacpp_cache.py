@@ -25,29 +25,23 @@ again, the same as without it.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 
 @dataclass(frozen=True)
 class PromptTokens:
-    """Prompt tokens of the requests an engine has answered."""
+    """Prompt tokens of the requests an engine has answered: ``prompt`` in all, of
+    which llama.cpp ``evaluated`` some (not found in a slot's cache) and ``reused``
+    the rest from a cache."""
 
     requests: int = 0
     prompt: int = 0
-    """Prompt tokens of those requests in all (evaluated plus reused)."""
     evaluated: int = 0
-    """Prompt tokens llama.cpp evaluated (not found in a slot's cache)."""
     reused: int = 0
-    """Prompt tokens taken from a cache instead of evaluated."""
 
     def to_dict(self) -> dict[str, int]:
-        return {
-            "requests": self.requests,
-            "prompt": self.prompt,
-            "evaluated": self.evaluated,
-            "reused": self.reused,
-        }
+        return asdict(self)
 
 
 class PromptCounters:
