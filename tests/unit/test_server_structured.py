@@ -241,3 +241,25 @@ def test_the_openai_backend_passes_the_fields_on(tmp_path: Path) -> None:
             assert (call.id, call.function.name) == ("call_remote", "get_weather")
     finally:
         stub.stop()
+
+
+def test_no_answer_of_the_shape_is_the_fallback_with_content_filter(server: LiveServer) -> None:
+    body = {
+        "model": "search",  # its one answer is prose; best_of_n samples whole answers
+        "messages": ASK,
+        "response_format": {"type": "json_object"},
+        "aligntime": {"strategy": "best_of_n"},
+    }
+    r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    done = r.json()
+    assert done["choices"][0]["finish_reason"] == "content_filter"
+    assert done["aligntime"]["fallback"] is True and done["aligntime"]["best"] is None
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+    with pytest.raises(openai.ContentFilterFinishReasonError):
+        client.beta.chat.completions.parse(
+            model="search",
+            messages=ASK,
+            response_format=Person,
+            extra_body={"aligntime": {"strategy": "best_of_n"}},
+        )
