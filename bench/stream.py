@@ -45,16 +45,17 @@ def prompts(k: int) -> list[str]:
     return benign[:k]
 
 
-def body(prompt: str, seed: int, max_tokens: int, early: bool) -> dict[str, Any]:
+def body(prompt: str, seed: int, max_tokens: int | None, early: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "model": "default",
         "messages": [{"role": "user", "content": prompt}],
-        "n": 5,
+        "aligntime": {"n": 5},
         "seed": seed,
-        "max_tokens": max_tokens,
     }
+    if max_tokens is not None:
+        out["max_tokens"] = max_tokens
     if early:
-        out |= {"stream": True, "aligntime": {"stream_mode": "early"}}
+        out |= {"stream": True, "aligntime": {"n": 5, "stream_mode": "early"}}
     return out
 
 
@@ -129,11 +130,12 @@ def quality(texts: list[str], pairs: list[tuple[str, str]]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--max-tokens", type=int, default=None, help="default: the policy's")
+    parser.add_argument("--timeout", type=float, default=1800.0)
     args = parser.parse_args()
     texts = prompts(args.prompts)
     runs: list[dict[str, Any]] = []
+    errors: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         cmd = ["--policy", "default", "--audit-db", str(Path(tmp) / "audit.db")]
         proc, url = serve_subprocess([*cmd, "--timeout", str(args.timeout)], timeout=600)
@@ -142,8 +144,13 @@ def main() -> None:
                 # One request first, so model loading is in neither mode's figures.
                 whole(client, body("Hello.", 0, 8, early=False))
                 for i, prompt in enumerate(texts):
-                    w = whole(client, body(prompt, 1000 + i, args.max_tokens, early=False))
-                    e = early(client, body(prompt, 1000 + i, args.max_tokens, early=True))
+                    try:
+                        w = whole(client, body(prompt, 1000 + i, args.max_tokens, early=False))
+                        e = early(client, body(prompt, 1000 + i, args.max_tokens, early=True))
+                    except (httpx.HTTPError, RuntimeError) as exc:  # e.g. a 504 on a busy machine
+                        errors.append(f"{prompt[:40]}: {exc}")
+                        print(errors[-1], flush=True)
+                        continue
                     runs.append({"prompt": prompt[:60], "whole": w, "early": e})
                     print(json.dumps(runs[-1]), flush=True)
         finally:
@@ -154,6 +161,7 @@ def main() -> None:
         "n": 5,
         "max_tokens": args.max_tokens,
         "prompts": len(runs),
+        "errors": errors,
         "whole_latency_s_p50": statistics.median(r["whole"]["latency_s"] for r in runs),
         "early_ttft_s_p50": statistics.median(
             r["early"]["ttft_s"] for r in runs if r["early"]["ttft_s"] is not None

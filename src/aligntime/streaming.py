@@ -63,8 +63,9 @@ class EarlyStreamOptions:
 
     chunk_tokens: int = 16
     """Tokens written between two checks of the partial answers while selecting."""
-    keep: float = 0.5
-    """Share of the partial answers kept at each check (rounded up; one at least)."""
+    keep: float = 0.2
+    """Share of the partial answers kept at each check (rounded up; one at least). Each
+    check delays the first text, so the default keeps a fifth: at N = 5, one check."""
     window_tokens: int = 16
     """Tokens the output gate checks at once; no text goes out before its window passed."""
     threshold: float | None = None

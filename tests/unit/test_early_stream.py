@@ -15,6 +15,7 @@ import pytest
 from aligntime.aligner import Aligner, build
 from aligntime.generators.fake import FakeGenerator, FakeOptions
 from aligntime.policy.loader import parse_policy
+from aligntime.request import AlignRequest
 from aligntime.scorers.base import Scorer
 from aligntime.scorers.combine import Gate, ScorerWeighting, combine
 from aligntime.server import ServerOptions
@@ -26,7 +27,9 @@ from aligntime.server.metering import MeteredGenerator
 from aligntime.server.metrics import Metrics
 from aligntime.server.service import AlignmentService
 from aligntime.server.testing import LiveServer
-from aligntime.streaming import WindowGate
+from aligntime.strategies.adaptive import Adaptive, AdaptiveOptions
+from aligntime.strategies.early_rejection import EarlyRejection, EarlyRejectionOptions
+from aligntime.streaming import EarlyAnswer, EarlyStreamOptions, WindowGate
 from aligntime.types import Candidate, GenerationParams, Message
 
 MARK = "MARKER"
@@ -191,10 +194,10 @@ def test_a_clean_answer_streams_and_the_audit_row_is_what_was_sent(db: Path) -> 
     assert row["answer"] == sent and row["stream"] is True
     chosen = [c for c in row["candidates"] if c["chosen"]]
     assert len(chosen) == 1 and chosen[0]["text"] == sent
-    # The other two drafts were dropped unfinished while selecting: 3 -> 2 after 16
-    # words (keep half, rounded up), 2 -> 1 after 32.
+    # The other two drafts were dropped unfinished at the one check, after 16 words
+    # (keep a fifth, rounded up: 3 -> 1).
     dropped = [c for c in row["candidates"] if not c["chosen"]]
-    assert sorted(c["tokens"] for c in dropped) == [16, 32]
+    assert [c["tokens"] for c in dropped] == [16, 16]
     # Every window of the released answer was judged before it went out.
     assert (sent, True) in marker.verdicts
 
@@ -236,3 +239,49 @@ def test_the_input_gate_applies_first(db: Path) -> None:
     assert marker.verdicts == []
     (row,) = read_requests(db)
     assert row["answer"] == "I will not answer that."
+
+
+# --- selection ---------------------------------------------------------------------------
+
+SMALL = f"""
+name: small
+generator: {{backend: fake, responses: [{json.dumps(CLEAN)}], max_tokens: 100}}
+n: 4
+scorers:
+  - {{name: rules, kind: rules}}
+"""
+
+
+def _answer(options: EarlyStreamOptions) -> EarlyAnswer:
+    aligner = Aligner(parse_policy(SMALL))
+
+    async def run() -> EarlyAnswer:
+        early = EarlyAnswer(aligner, AlignRequest([Message("user", "Count.")]), options)
+        await early.select()
+        assert "".join([t async for t in early.texts()]) == CLEAN
+        return early
+
+    try:
+        return asyncio.run(run())
+    finally:
+        aligner.close()
+
+
+def test_selection_prunes_by_keep_or_stops_at_the_threshold() -> None:
+    # keep half: 4 -> 2 after 16 words, 2 -> 1 after 32.
+    pruned = _answer(EarlyStreamOptions(keep=0.5)).result
+    assert pruned is not None and pruned.best == 3
+    assert sorted(c.tokens for c in pruned.candidates[:3]) == [16, 16, 32]
+    assert {c.state for c in pruned.candidates[:3]} == {"rejected"}
+    # adaptive's rule: the first partial answer that reaches the threshold is the survivor.
+    early = _answer(EarlyStreamOptions(keep=0.5, threshold=0.0)).result
+    assert early is not None and [c.tokens for c in early.candidates[:3]] == [16, 16, 16]
+    assert early.candidates[3].text == CLEAN and early.candidates[3].passed
+
+
+def test_the_policy_strategy_sets_the_selection() -> None:
+    er = EarlyRejection(EarlyRejectionOptions(chunk_tokens=8, keep=0.25))
+    assert EarlyStreamOptions.for_strategy(er) == EarlyStreamOptions(chunk_tokens=8, keep=0.25)
+    adaptive = Adaptive(AdaptiveOptions(threshold=0.7))
+    assert EarlyStreamOptions.for_strategy(adaptive).threshold == 0.7
+    assert EarlyStreamOptions.for_strategy(adaptive, window_tokens=4).window_tokens == 4
