@@ -321,7 +321,7 @@ class EarlyAnswer:
                 self._rest = (ctx, survivor, pool, assessment)
         return self.result
 
-    async def texts(self) -> AsyncIterator[str]:
+    async def texts(self) -> AsyncGenerator[str, None]:
         """The answer's text as it is released, after :meth:`select`. An error while the
         rest streams ends the answer closed (``blocked``) and is logged: text is out."""
         if self._head:

@@ -15,6 +15,7 @@ stream with the ``audit_unavailable`` error event instead of that last chunk.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -46,9 +47,11 @@ async def events(service: AlignmentService, call: _Call, plan: Plan) -> AsyncIte
         return
     model = plan.served.policy.name
     if outcome.result is not None:
-        async for text in early.texts():
-            for piece in split_text(text):
-                yield _content(call, model, piece)
+        # Closed at once when the client leaves: the survivor's decoding stops with it.
+        async with contextlib.aclosing(early.texts()) as texts:
+            async for text in texts:
+                for piece in split_text(text):
+                    yield _content(call, model, piece)
         final = early.result or outcome.result
         outcome = replace(
             outcome, result=final, usage=final.usage, candidates_generated=len(final.candidates)
