@@ -62,6 +62,10 @@ class Plan:
     """Choices to return (OpenAI ``n``): the answer, then next-best eligible candidates."""
 
 
+_API_FIELDS = {"n": "best_of", "template": "aligntime.template"}
+"""Where a field of :class:`AlignRequest` comes from in a chat completion request."""
+
+
 def plan(
     req: ChatCompletionRequest,
     served: Mapping[str, Served],
@@ -97,8 +101,6 @@ def plan(
         request, response_format=request.params.response_format, tools=request.params.tools
     )
     policy = found.policy
-    if not any(m.role == "user" and m.content.strip() for m in request.messages):
-        raise bad_request("the conversation has no non-empty user message", param="messages")
     n = request.n or policy.n  # candidates sampled
     limit = min(policy.max_n, options.max_n)
     sampled_by = "aligntime.n" if ext and ext.n is not None else "best_of"
@@ -125,13 +127,12 @@ def plan(
             f"max_tokens must be at most {options.max_tokens}, got {max_tokens}",
             param="max_tokens",
         )
-    template = request.template
-    if template is not None and template not in policy.prompt.templates:
-        names = ", ".join(sorted(policy.prompt.templates)) or "none"
-        raise bad_request(
-            f"unknown template {template!r} for model {policy.name!r}; templates: {names}",
-            param="aligntime.template",
-        )
+    try:
+        # The request object's own checks (a user message that says something, n, the
+        # template ...), with the server's limits above already applied.
+        request.checked(policy)
+    except RequestError as exc:
+        raise bad_request(exc.message, param=_API_FIELDS.get(exc.field, exc.field)) from None
     aligner = found.aligner
     if ext and ext.strategy and ext.strategy != policy.strategy.kind:
         aligner = variant(found, ext.strategy)
