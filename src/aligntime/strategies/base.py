@@ -149,7 +149,10 @@ class SearchStrategy(Strategy):
             raise ConfigError(
                 f"strategy {self.name!r} needs a backend that continues partial answers, "
                 f"and {ctx.generator.name!r} does not",
-                hint="use the llamacpp, transformers or fake backend with this strategy",
+                hint=(
+                    "use the llamacpp, transformers or fake backend, or the openai backend "
+                    "against a server that continues answers (see its continuation option)"
+                ),
             )
         outcome = await self.search(ctx)
         ctx.candidates = outcome.candidates
