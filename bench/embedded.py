@@ -8,8 +8,16 @@ Figures, all measured in this one run:
   ``speedup_n5_over_n1`` is the headline ratio (1.0 means no gain from batching).
 - ``align``: one ``Aligner.align`` with the default policy (models already loaded),
   split into generate and score seconds, repeated and reported as medians.
+- ``prefix`` (first, on the fresh engine): prompt tokens llama.cpp evaluated per
+  ``align`` (generation and judge together, from each reply's ``timings.prompt_n``:
+  tokens not found in a slot's cache) for the first request and the later ones,
+  one at a time, then for a burst of 8 concurrent requests.
+- ``--compare-model NAME`` (e.g. ``smollm2-135m-instruct-q4_0``): the decode figures
+  for the policy's model and NAME, measured in turn within each repeat, and the
+  judge's pairwise accuracy on ``--pairs`` with each model as the judge, with a
+  paired bootstrap 95% interval of the difference.
 
-Usage: ``python bench/embedded.py [--repeats 3] [--max-tokens 256]``
+Usage: ``python bench/embedded.py [--repeats 3] [--max-tokens 256] [--compare-model NAME]``
 """
 
 from __future__ import annotations
@@ -18,12 +26,18 @@ import argparse
 import asyncio
 import json
 import platform
+import random
 import statistics
 import time
 from typing import Any
 
 from aligntime import Aligner
+from aligntime.evaluation.pairwise import load_pairs
+from aligntime.generators.base import Generator
+from aligntime.generators.llamacpp import LlamaCppGenerator
+from aligntime.scorers.judge import Judge, JudgeOptions, p_yes
 from aligntime.types import GenerationParams, Message
+from judge_prefix import Counted, credit
 
 PROMPTS = [
     "My child has a fever. What should I do?",
@@ -32,27 +46,44 @@ PROMPTS = [
 ]
 
 
-async def _throughput(aligner: Aligner, n: int, max_tokens: int, seed: int) -> tuple[int, float]:
+async def _throughput(
+    aligner: Aligner, n: int, max_tokens: int, seed: int, generator: Generator | None = None
+) -> tuple[int, float]:
     messages = aligner.prompt.apply([Message("user", PROMPTS[seed % len(PROMPTS)])])
     params = GenerationParams(max_tokens=max_tokens, seed=seed)
     t0 = time.perf_counter()
-    gen = await aligner.generator.generate(messages, n, params)
+    gen = await (generator or aligner.generator).generate(messages, n, params)
     return gen.usage.completion_tokens, time.perf_counter() - t0
 
 
-def decode_figures(aligner: Aligner, repeats: int, max_tokens: int) -> dict[str, Any]:
-    rows: dict[str, list[float]] = {"n1": [], "n5": [], "sequential5": []}
+def decode_figures(
+    aligner: Aligner, repeats: int, max_tokens: int, generators: dict[str, Generator] | None = None
+) -> dict[str, Any]:
+    """Decode throughput per generator; with several, each repeat measures them in turn."""
+    generators = generators or {"policy": aligner.generator}
+    rows: dict[str, dict[str, list[float]]] = {
+        g: {"n1": [], "n5": [], "sequential5": []} for g in generators
+    }
     for r in range(repeats):
-        toks, secs = asyncio.run(_throughput(aligner, 1, max_tokens, r))
-        rows["n1"].append(toks / secs)
-        toks, secs = asyncio.run(_throughput(aligner, 5, max_tokens, r))
-        rows["n5"].append(toks / secs)
-        total_toks, total_secs = 0, 0.0
-        for i in range(5):
-            toks, secs = asyncio.run(_throughput(aligner, 1, max_tokens, 100 * r + i))
-            total_toks += toks
-            total_secs += secs
-        rows["sequential5"].append(total_toks / total_secs)
+        for name, generator in generators.items():
+            row = rows[name]
+            toks, secs = asyncio.run(_throughput(aligner, 1, max_tokens, r, generator))
+            row["n1"].append(toks / secs)
+            toks, secs = asyncio.run(_throughput(aligner, 5, max_tokens, r, generator))
+            row["n5"].append(toks / secs)
+            total_toks, total_secs = 0, 0.0
+            for i in range(5):
+                toks, secs = asyncio.run(
+                    _throughput(aligner, 1, max_tokens, 100 * r + i, generator)
+                )
+                total_toks += toks
+                total_secs += secs
+            row["sequential5"].append(total_toks / total_secs)
+    out = {name: _decode_summary(row) for name, row in rows.items()}
+    return out["policy"] if list(out) == ["policy"] else out
+
+
+def _decode_summary(rows: dict[str, list[float]]) -> dict[str, Any]:
     med = {k: statistics.median(v) for k, v in rows.items()}
     return {
         "tokens_per_s_n1": round(med["n1"], 1),
@@ -80,26 +111,124 @@ def align_figures(aligner: Aligner, repeats: int, max_tokens: int) -> dict[str, 
     }
 
 
+BURST = [
+    "How do I clean a cast-iron pan?",
+    "What should I pack for a day hike?",
+    "How can I stop procrastinating?",
+    "What is a healthy breakfast?",
+    "How do I write a cover letter?",
+    "Why is the sky blue?",
+    "How do I keep basil alive indoors?",
+    "What are signs of dehydration?",
+]
+
+
+def prefix_figures(aligner: Aligner, max_tokens: int) -> dict[str, Any]:
+    """Prompt tokens llama.cpp evaluated per request: first, later ones, a concurrent burst."""
+    assert isinstance(aligner.generator, LlamaCppGenerator), "this section measures llama.cpp"
+    counted = Counted(aligner.generator)
+
+    def evaluated_during(work: Any) -> tuple[int, int]:
+        start = len(counted.rows)
+        work()
+        rows = counted.rows[start:]
+        return sum(int(t.get("prompt_n", 0)) for t in rows), len(rows)
+
+    sequential = []
+    for i, prompt in enumerate([*PROMPTS, "How do I fix a squeaky door?"]):
+        tokens, calls = evaluated_during(
+            lambda p=prompt, i=i: aligner.align(p, 2, max_tokens=max_tokens, seed=i)
+        )
+        sequential.append({"evaluated": tokens, "engine_calls": calls})
+
+    async def burst() -> None:
+        await asyncio.gather(
+            *(aligner.aalign(p, 2, max_tokens=max_tokens, seed=i) for i, p in enumerate(BURST))
+        )
+
+    burst_tokens, burst_calls = evaluated_during(lambda: aligner._background.run(burst()))
+    first = sequential[0]["evaluated"]
+    later = statistics.fmean(r["evaluated"] for r in sequential[1:])
+    return {
+        "n": 2,
+        "max_tokens": max_tokens,
+        "sequential": sequential,
+        "later_over_first": round(later / first, 3) if first else None,
+        "burst8_evaluated_per_request": round(burst_tokens / len(BURST), 1),
+        "burst8_engine_calls": burst_calls,
+    }
+
+
+def pairs_figures(models: dict[str, str], path: str) -> dict[str, Any]:
+    """The judge's pairwise accuracy with each model as the judge, pair by pair in turn."""
+    judges = {name: Judge(JudgeOptions(model=model)) for name, model in models.items()}
+    credits: dict[str, list[float]] = {name: [] for name in judges}
+
+    async def one(judge: Judge, prompt: str, answer: str) -> float:
+        top = await judge.generator.next_token_logprobs(
+            judge.prompt(prompt, answer), judge.options.top_k
+        )
+        return p_yes(top)
+
+    async def run() -> None:
+        for pair in load_pairs(path):
+            for name, judge in judges.items():
+                good = await one(judge, pair.prompt, pair.good)
+                bad = await one(judge, pair.prompt, pair.bad)
+                credits[name].append(credit(good, bad))
+
+    asyncio.run(run())
+    out: dict[str, Any] = {
+        name: round(statistics.fmean(values), 4) for name, values in credits.items()
+    }
+    a, b = (credits[name] for name in models)
+    diffs = [y - x for x, y in zip(a, b, strict=True)]
+    rng = random.Random(0)
+    boots = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(2000))
+    out["difference"] = round(statistics.fmean(diffs), 4)
+    out["difference_ci95"] = [round(boots[49], 4), round(boots[1949], 4)]
+    out["pairs"] = len(diffs)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", default="default")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--compare-model", help="a second GGUF model for the decode figures")
+    parser.add_argument("--pairs", default="tests/data/pairs.jsonl")
+    parser.add_argument("--skip", default="", help="comma-separated sections to leave out")
     args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
     t0 = time.perf_counter()
     aligner = Aligner.from_policy(args.policy)
     aligner.load()
     load_s = time.perf_counter() - t0
-    asyncio.run(_throughput(aligner, 1, 8, 0))  # warm-up
-    report = {
+    report: dict[str, Any] = {
         "machine": {"cpu_count": __import__("os").cpu_count(), "python": platform.python_version()},
         "policy": args.policy,
         "max_tokens": args.max_tokens,
         "repeats": args.repeats,
         "load_s": round(load_s, 3),
-        "decode": decode_figures(aligner, args.repeats, args.max_tokens),
-        "align": align_figures(aligner, args.repeats, args.max_tokens),
     }
+    if "prefix" not in skip:
+        report["prefix"] = prefix_figures(aligner, 32)
+    generators: dict[str, Generator] = {"policy": aligner.generator}
+    if args.compare_model:
+        assert isinstance(aligner.generator, LlamaCppGenerator)
+        options = aligner.generator.options.model_copy(update={"model": args.compare_model})
+        generators[args.compare_model] = LlamaCppGenerator(options)
+    for generator in generators.values():
+        asyncio.run(_throughput(aligner, 1, 8, 0, generator))  # warm-up
+    if "decode" not in skip:
+        report["decode"] = decode_figures(aligner, args.repeats, args.max_tokens, generators)
+    if "align" not in skip:
+        report["align"] = align_figures(aligner, args.repeats, args.max_tokens)
+    if args.compare_model and "pairs" not in skip:
+        assert isinstance(aligner.generator, LlamaCppGenerator)
+        models = {"policy": aligner.generator.options.model, "compare": args.compare_model}
+        report["judge_pairs_accuracy"] = pairs_figures(models, args.pairs)
     print(json.dumps(report, indent=2))
 
 
