@@ -267,3 +267,28 @@ def test_a_client_that_leaves_is_audited_as_499_and_its_work_cancelled(
     assert time.monotonic() - left < 1.5
     metrics = httpx.get(server.url + "/metrics").text
     assert "aligntime_requests_in_flight 0.0" in metrics
+
+
+def test_an_early_stream_gets_keepalive_comments_while_the_survivor_is_chosen(
+    live: tuple[LiveServer, Path],
+) -> None:
+    server, _ = live
+    payload = {
+        "model": "slow",
+        "messages": ASK,
+        "stream": True,
+        "aligntime": {"stream_mode": "early"},
+    }
+    arrivals: list[tuple[float, str]] = []
+    started = time.monotonic()
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=payload,
+                      timeout=30) as res:  # fmt: skip
+        for line in res.iter_lines():
+            if line:
+                arrivals.append((time.monotonic() - started, line))
+    data = [line for _, line in arrivals if line.startswith("data: ")]
+    assert data[-1] == "data: [DONE]" and "Rest" in "".join(data), arrivals
+    first_content = next(t for t, line in arrivals if "Rest" in line)
+    comments = [t for t, line in arrivals if line == ": keep-alive" and t < first_content]
+    # The fake backend takes 1.6 s for its first draft: the stream is not silent meanwhile.
+    assert len(comments) >= 2, arrivals

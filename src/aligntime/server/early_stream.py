@@ -15,6 +15,7 @@ stream with the ``audit_unavailable`` error event instead of that last chunk.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -24,7 +25,14 @@ from typing import TYPE_CHECKING
 from aligntime.server.errors import ApiError
 from aligntime.server.planning import Plan
 from aligntime.server.protocol import ChatCompletion, ChatCompletionChunk, ChunkChoice, Delta
-from aligntime.server.responses import answer_chunks, completion, error_events, event, split_text
+from aligntime.server.responses import (
+    answer_chunks,
+    completion,
+    error_events,
+    event,
+    keepalive,
+    split_text,
+)
 from aligntime.streaming import EarlyAnswer
 
 if TYPE_CHECKING:
@@ -39,8 +47,12 @@ NOTICE_SEPARATOR = "\n\n"
 async def events(service: AlignmentService, call: _Call, plan: Plan) -> AsyncIterator[bytes]:
     """The events after the role chunk: the answer as released, then the last chunk."""
     early = EarlyAnswer(plan.aligner, plan.request, deadline=call.deadline)
+    # Comment lines while the survivor is chosen, as on the whole-answer path.
+    work = asyncio.ensure_future(service.run(plan, call.ctx, call.deadline, work=early.select()))
     try:
-        outcome = await service.run(plan, call.ctx, call.deadline, work=early.select())
+        async for ping in keepalive(work, service.options.keepalive_s):
+            yield ping
+        outcome = work.result()
     except ApiError as exc:
         await service._audit_error(call, exc)
         yield error_events(exc)
