@@ -21,6 +21,7 @@ from aligntime.generators.base import Capabilities
 from aligntime.generators.fake import FakeGenerator
 from aligntime.policy.schema import Policy
 from aligntime.server import ServerOptions, app_from_policies
+from aligntime.server.audit import read_requests
 from aligntime.server.errors import ApiError
 from aligntime.server.planning import Served, plan
 from aligntime.server.protocol import ChatCompletionRequest
@@ -263,3 +264,30 @@ def test_no_answer_of_the_shape_is_the_fallback_with_content_filter(server: Live
             response_format=Person,
             extra_body={"aligntime": {"strategy": "best_of_n"}},
         )
+
+
+def test_a_tool_call_answer_is_audited_with_its_arguments(tmp_path: Path) -> None:
+    (tmp_path / "shaped.yaml").write_text(textwrap.dedent(POLICY))
+    db = tmp_path / "audit.db"
+    options = ServerOptions(audit_db=db, anonymous_rights={"candidates"})
+    app = app_from_policies([tmp_path / "shaped.yaml"], options)
+    with LiveServer(app) as live:
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="none")
+        done = client.chat.completions.create(
+            model="shaped",
+            messages=ASK,
+            tools=[WEATHER],
+            tool_choice="required",
+            extra_body={"aligntime": {"return_candidates": True}},
+        )
+    assert done.choices[0].finish_reason == "tool_calls"
+    shown = done.model_extra["aligntime"]["candidates"]  # type: ignore[index]
+    calling = [c for c in shown if c.get("tool_calls")]
+    assert calling and all(c["origin"] == "sampled" for c in shown)
+    assert json.loads(calling[0]["tool_calls"][0]["function"]["arguments"]) == {"city": "Oslo"}
+    (row,) = read_requests(db)
+    chosen = next(c for c in row["candidates"] if c["chosen"])
+    (call,) = chosen["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Oslo"}
+    assert chosen["origin"] == "sampled"

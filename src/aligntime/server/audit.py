@@ -42,7 +42,7 @@ from aligntime.server.text import storable_value
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The schema this aligntime writes; ``PRAGMA user_version`` of its databases."""
 
 # Version 0: the tables as first released (no version recorded).
@@ -96,6 +96,13 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         "ALTER TABLE requests ADD COLUMN input_action TEXT",
         "ALTER TABLE requests ADD COLUMN input_json TEXT",
+    ),
+    # 2 -> 3: where a candidate came from (sampled, or the input gate's offered
+    # refusal) and the tools it calls as JSON, so an answer that is a tool call is
+    # recorded with its arguments. NULL in rows written before.
+    2: (
+        "ALTER TABLE candidates ADD COLUMN origin TEXT",
+        "ALTER TABLE candidates ADD COLUMN tool_calls TEXT",
     ),
 }
 """Statements that bring a database from version ``key`` to ``key + 1``."""
@@ -164,8 +171,8 @@ class AuditRecord:
         request["input_json"] = _column("input_json", self.input)
         rid = self.request.id
         candidates = [
-            {"request_id": rid, "idx": i, **{k: _column(k, getattr(c, k)) for k in _CANDIDATE}}
-            for i, c in enumerate(self.candidates)
+            {"request_id": rid, "idx": i, **{k: _column(k, row.get(k)) for k in _CANDIDATE}}
+            for i, row in enumerate(c.model_dump() for c in self.candidates)
         ]
         return _Rows(request, candidates)
 
@@ -200,7 +207,7 @@ def _insert(table: str, columns: list[str]) -> str:
 _INSERT_REQUEST = _insert("requests", [*(f.name for f in fields(RequestRow)), "input_action",
                                        "input_json"])  # fmt: skip
 _CANDIDATE = ("text", "score", "scores", "passed", "gate_failures", "tokens", "finish_reason",
-              "chosen")  # fmt: skip
+              "chosen", "origin", "tool_calls")  # fmt: skip
 """The ``candidates`` columns that hold the candidate (the others place it)."""
 _INSERT_CANDIDATE = _insert("candidates", ["request_id", "idx", *_CANDIDATE])
 
@@ -538,6 +545,12 @@ def _read(conn: sqlite3.Connection, path: Path, last: int | None) -> list[dict[s
                 "gate_failures": _json(path, rid, "candidates.gate_failures", c["gate_failures"]),
                 "passed": bool(c["passed"]),
                 "chosen": bool(c["chosen"]),
+                # Written from schema 3 on (NULL before, absent from an older file read as is).
+                **(
+                    {"tool_calls": _json(path, rid, "candidates.tool_calls", c["tool_calls"])}
+                    if "tool_calls" in c.keys() and c["tool_calls"] is not None  # noqa: SIM118
+                    else {}
+                ),
             }
             for c in cands
         ]

@@ -281,9 +281,11 @@ class UsageOut(BaseModel):
     total_tokens: int
 
 
-class CandidateOut(BaseModel):
+class CandidateOut(_Wire):
     """One candidate with its scores (``return_candidates``, for a key with the
     ``candidates`` right)."""
+
+    _absent_when_none = frozenset({"tool_calls"})
 
     text: str | None
     """The candidate's text; ``null`` when withheld (``redacted``)."""
@@ -304,6 +306,12 @@ class CandidateOut(BaseModel):
     redacted: bool = False
     """The text failed a gate and is withheld: only a key with the ``audit`` right (and the
     audit log) sees it; the scores are sent all the same."""
+    origin: Literal["sampled", "refusal"] = "sampled"
+    """``refusal``: the input gate's refusal text, offered to a steered request as one
+    more candidate; ``sampled``: written by the generator."""
+    tool_calls: list[ToolCallOut] | None = None
+    """The tools this candidate calls (a request that offered ``tools``); absent when it
+    calls none, withheld with the text (``redacted``)."""
 
 
 class InputDecisionOut(BaseModel):

@@ -60,7 +60,7 @@ def candidate_out(candidate: Candidate, chosen: bool, *, redact: bool = True) ->
     """
     out = CandidateOut.model_validate({**candidate.to_record(), "chosen": chosen})
     if redact and not out.passed:
-        return out.model_copy(update={"text": None, "redacted": True})
+        return out.model_copy(update={"text": None, "tool_calls": None, "redacted": True})
     return out
 
 
