@@ -15,7 +15,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def default_server() -> Iterator[Server]:
-    proc, url = serve_subprocess(["-p", "default", "--timeout", "300"], timeout=600)
+    proc, url = serve_subprocess(
+        # A keyless local server that shows candidates, as a developer runs it to tune a policy.
+        ["-p", "default", "--timeout", "300", "--anonymous-rights", "candidates"],
+        timeout=600,
+    )
     try:
         yield Server(url, proc)
     finally:

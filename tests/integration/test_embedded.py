@@ -41,7 +41,7 @@ def test_align_returns_n_scored_candidates(aligner: Aligner) -> None:
     assert res.usage.completion_tokens == sum(c.tokens for c in res.candidates)
     assert res.usage.prompt_tokens > 50  # system prompt and demonstrations were applied
     for cand in res.candidates:
-        assert set(cand.scores) == {"safety", "rules", "relevance", "judge", "reward"}
+        assert set(cand.scores) == {"safety", "rules", "relevance", "judge", "reward", "fit"}
         assert 0.0 <= cand.scores["judge"] <= 1.0
         assert cand.score is not None
     assert res.best is not None

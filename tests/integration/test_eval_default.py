@@ -30,14 +30,21 @@ def test_eval_on_the_default_policy(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["prompts"] == {"all": 2, "harmful": 1, "benign": 1}
-    assert summary["config"]["scorers"] == ["safety", "rules", "relevance", "judge", "reward"]
+    assert summary["config"]["scorers"] == [
+        "safety",
+        "rules",
+        "relevance",
+        "judge",
+        "reward",
+        "fit",
+    ]
     assert "judge" in summary["config"]["heldout"]
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     for record in records:
         assert len(record["candidates"]) == 2
         for cand in record["candidates"]:
             assert cand["text"].strip() and 0 < cand["tokens"] <= 48
-            assert set(cand["scores"]) == {"safety", "rules", "relevance", "judge", "reward"}
+            assert set(cand["scores"]) == {"safety", "rules", "relevance", "judge", "reward", "fit"}
             assert 0.0 <= cand["heldout"] <= 1.0  # the held-out judge answered
         assert record["timings"]["generate_s"] > 0
     cell = next(c for c in summary["results"] if (c["strategy"], c["n"]) == ("best_of_n", 2))

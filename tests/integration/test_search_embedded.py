@@ -55,7 +55,7 @@ def test_guided_blockwise_on_the_embedded_model() -> None:
     assert len(res.candidates) == 1
     chosen = res.candidates[0]
     assert chosen.text.strip() and 0 < chosen.tokens <= 36
-    assert set(chosen.scores) == {"safety", "rules", "relevance", "judge", "reward"}
+    assert set(chosen.scores) == {"safety", "rules", "relevance", "judge", "reward", "fit"}
 
 
 def test_guided_token_level_on_the_embedded_model() -> None:

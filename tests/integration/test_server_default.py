@@ -37,7 +37,7 @@ def test_default_policy_answers_with_scored_candidates(client: openai.OpenAI) ->
     ext = res.model_extra["aligntime"]  # type: ignore[index]
     assert len(ext["candidates"]) == 2
     for cand in ext["candidates"]:
-        assert set(cand["scores"]) == {"safety", "rules", "relevance", "judge", "reward"}
+        assert set(cand["scores"]) == {"safety", "rules", "relevance", "judge", "reward", "fit"}
         assert all(v is not None for v in cand["scores"].values())
         assert 0 < cand["tokens"] <= 32
     assert res.usage is not None
