@@ -176,7 +176,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         proc.wait(timeout=30)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an asyncio event loop running
+# in the main thread while it is open, and every later test that calls asyncio.run()
+# would fail with "cannot be called from a running event loop".
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with playwright_api.sync_playwright() as pw:
         # --no-sandbox: the tests run as root on CI, where Chromium's sandbox refuses to start.

@@ -146,11 +146,16 @@ def test_serve_reads_its_flags_from_the_environment(
         assert [m["id"] for m in models["data"]] == ["fake-test"]
         reply = httpx.post(
             f"{url}/v1/chat/completions",
-            json={"model": "fake-test", "messages": [{"role": "user", "content": "hi"}], "n": 3},
+            json={
+                "model": "fake-test",
+                "messages": [{"role": "user", "content": "hi"}],
+                "best_of": 3,
+            },
             timeout=10,
         )
         assert reply.status_code == 400, reply.text  # ALIGNTIME_MAX_N=2 applies
-        assert reply.json()["error"]["param"] == "n"
+        # best_of is the number of candidates sampled (n is the choices returned).
+        assert reply.json()["error"]["param"] == "best_of"
     finally:
         proc.terminate()
         proc.wait(timeout=15)
