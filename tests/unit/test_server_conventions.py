@@ -64,6 +64,18 @@ def _post(server: LiveServer, **body: Any) -> httpx.Response:
     return httpx.post(server.url + "/v1/chat/completions", json=payload, timeout=30)
 
 
+def _stream_lines(server: LiveServer, payload: dict[str, Any]) -> list[tuple[float, str]]:
+    """Each non-empty line of a streamed completion, with the seconds it arrived after."""
+    arrivals: list[tuple[float, str]] = []
+    started = time.monotonic()
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=payload,
+                      timeout=30) as res:  # fmt: skip
+        for line in res.iter_lines():
+            if line:
+                arrivals.append((time.monotonic() - started, line))
+    return arrivals
+
+
 def _row(db: Path, rid: str, wait: float = 5.0) -> dict[str, Any] | None:
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
@@ -197,13 +209,7 @@ def test_a_slow_stream_gets_keepalive_comments_until_the_answer(
 ) -> None:
     server, _ = live
     payload = {"model": "slow", "messages": ASK, "stream": True}
-    arrivals: list[tuple[float, str]] = []
-    started = time.monotonic()
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json=payload,
-                      timeout=30) as res:  # fmt: skip
-        for line in res.iter_lines():
-            if line:
-                arrivals.append((time.monotonic() - started, line))
+    arrivals = _stream_lines(server, payload)
     comments = [t for t, line in arrivals if line == ": keep-alive"]
     data = [line for _, line in arrivals if line.startswith("data: ")]
     assert data[-1] == "data: [DONE]" and "Rest and drink water." in "".join(data)
@@ -279,13 +285,7 @@ def test_an_early_stream_gets_keepalive_comments_while_the_survivor_is_chosen(
         "stream": True,
         "aligntime": {"stream_mode": "early"},
     }
-    arrivals: list[tuple[float, str]] = []
-    started = time.monotonic()
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json=payload,
-                      timeout=30) as res:  # fmt: skip
-        for line in res.iter_lines():
-            if line:
-                arrivals.append((time.monotonic() - started, line))
+    arrivals = _stream_lines(server, payload)
     data = [line for _, line in arrivals if line.startswith("data: ")]
     assert data[-1] == "data: [DONE]" and "Rest" in "".join(data), arrivals
     first_content = next(t for t, line in arrivals if "Rest" in line)
