@@ -233,13 +233,41 @@ class Aligner:
         started = time.perf_counter()
         request = request.checked(self.policy)
         assessment = await self.assess(request.messages)
+        return await self.aalign_assessed(request, assessment, started=started)
+
+    align_request = _sync(aalign_request)
+
+    async def aalign_assessed(
+        self,
+        request: AlignRequest,
+        assessment: RequestAssessment | None,
+        *,
+        generator: Generator | None = None,
+        started: float | None = None,
+    ) -> Result:
+        """:meth:`aalign_request` after the input gate, for a request already checked.
+
+        ``assessment`` is the gate's verdict (``None``: the policy has no gate): a
+        refusal is answered at once; otherwise the strategy samples, scores and selects.
+        ``generator`` stands in for the policy's on this request only: the Ray batch
+        passes one that hands back candidates sampled on another actor, so selection
+        stays the aligner's own. ``started`` (a ``perf_counter`` time) dates the request.
+        """
+        started = time.perf_counter() if started is None else started
         if assessment is not None and assessment.action == "refuse":
             return self._refused(request.messages, assessment, started)
         ctx = self._context(request, assessment, started)
+        if generator is not None:
+            ctx.generator = generator
         decision = await self.strategy.run(ctx)
         return self._result(ctx, decision.best, self.strategy.name, assessment)
 
-    align_request = _sync(aalign_request)
+    def generator_messages(
+        self, request: AlignRequest, assessment: RequestAssessment | None
+    ) -> list[Message]:
+        """What the generator reads for a checked request: its conversation under the
+        policy's prompt (the steer prompt when the input gate steered it)."""
+        return self._prompt_for(assessment).apply(request.messages, request.template)
 
     async def asample(
         self,
@@ -319,7 +347,7 @@ class Aligner:
         n = request.n or self.policy.n
         return SearchContext(
             generator=self.generator,
-            prompt_messages=self._prompt_for(assessment).apply(request.messages, request.template),
+            prompt_messages=self.generator_messages(request, assessment),
             request=request,
             max_tokens=request.params.max_tokens or int(default_tokens),
             scorer=score,

@@ -184,3 +184,44 @@ fallback: "Sorry."
     for record in records:
         candidates = json.loads(record["candidates"])
         assert len(candidates) == 2 and all(c["tokens"] > 0 for c in candidates)
+
+
+def test_two_pools_give_every_row_once_and_the_choices_of_one_pool(
+    cluster: str, tmp_path: Path
+) -> None:
+    import ray as ray_mod
+
+    from aligntime.batch.ray_data import RayOptions, align_dataset
+    from aligntime.batch.runner import BatchOptions
+    from aligntime.policy.loader import load_policy
+
+    policy = tmp_path / "p.yaml"
+    policy.write_text(FAKE.replace("delay_s: 0.3", "delay_s: 0.05").replace(
+        "kind: rules}", "kind: rules, max_repetition: 0.3, gate: {min: 0.5}}"))  # fmt: skip
+    pol = load_policy(policy)
+    options = BatchOptions(seed=11, concurrency=2)
+    # Half a CPU per actor: both pools fit on the head alone, whatever workers are left.
+    one = RayOptions(actors=1, cpus_per_actor=0.5, batch_size=3)
+    two = RayOptions(generator_actors=1, scorer_actors=1, cpus_per_generator=0.5,
+                     cpus_per_scorer=0.5, batch_size=3)  # fmt: skip
+    items = [{"id": f"s{i}", "prompt": f"Question {i}?"} for i in range(14)]
+    ray_mod.init(address=cluster, log_to_driver=False)
+    try:
+        runs = [
+            align_dataset(ray_mod.data.from_items(items), pol, options=options, ray_options=o)
+            for o in (one, two)
+        ]
+        by_pool = [sorted(run.take_all(), key=lambda r: r["id"]) for run in runs]
+    finally:
+        ray_mod.shutdown()
+    for records in by_pool:
+        assert sorted(r["id"] for r in records) == sorted(i["id"] for i in items)  # once each
+    for a, b in zip(*by_pool, strict=True):
+        assert set(a) == set(b)
+        assert json.loads(b["messages"]) == [
+            {"role": "user", "content": f"Question {a['id'][1:]}?"}
+        ]
+        assert (a["text"], a["best"], a["fallback"]) == (b["text"], b["best"], b["fallback"])
+        texts = [[c["text"] for c in json.loads(r["candidates"])] for r in (a, b)]
+        assert texts[0] == texts[1] and len(texts[0]) == 2
+    assert {r["text"] for r in by_pool[1]} == {"A helpful answer here."}

@@ -1,9 +1,12 @@
-"""The batch on Ray Data: a pool of aligner actors over a ``ray.data.Dataset``.
+"""The batch on Ray Data: pools of actors over a ``ray.data.Dataset``.
 
 Each actor builds the policy's :class:`~aligntime.aligner.Aligner` once (its models
 loaded on the actor's node, GPUs reserved per actor where the cluster has them) and
-aligns the rows of each batch it is given, a bounded number at a time, with the same
-per-row code and records as the in-process batch. Ray's own readers and writers move
+works on the rows of each batch it is given, a bounded number at a time, with the same
+per-row code and records as the in-process batch. In one pool (:class:`AlignActor`)
+an actor aligns whole rows; in two (:class:`GenerateActor` then :class:`ScoreActor`,
+see :mod:`aligntime.batch.stages`) the generator and the scorers live in separate
+actors, each pool sized for its own models. Ray's own readers and writers move
 the data, so input and output can live on storage every node sees.
 
 Ray retries the work of an actor that dies (a node lost mid-run) on another, and a
@@ -14,34 +17,99 @@ once. Ray is the optional ``[ray]`` extra, imported only here.
 from __future__ import annotations
 
 import logging
+import math
+import pickle
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aligntime.batch.output import flat_record, read_records
 from aligntime.batch.records import NESTED
-from aligntime.batch.rows import is_parquet, parse_row, read_rows
+from aligntime.batch.rows import BatchRow, is_parquet, parse_row, read_rows
 from aligntime.batch.runner import BatchOptions, BatchSummary, align_row
+from aligntime.batch.stages import Sampled, decide_row, sample_row
 from aligntime.errors import InputError
 from aligntime.policy.schema import Policy
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+R = TypeVar("R")
+
 
 @dataclass(frozen=True)
 class RayOptions:
-    """Where and how wide the Ray run is."""
+    """Where and how wide the Ray run is.
+
+    One pool (the default): ``actors`` actors each hold a whole aligner. Two pools
+    (``generator_actors`` or ``scorer_actors`` given; the other then defaults to 1):
+    generator actors run the input gate and sample, scorer actors score and choose,
+    each pool sized and given CPUs and GPUs for its own models. Search strategies
+    (``early_rejection``, ``guided``) generate and score in turns, so they run on one pool.
+    """
 
     address: str | None = None
     """A cluster to join (``auto``, ``ray://host:10001``); None starts a local instance."""
     actors: int = 2
-    """Aligner actors in the pool."""
+    """Aligner actors in the one pool."""
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
-    """GPUs each actor reserves (its generator and scorers share them)."""
+    """GPUs each aligner actor reserves (its generator and scorers share them)."""
     batch_size: int = 8
     """Rows handed to an actor per call."""
+    generator_actors: int | None = None
+    """Two pools: actors holding the generator (and the input gate)."""
+    scorer_actors: int | None = None
+    """Two pools: actors holding the scorers."""
+    cpus_per_generator: float = 1.0
+    gpus_per_generator: float = 0.0
+    cpus_per_scorer: float = 1.0
+    gpus_per_scorer: float = 0.0
+
+    @property
+    def two_pools(self) -> bool:
+        """Whether generator and scorer actors are separate pools."""
+        return self.generator_actors is not None or self.scorer_actors is not None
+
+    def check(self, policy: Policy) -> None:
+        """Refuse pool sizes and resources that cannot run, naming the option."""
+        sizes = {"--batch-size": self.batch_size}
+        if self.two_pools:  # the pool not named has one actor
+            sizes["--generator-actors"] = _given(self.generator_actors, 1)
+            sizes["--scorer-actors"] = _given(self.scorer_actors, 1)
+        else:
+            sizes["--actors"] = self.actors
+        for name, value in sizes.items():
+            if value < 1:
+                raise InputError(f"{name} must be at least 1, got {value}")
+        amounts = {
+            "--cpus-per-actor": self.cpus_per_actor,
+            "--gpus-per-actor": self.gpus_per_actor,
+            "--cpus-per-generator": self.cpus_per_generator,
+            "--gpus-per-generator": self.gpus_per_generator,
+            "--cpus-per-scorer": self.cpus_per_scorer,
+            "--gpus-per-scorer": self.gpus_per_scorer,
+        }
+        for name, amount in amounts.items():
+            if not (amount >= 0 and math.isfinite(amount)):
+                raise InputError(f"{name} must be a number of at least 0, got {amount}")
+        if self.two_pools:
+            from aligntime.registry import resolve
+            from aligntime.strategies.base import SearchStrategy
+
+            kind = policy.strategy.kind
+            if issubclass(resolve("strategy", kind), SearchStrategy):
+                raise InputError(
+                    f"strategy {kind!r} generates and scores in turns, so it cannot run on "
+                    "separate generator and scorer actors",
+                    hint="use one pool (--actors) for this policy",
+                )
+
+
+def _given(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def require_ray() -> Any:
@@ -56,8 +124,9 @@ def require_ray() -> Any:
     return ray
 
 
-class AlignActor:
-    """One actor of the pool: an aligner built once, then batches of rows aligned."""
+class _Actor:
+    """An actor of a pool: an aligner built once, then batches of rows, a bounded
+    number of them at a time on the actor's own event loop."""
 
     def __init__(self, policy: Policy, options: BatchOptions) -> None:
         from aligntime.aligner import Aligner
@@ -65,23 +134,81 @@ class AlignActor:
 
         self.options = options
         self.aligner = Aligner.from_policy(policy)
-        self.aligner.load()
         self.loop = BackgroundLoop("aligntime-ray-actor")
+
+    def _each(self, call: Callable[[T], Awaitable[R]], items: list[T]) -> list[R]:
+        from aligntime.many import run_many
+
+        work = run_many(call, items, concurrency=self.options.concurrency, description="ray")
+        return self.loop.run(work)
+
+    @staticmethod
+    def _rows(batch: Any) -> list[BatchRow]:
+        return [parse_row(r, f"row id {r.get('id')!r}", 0) for r in batch.to_pylist()]
+
+    @staticmethod
+    def _table(records: list[dict[str, Any]]) -> Any:
+        import pyarrow as pa
+
+        return pa.Table.from_pylist([flat_record(r) for r in records])
+
+
+class AlignActor(_Actor):
+    """One actor of the one pool: the whole aligner."""
+
+    def __init__(self, policy: Policy, options: BatchOptions) -> None:
+        super().__init__(policy, options)
+        self.aligner.load()
+
+    def __call__(self, batch: Any) -> Any:
+        def one(row: BatchRow) -> Awaitable[dict[str, Any]]:
+            return align_row(self.aligner, row, self.options)
+
+        return self._table(self._each(one, self._rows(batch)))
+
+
+class GenerateActor(_Actor):
+    """An actor of the generator pool: the input gate and the generator, loaded."""
+
+    def __init__(self, policy: Policy, options: BatchOptions) -> None:
+        super().__init__(policy, options)
+        self.aligner.generator.load()
+        if self.aligner.gate is not None:
+            self.aligner.gate.load()
 
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
 
-        rows = [parse_row(r, f"row id {r.get('id')!r}", 0) for r in batch.to_pylist()]
-        records = self.loop.run(self._align(rows))
-        return pa.Table.from_pylist([flat_record(r) for r in records])
+        def one(row: BatchRow) -> Awaitable[Sampled]:
+            return sample_row(self.aligner, row, self.options.request(row.messages))
 
-    async def _align(self, rows: list[Any]) -> list[dict[str, Any]]:
-        from aligntime.many import run_many
+        sampled = self._each(one, self._rows(batch))
+        # Between our own two stages the row travels as a pickle: the same objects
+        # (the request, the gate's verdict, the candidates) arrive, with no codec to keep.
+        return pa.Table.from_pylist(
+            [{"id": s.row.id, SAMPLED: pickle.dumps(s)} for s in sampled],
+            schema=pa.schema([("id", pa.string()), (SAMPLED, pa.binary())]),
+        )
 
-        def one(row: Any) -> Any:
-            return align_row(self.aligner, row, self.options)
 
-        return await run_many(one, rows, concurrency=self.options.concurrency, description="ray")
+class ScoreActor(_Actor):
+    """An actor of the scorer pool: the scorers (and the gate's offered answers) loaded."""
+
+    def __init__(self, policy: Policy, options: BatchOptions) -> None:
+        super().__init__(policy, options)
+        self.aligner.load_scorers()
+
+    def __call__(self, batch: Any) -> Any:
+        items: list[Sampled] = [pickle.loads(b) for b in batch.column(SAMPLED).to_pylist()]
+
+        def one(sampled: Sampled) -> Awaitable[dict[str, Any]]:
+            return decide_row(self.aligner, sampled)
+
+        return self._table(self._each(one, items))
+
+
+SAMPLED = "sampled"
+"""The column that carries a row from the generator stage to the scorer stage."""
 
 
 def align_dataset(
@@ -94,25 +221,64 @@ def align_dataset(
     """A ``ray.data.Dataset`` of rows (``id`` and ``prompt`` or ``messages``) aligned.
 
     Returns a lazy dataset of output records (nested fields as JSON text, as in a
-    Parquet batch output); write it with Ray's writers or iterate it.
+    Parquet batch output); write it with Ray's writers or iterate it. With
+    ``ray_options.two_pools`` the generator and the scorers run in separate actor pools
+    (:mod:`aligntime.batch.stages`); the records are the same.
     """
     options = options or BatchOptions()
     ray_options = ray_options or RayOptions()
-    if ray_options.actors < 1:
-        raise InputError(f"--actors must be at least 1, got {ray_options.actors}")
-    return dataset.map_batches(
-        AlignActor,
-        fn_constructor_kwargs={"policy": policy, "options": options},
-        batch_size=ray_options.batch_size,
-        batch_format="pyarrow",
-        # at least one actor, up to --actors: a run goes on with fewer after a node is lost
-        concurrency=(1, ray_options.actors),
-        num_cpus=ray_options.cpus_per_actor,
-        num_gpus=ray_options.gpus_per_actor or None,
-        # an actor lost with its node is started again elsewhere and its batch retried
-        max_restarts=-1,
-        max_task_retries=-1,
+    ray_options.check(policy)
+    options.check(policy)
+    ray = require_ray()
+    b = ray_options.batch_size
+    dataset = _in_batches(dataset, b)
+    kwargs = {"policy": policy, "options": options}
+    if not ray_options.two_pools:
+        pool = _pool(
+            ray, ray_options.actors, ray_options.cpus_per_actor, ray_options.gpus_per_actor
+        )
+        return dataset.map_batches(AlignActor, fn_constructor_kwargs=kwargs, batch_size=b, **pool)
+    o = ray_options
+    generate = _pool(ray, _given(o.generator_actors, 1), o.cpus_per_generator, o.gpus_per_generator)
+    score = _pool(ray, _given(o.scorer_actors, 1), o.cpus_per_scorer, o.gpus_per_scorer)
+    sampled = dataset.map_batches(
+        GenerateActor, fn_constructor_kwargs=kwargs, batch_size=b, **generate
     )
+    return sampled.map_batches(ScoreActor, fn_constructor_kwargs=kwargs, batch_size=b, **score)
+
+
+def _in_batches(dataset: Any, rows: int) -> Any:
+    """The dataset cut into blocks of at most ``rows`` rows.
+
+    A small file is read as one block, and Ray Data hands a block to one actor whole:
+    uncut, one actor of the pool aligns every row while the others wait. The cut is a
+    streaming repartition, which Ray runs as tasks that reserve a CPU by default; on a
+    cluster whose CPUs the actors hold (a one-CPU node each) such a task would wait
+    forever, so it reserves none, like the reading and writing. ``repartition`` takes
+    no resource arguments, so they are set in its logical operator (Ray 2.60's field).
+    """
+    cut = dataset.repartition(target_num_rows_per_block=rows)
+    remote_args = getattr(getattr(getattr(cut, "_logical_plan", None), "dag", None),
+                          "ray_remote_args", None)  # fmt: skip
+    if isinstance(remote_args, dict):
+        remote_args["num_cpus"] = 0  # the operator's own dict (it is frozen, its dict is not)
+    else:  # another Ray: the cut still works where a CPU is free
+        log.warning("could not make the batch's repartition reserve no CPU on this Ray")
+    return cut
+
+
+def _pool(ray: Any, actors: int, cpus: float, gpus: float) -> dict[str, Any]:
+    """``map_batches`` arguments for a pool of up to ``actors`` actors."""
+    return {
+        "batch_format": "pyarrow",
+        # All start at once; a run goes on with as few as one after a node is lost.
+        "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
+        "num_cpus": cpus,
+        "num_gpus": gpus or None,
+        # an actor lost with its node is started again elsewhere and its batch retried
+        "max_restarts": -1,
+        "max_task_retries": -1,
+    }
 
 
 def run_on_ray(
@@ -131,8 +297,10 @@ def run_on_ray(
     from aligntime.policy.loader import load_policy
 
     ray = ray or RayOptions()
-    ray_mod = require_ray()
     pol = policy if isinstance(policy, Policy) else load_policy(policy)
+    ray.check(pol)  # bad sizes or settings fail here, before the cluster starts
+    (options or BatchOptions()).check(pol)
+    ray_mod = require_ray()
     rows = read_rows(input_path)  # malformed input fails here, before the cluster starts
     if any(row.numbered for row in rows):
         raise InputError(f"{input_path}: every row needs an 'id' on Ray (rows are spread)")
@@ -161,4 +329,12 @@ def run_on_ray(
     return summary
 
 
-__all__ = ["NESTED", "AlignActor", "RayOptions", "align_dataset", "run_on_ray"]
+__all__ = [
+    "NESTED",
+    "AlignActor",
+    "GenerateActor",
+    "RayOptions",
+    "ScoreActor",
+    "align_dataset",
+    "run_on_ray",
+]

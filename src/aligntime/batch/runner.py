@@ -14,13 +14,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aligntime.aligner import Aligner
 from aligntime.batch.output import RecordWriter
 from aligntime.batch.records import error_record, row_record
 from aligntime.batch.rows import BatchRow
 from aligntime.errors import InputError
+from aligntime.request import AlignRequest, RequestError
+from aligntime.types import GenerationParams, Message
+
+if TYPE_CHECKING:
+    from aligntime.policy.schema import Policy
 
 
 @dataclass
@@ -70,7 +75,12 @@ class BatchSummary:
 
 @dataclass(frozen=True)
 class BatchOptions:
-    """Per-request settings for every row (``None``: the policy's own)."""
+    """Settings for every row (``None``: the policy's own), and how many rows run at once.
+
+    The per-request settings become each row's :class:`~aligntime.request.AlignRequest`
+    (:meth:`request`), so a batch's requests are checked, and fail, exactly as
+    ``aligntime run``'s and the server's are.
+    """
 
     n: int | None = None
     max_tokens: int | None = None
@@ -80,18 +90,28 @@ class BatchOptions:
     concurrency: int = 4
     """Rows aligned at once (in one process, or in one Ray actor)."""
 
+    def request(self, messages: Sequence[Message]) -> AlignRequest:
+        """The request of one row: its conversation with these settings."""
+        params = GenerationParams(self.max_tokens, self.temperature, seed=self.seed)
+        return AlignRequest(list(messages), self.n, self.template, params)
+
+    def check(self, policy: Policy) -> None:
+        """Refuse, before any row or model, settings the policy cannot serve.
+
+        Raises :class:`~aligntime.request.RequestError` naming the setting, with the
+        aligner's own message (the one ``aligntime run`` gives).
+        """
+        if self.concurrency < 1:
+            raise RequestError(
+                "concurrency", f"concurrency must be at least 1, got {self.concurrency}"
+            )
+        self.request([Message("user", "a request")]).checked(policy)
+
 
 async def align_row(aligner: Aligner, row: BatchRow, options: BatchOptions) -> dict[str, Any]:
     """The output record of one row (an invalid request becomes an error record)."""
     try:
-        result = await aligner.aalign(
-            list(row.messages),
-            options.n,
-            template=options.template,
-            max_tokens=options.max_tokens,
-            temperature=options.temperature,
-            seed=options.seed,
-        )
+        result = await aligner.aalign_request(options.request(row.messages))
     except InputError as exc:
         return error_record(row.id, aligner.policy.name, row.messages, str(exc))
     return row_record(row.id, result)

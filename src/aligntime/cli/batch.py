@@ -38,52 +38,101 @@ def batch(
         "--ray-address",
         help="With --ray: the cluster to join (auto, ray://host:10001, host:6379).",
     ),
-    actors: int = typer.Option(2, "--actors", help="With --ray: aligner actors in the pool."),
-    cpus_per_actor: float = typer.Option(
-        1.0, "--cpus-per-actor", help="With --ray: CPUs each aligner actor reserves."
+    actors: int | None = typer.Option(
+        None, "--actors", help="With --ray: aligner actors in the one pool (default 2)."
     ),
-    gpus_per_actor: float = typer.Option(
-        0.0, "--gpus-per-actor", help="With --ray: GPUs each aligner actor reserves."
+    cpus_per_actor: float | None = typer.Option(
+        None, "--cpus-per-actor", help="With --ray: CPUs each aligner actor reserves (1)."
+    ),
+    gpus_per_actor: float | None = typer.Option(
+        None, "--gpus-per-actor", help="With --ray: GPUs each aligner actor reserves (0)."
+    ),
+    generator_actors: int | None = typer.Option(
+        None,
+        "--generator-actors",
+        help="With --ray: two pools; actors holding the generator and the input gate "
+        "(default 1 when --scorer-actors is given). Not for search strategies "
+        "(early_rejection, guided), which run on one pool.",
+    ),
+    scorer_actors: int | None = typer.Option(
+        None,
+        "--scorer-actors",
+        help="With --ray: two pools; actors holding the scorers "
+        "(default 1 when --generator-actors is given).",
+    ),
+    cpus_per_generator: float = typer.Option(
+        1.0, "--cpus-per-generator", help="With two pools: CPUs each generator actor reserves."
+    ),
+    gpus_per_generator: float = typer.Option(
+        0.0, "--gpus-per-generator", help="With two pools: GPUs each generator actor reserves."
+    ),
+    cpus_per_scorer: float = typer.Option(
+        1.0, "--cpus-per-scorer", help="With two pools: CPUs each scorer actor reserves."
+    ),
+    gpus_per_scorer: float = typer.Option(
+        0.0, "--gpus-per-scorer", help="With two pools: GPUs each scorer actor reserves."
     ),
     batch_size: int = typer.Option(8, "--batch-size", help="With --ray: rows per actor call."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
-    """Align every row of a data set; write the chosen answer and every candidate per row."""
+    """Align every row of a data set; write the chosen answer and every candidate per row.
+
+    With --ray, one pool of actors each holds a whole aligner (--actors); with
+    --generator-actors/--scorer-actors, generator and scorer actors are separate pools,
+    each sized and given CPUs and GPUs for its own models.
+    """
+    from aligntime.batch.runner import BatchOptions
     from aligntime.cli.run import check_temperature
     from aligntime.policy.loader import load_policy
+    from aligntime.request import RequestError
 
     check_temperature(temperature)
-    if concurrency < 1:
-        raise InputError(f"--concurrency must be at least 1, got {concurrency}")
     pol = load_policy(policy)
-    if n is not None and not 1 <= n <= pol.max_n:
-        raise InputError(f"n must be between 1 and {pol.max_n} for policy {pol.name!r}, got {n}")
-    from aligntime.batch.runner import BatchOptions
-
-    options = BatchOptions(
-        n=n,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        seed=seed,
-        template=template,
-        concurrency=concurrency,
-    )
-    if ray_address is not None and not ray:
-        raise InputError("--ray-address needs --ray")
+    options = BatchOptions(n, max_tokens, temperature, seed, template, concurrency)
+    try:  # the aligner's own check, as `aligntime run` makes it, before any model
+        options.check(pol)
+    except RequestError as exc:
+        if exc.field == "concurrency":
+            raise InputError("--" + exc.message, hint=exc.hint) from None
+        raise
+    one_pool = {"--actors": actors, "--cpus-per-actor": cpus_per_actor,
+                "--gpus-per-actor": gpus_per_actor}  # fmt: skip
+    two_pools = generator_actors is not None or scorer_actors is not None
+    if not ray:
+        given = [k for k, v in {"--ray-address": ray_address, **one_pool}.items() if v is not None]
+        if two_pools:
+            given.append(
+                "--generator-actors" if generator_actors is not None else "--scorer-actors"
+            )
+        if given:
+            raise InputError(f"{given[0]} needs --ray")
+    if two_pools and any(v is not None for v in one_pool.values()):
+        name = next(k for k, v in one_pool.items() if v is not None)
+        raise InputError(
+            f"{name} sizes the one pool; with --generator-actors/--scorer-actors use "
+            "--cpus-per-generator, --gpus-per-generator, --cpus-per-scorer, --gpus-per-scorer"
+        )
     if ray:
         from aligntime.batch.ray_data import RayOptions, run_on_ray
 
+        default = RayOptions()
         summary = run_on_ray(
-            policy,
+            pol,
             input_path,
             output,
             options=options,
             ray=RayOptions(
                 address=ray_address,
-                actors=actors,
-                cpus_per_actor=cpus_per_actor,
-                gpus_per_actor=gpus_per_actor,
+                actors=default.actors if actors is None else actors,
+                cpus_per_actor=default.cpus_per_actor if cpus_per_actor is None else cpus_per_actor,
+                gpus_per_actor=default.gpus_per_actor if gpus_per_actor is None else gpus_per_actor,
                 batch_size=batch_size,
+                generator_actors=generator_actors,
+                scorer_actors=scorer_actors,
+                cpus_per_generator=cpus_per_generator,
+                gpus_per_generator=gpus_per_generator,
+                cpus_per_scorer=cpus_per_scorer,
+                gpus_per_scorer=gpus_per_scorer,
             ),
         )
     else:
