@@ -173,3 +173,19 @@ def test_fallbacks_are_counted(tmp_path: Path) -> None:
 def test_read_rows_rejects_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="does not exist"):
         read_rows(tmp_path / "nope.jsonl")
+
+
+def test_records_with_unicode_line_separators_in_their_text_read_back(tmp_path: Path) -> None:
+    # JSON written with ensure_ascii=False keeps U+2028 and U+0085 raw; they are not
+    # line ends of a JSONL file (a random model's answer can hold them).
+    odd = "Rest\u2028and\x85fluids\u2029help."
+    path = tmp_path / "p.yaml"
+    escaped = "Rest\\u2028and\\x85fluids\\u2029help."  # YAML's escapes of the same text
+    path.write_text(f'name: odd\ngenerator: {{backend: fake, responses: ["{escaped}"]}}\nn: 1\n')
+    rows = read_rows(write_rows(tmp_path / "in.jsonl", 3))
+    out = tmp_path / "o.jsonl"
+    with Aligner.from_policy(path) as al:
+        run_batch(al, rows, out)
+        again = run_batch(al, rows, out)  # resumes: reads every record back
+    assert again.skipped == 3
+    assert [r["text"] for r in read_records(out)] == [odd] * 3

@@ -75,7 +75,9 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         return [_nested(row) for row in pq.read_table(path).to_pylist()]
     records = []
     text = path.read_text(encoding="utf-8")
-    for number, line in enumerate(text.splitlines(), 1):
+    # Only "\n" ends a record: str.splitlines would also cut at U+2028, U+0085 and the
+    # like, which JSON written with ensure_ascii=False keeps raw inside model text.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
