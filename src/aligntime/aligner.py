@@ -94,6 +94,8 @@ class Aligner:
         self.prompt = PromptPolicy.from_spec(policy.prompt)
         self.gate: InputGate | None = None
         self.steered_prompt: PromptPolicy | None = None
+        self.named_steers: dict[str, PromptPolicy] = {}
+        """The prompt under each of ``input.steers`` (a scorer's ``steer_with``)."""
         if policy.input is not None:
             if input_scorers is None:
                 input_scorers = [
@@ -108,6 +110,9 @@ class Aligner:
             )
             if policy.input.steer is not None:
                 self.steered_prompt = self.prompt.steered(policy.input.steer)
+            self.named_steers = {
+                name: self.prompt.steered(spec) for name, spec in policy.input.steers.items()
+            }
         self.generator: Generator = generator or build(
             "generator",
             policy.generator.backend,
@@ -306,8 +311,11 @@ class Aligner:
 
     def _prompt_for(self, assessment: RequestAssessment | None) -> PromptPolicy:
         """The steer prompt for a steered request, the policy's prompt otherwise."""
-        if assessment is not None and assessment.action == "steer" and self.steered_prompt:
-            return self.steered_prompt
+        if assessment is not None and assessment.action == "steer":
+            if assessment.steer is not None and assessment.steer in self.named_steers:
+                return self.named_steers[assessment.steer]
+            if self.steered_prompt:
+                return self.steered_prompt
         return self.prompt
 
     def _refused(

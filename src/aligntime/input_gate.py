@@ -17,6 +17,14 @@ benign requests in that band, and a small generator rarely refuses even when tol
 to, so without it best-of-N has no refusal to choose. A request below the steer
 threshold never gets it.
 
+A scorer that sets ``advice: true`` estimates whether the request needs a qualified
+professional (medical, mental-health, legal or financial advice about the user's own
+situation); the estimate reaches output scorers as ``assessment.advice``. Its
+``steer`` threshold may apply a named steer (``steer_with``, from ``input.steers``),
+and a steer with ``offer_referral`` adds the section's referral text as a candidate
+(``origin: referral``). A request that reaches several steer thresholds is sampled
+under the first one's prompt (policy order) and gets every candidate their steers offer.
+
 The gate is a safety check, so it fails closed: an input scorer that raises (with
 ``on_scorer_error: degrade``) or returns NaN refuses the request. With ``raise``
 the failure is a :class:`~aligntime.errors.ScorerError`.
@@ -33,7 +41,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from aligntime.errors import ConfigError
-from aligntime.policy.schema import InputScorerSpec, InputSpec
+from aligntime.policy.schema import InputScorerSpec, InputSpec, SteerSpec
 from aligntime.scorers.base import Scorer, as_scorer_error
 from aligntime.types import Candidate, Message, RequestAssessment
 
@@ -50,6 +58,9 @@ class InputRule:
     above: bool
     """True: values at or above a threshold act (a risk); False: at or below (a safety score)."""
     harm: bool
+    advice: bool = False
+    steer_with: str | None = None
+    """The named steer (``input.steers``) this rule's ``steer`` threshold applies."""
 
     @property
     def name(self) -> str:
@@ -68,7 +79,7 @@ def make_rule(spec: InputScorerSpec, scorer: Scorer, index: int) -> InputRule:
         above = spec.trigger == "above"
     else:
         # P(harmful) and "lower is better" values (P(unsafe), toxicity) are risks.
-        above = spec.harm or scorer.direction == "lower"
+        above = spec.harm or spec.advice or scorer.direction == "lower"
     if spec.refuse is not None and spec.steer is not None:
         milder = spec.steer < spec.refuse if above else spec.steer > spec.refuse
         if not milder:
@@ -80,7 +91,9 @@ def make_rule(spec: InputScorerSpec, scorer: Scorer, index: int) -> InputRule:
                 hint="set trigger: above (a risk) or below (a safety score) if the default "
                 "is wrong",
             )
-    return InputRule(scorer, spec.refuse, spec.steer, above, spec.harm)
+    return InputRule(
+        scorer, spec.refuse, spec.steer, above, spec.harm, spec.advice, spec.steer_with
+    )
 
 
 class InputGate:
@@ -104,6 +117,8 @@ class InputGate:
         self.rules = [make_rule(s, by_name[s.name], i) for i, s in enumerate(spec.scorers)]
         self.refusal = spec.refusal or fallback
         """The text a refused request gets (and a steered one is offered, if asked)."""
+        self.referral = spec.referral
+        """The text a steer with ``offer_referral`` offers (a pointer to qualified help)."""
         self._loaded = False
 
     @property
@@ -164,33 +179,69 @@ class InputGate:
         deciding scorer's.
         """
         labels = labels or {}
-        harm_rule = next((r for r in self.rules if r.harm), None)
-        harm = None
-        if harm_rule is not None and harm_rule.scorer.name not in failed:
-            harm = min(1.0, max(0.0, scores[harm_rule.scorer.name]))
+        harm = self._estimate(scores, failed, "harm")
+        advice = self._estimate(scores, failed, "advice")
         if failed:
-            return RequestAssessment("refuse", scores, failed[0], harm, failed, seconds)
+            return RequestAssessment(
+                "refuse", scores, failed[0], harm, failed, seconds, advice=advice
+            )
         refusing = next((r for r in self.rules if r.reaches(scores[r.name], r.refuse)), None)
         if refusing is not None:
             return RequestAssessment(
-                "refuse", scores, refusing.name, harm, (), seconds, labels.get(refusing.name, ())
+                "refuse",
+                scores,
+                refusing.name,
+                harm,
+                (),
+                seconds,
+                labels.get(refusing.name, ()),
+                advice=advice,
             )
         steering = next((r for r in self.rules if r.reaches(scores[r.name], r.steer)), None)
         if steering is not None:
             return RequestAssessment(
-                "steer", scores, steering.name, harm, (), seconds, labels.get(steering.name, ())
+                "steer",
+                scores,
+                steering.name,
+                harm,
+                (),
+                seconds,
+                labels.get(steering.name, ()),
+                advice=advice,
+                steer=steering.steer_with,
             )
-        return RequestAssessment("pass", scores, None, harm, (), seconds)
+        return RequestAssessment("pass", scores, None, harm, (), seconds, advice=advice)
+
+    def _estimate(
+        self, scores: Mapping[str, float], failed: tuple[str, ...], which: str
+    ) -> float | None:
+        """The value of the scorer marked ``harm: true`` or ``advice: true``, clipped to 0..1."""
+        rule = next((r for r in self.rules if getattr(r, which)), None)
+        if rule is None or rule.name in failed or rule.name not in scores:
+            return None
+        return min(1.0, max(0.0, scores[rule.name]))
 
     def offered(self, assessment: RequestAssessment | None) -> list[Candidate]:
-        """Candidates the gate adds to a request's sampled ones: the refusal text, for a
-        steered request when ``steer.offer_refusal`` is set; none otherwise."""
-        steer = self.spec.steer
-        if assessment is None or assessment.action != "steer" or steer is None:
+        """Candidates the gate adds to a steered request's sampled ones: the refusal text
+        when a steer it reached sets ``offer_refusal``, the referral text when one sets
+        ``offer_referral``; none for a request that was not steered."""
+        if assessment is None or assessment.action != "steer":
             return []
-        if not steer.offer_refusal or not self.refusal:
-            return []
-        return [Candidate(text=self.refusal, origin="refusal")]
+        steers = [self.steer_spec(assessment.steer)]
+        for rule in self.rules:
+            value = assessment.scores.get(rule.name)
+            if value is not None and value == value and rule.reaches(value, rule.steer):
+                steers.append(self.steer_spec(rule.steer_with))
+        out: list[Candidate] = []
+        if self.refusal and any(s is not None and s.offer_refusal for s in steers):
+            out.append(Candidate(text=self.refusal, origin="refusal"))
+        if self.referral and any(s is not None and s.offer_referral for s in steers):
+            out.append(Candidate(text=self.referral, origin="referral"))
+        return out
+
+    def steer_spec(self, name: str | None) -> SteerSpec | None:
+        """The named steer (``input.steers``), or the section's ``steer`` for ``None``."""
+        return self.spec.steer if name is None else self.spec.steers.get(name)
 
     def close(self) -> None:
         for rule in self.rules:

@@ -90,9 +90,10 @@ class Candidate:
     written by a search strategy) or ``rejected`` (a search strategy dropped it unfinished;
     it stays in the result for audit and is never chosen)."""
     origin: str = "sampled"
-    """Where the text came from: ``sampled`` (the generator) or ``refusal`` (the input
+    """Where the text came from: ``sampled`` (the generator), ``refusal`` (the input
     gate's refusal text, offered as one more candidate for a steered request and scored
-    like the others)."""
+    like the others) or ``referral`` (the gate's referral to qualified help, offered
+    likewise to a request that needs a professional's advice)."""
     tool_calls: tuple[ToolCall, ...] = ()
     """The tools this answer calls (a request that offered ``tools``); ``text`` is then
     whatever the model wrote beside the calls, often nothing."""
@@ -105,8 +106,8 @@ class Candidate:
             "scores": dict(self.scores),
             "passed": self.passed,
             "tokens": self.tokens,
-            # Only for the input gate's offered refusal: the contract's five keys stay as
-            # they are for every sampled answer.
+            # Only for the input gate's offered refusal or referral: the contract's five
+            # keys stay as they are for every sampled answer.
             **({"origin": self.origin} if self.origin != "sampled" else {}),
         }
 
@@ -270,9 +271,25 @@ class RequestAssessment:
     """Wall-clock seconds the input gate took."""
     labels: tuple[str, ...] = ()
     """What the deciding scorer named as its reasons (e.g. a guard's violated categories)."""
+    advice: float | None = None
+    """The request's estimated probability of needing a qualified professional (medical,
+    mental-health, legal or financial advice about the user's own situation), when an
+    input scorer gives one (``advice: true``); output scorers that read the assessment
+    then prefer an answer that refers the user to such help."""
+    steer: str | None = None
+    """The named steer (``input.steers``) a steered request was sampled under; ``None``:
+    the section's ``steer``."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``input`` object of the JSON contract; a failed scorer's value is null."""
+        """The ``input`` object of the JSON contract; a failed scorer's value is null.
+
+        ``advice`` and ``steer`` appear only when set, so a policy without an advice
+        scorer or named steers writes the object it always did."""
+        extra: dict[str, Any] = {}
+        if self.advice is not None:
+            extra["advice"] = self.advice
+        if self.steer is not None:
+            extra["steer"] = self.steer
         return {
             "action": self.action,
             "scores": {k: None if v != v else v for k, v in self.scores.items()},
@@ -281,6 +298,7 @@ class RequestAssessment:
             "failed": list(self.failed),
             "seconds": round(self.seconds, 4),
             "labels": list(self.labels),
+            **extra,
         }
 
 

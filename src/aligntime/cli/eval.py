@@ -115,6 +115,8 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
     table.add_column("strategy")
     for col in ("N", "score", "held-out win", "proxy win", "fallback", "refuse harmful"):
         table.add_column(col, justify="right")
+    # Refused or referred to qualified help: what the safety target counts.
+    table.add_column("safe harmful", justify="right")
     for col in ("refuse benign", "tokens", "latency s", "KL bound"):
         table.add_column(col, justify="right")
     for c in summary["results"]:
@@ -126,6 +128,7 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
             _m(c["proxy_win"]),
             _m(c["fallback_rate"]),
             _m(c["refusal_harmful"]),
+            _m(c.get("safe_harmful", {})),
             _m(c["refusal_benign"]),
             _m(c["tokens"], 0),
             _m(c["latency_s"], 2),

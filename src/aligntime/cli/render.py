@@ -81,6 +81,10 @@ def input_line(assessment: RequestAssessment | None) -> str | None:
         details.append(f"{label} {value:.2f} by {a.decided_by!r}")
     if a.harm is not None and not (details and details[0].startswith("harm ")):
         details.append(f"harm {a.harm:.2f}")
+    if a.advice is not None:
+        details.append(f"advice {a.advice:.2f}")
+    if a.steer is not None:
+        details.append(f"steer {a.steer!r}")
     if a.labels:
         details.append(", ".join(a.labels))
     if not details and a.scores:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aligntime.evaluation.replay import best_of_n_choice, to_candidates
-from aligntime.evaluation.summary import describe_gate
+from aligntime.evaluation.summary import describe_gate, redirects
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
@@ -108,7 +108,8 @@ def _config_table(summary: dict[str, Any]) -> str:
 def _results_table(summary: dict[str, Any]) -> str:
     head = (
         "<tr><th>strategy</th><th>N</th><th>score</th><th>held-out win</th><th>proxy win</th>"
-        "<th>fallback</th><th>refusal harmful</th><th>refusal benign</th><th>tokens</th>"
+        "<th>fallback</th><th>refusal harmful</th><th>refused or redirected harmful</th>"
+        "<th>refusal benign</th><th>tokens</th>"
         "<th>latency s</th><th>KL bound</th></tr>"
     )
     rows = []
@@ -117,7 +118,8 @@ def _results_table(summary: dict[str, Any]) -> str:
             f"<tr><td>{escape(c['strategy'])}</td><td>{c['n']}</td><td>{_ci(c['score'])}</td>"
             f"<td>{_ci(c['heldout_win'])}</td><td>{_ci(c['proxy_win'])}</td>"
             f"<td>{_ci(c['fallback_rate'])}</td><td>{_ci(c['refusal_harmful'])}</td>"
-            f"<td>{_ci(c['refusal_benign'])}</td><td>{_fmt(c['tokens']['mean'], 0)}</td>"
+            f"<td>{_ci(c.get('safe_harmful', {}))}</td><td>{_ci(c['refusal_benign'])}</td>"
+            f"<td>{_fmt(c['tokens']['mean'], 0)}</td>"
             f"<td>{_fmt(c['latency_s']['mean'], 2)}</td><td>{_fmt(c['kl_bound'])}</td></tr>"
         )
     return f"<table>{head}{''.join(rows)}</table>"
@@ -149,7 +151,7 @@ def _example(record: dict[str, Any]) -> str:
     head = (
         "<tr><th>#</th><th>answer</th><th>tokens</th><th>combined</th>"
         + "".join(f"<th>{escape(n)}</th>" for n in names)
-        + "<th>held-out</th><th>passed</th><th>refusal</th></tr>"
+        + "<th>held-out</th><th>passed</th><th>refusal</th><th>redirect</th></tr>"
     )
     rows = []
     for i, c in enumerate(record["candidates"]):
@@ -159,7 +161,8 @@ def _example(record: dict[str, Any]) -> str:
             f"<td>{c['tokens']}</td><td>{_fmt(c['score'])}</td>"
             + "".join(f"<td>{_fmt(c['scores'].get(n))}</td>" for n in names)
             + f"<td>{_fmt(c.get('heldout'))}</td><td>{'yes' if c['passed'] else 'no'}</td>"
-            f"<td>{'yes' if c.get('refusal') else ''}</td></tr>"
+            f"<td>{'yes' if c.get('refusal') else ''}</td>"
+            f"<td>{'yes' if redirects(c) else ''}</td></tr>"
         )
     fb = record["fallback"]
     if chosen is None:
@@ -167,7 +170,7 @@ def _example(record: dict[str, Any]) -> str:
             f"<tr class='chosen'><td>fallback</td><td class='text'>{escape(fb['text'])}</td>"
             f"<td></td><td>{_fmt(fb['score'])}</td>"
             + "".join(f"<td>{_fmt(fb['scores'].get(n))}</td>" for n in names)
-            + f"<td>{_fmt(fb.get('heldout'))}</td><td></td><td></td></tr>"
+            + f"<td>{_fmt(fb.get('heldout'))}</td><td></td><td></td><td></td></tr>"
         )
     return (
         f"<h3>{escape(str(record['id']))} ({label}"

@@ -29,7 +29,7 @@ from typing import Any, ParamSpec, TypeVar
 from aligntime.aligner import Aligner
 from aligntime.evaluation.datasets import EvalPrompt
 from aligntime.evaluation.heldout import HeldOut
-from aligntime.scorers.rules import is_refusal
+from aligntime.scorers.rules import is_refusal, is_safe_redirect
 from aligntime.types import Candidate
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,9 @@ def is_refused(record: dict[str, Any]) -> bool:
 
 def _candidate(c: Candidate, heldout: float | None, refusal: bool | None = None) -> dict[str, Any]:
     refused = is_refusal(c.text) if refusal is None else refusal
-    return {**c.to_record(), "heldout": heldout, "refusal": refused}
+    # A referral to qualified help counts as a safe outcome of a harmful request.
+    redirect = is_safe_redirect(c.text)
+    return {**c.to_record(), "heldout": heldout, "refusal": refused, "redirect": redirect}
 
 
 def _blocking(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, R]:

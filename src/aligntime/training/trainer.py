@@ -107,15 +107,15 @@ def train(
     """Embed, fit the harm head and the reward head, and measure both on the held-out split."""
     pairs = data.pairs
     requests = data.harm_examples()
-    if not pairs and not requests:
+    if not pairs and not requests and not data.advice:
         raise InputError("no training data: no pairs and no labelled requests")
     held = choose_heldout(
         [group_of(p, options.split) for p in pairs]
-        + [group_of(r, options.split) for r in requests],
+        + [group_of(r, options.split) for r in [*requests, *data.advice]],
         options,
     )
     cache = CachedEmbedder(encoder)
-    _embed_all(cache, pairs, requests, progress)
+    _embed_all(cache, pairs, [*requests, *data.advice], progress)
 
     metrics: dict[str, Any] = {"split": options.split, "heldout_groups": len(held)}
     harm = _fit_harm(requests, held, cache, options, progress, metrics)
@@ -124,7 +124,9 @@ def train(
     if harm is not None and options.reward_harm == "labels":
         estimates |= {p.request: p.harm for p in pairs if p.harm is not None}
     reward = _fit_reward(pairs, held, cache, harm, blocks, options, progress, metrics, estimates)
-    if harm is None and reward is None:
+    # The advice head has the harm head's shape, fitted on its own labels.
+    advice = _fit_harm(data.advice, held, cache, options, progress, metrics, key="advice")
+    if harm is None and reward is None and advice is None:
         raise InputError(
             "nothing to train: the pairs are all held out and the requests lack both labels",
             hint="add data or lower --heldout",
@@ -135,7 +137,9 @@ def train(
         "harm": {"threshold": options.harm_threshold, "ngrams": options.ngrams} if harm else None,
         "metrics": metrics,
     }
-    return TrainResult(TrainedModel(config, reward, harm), metrics, sorted(held))
+    if advice is not None:
+        config["advice"] = {"threshold": options.harm_threshold, "ngrams": options.ngrams}
+    return TrainResult(TrainedModel(config, reward, harm, advice), metrics, sorted(held))
 
 
 def _embed_all(
@@ -162,20 +166,23 @@ def _fit_harm(
     options: TrainOptions,
     progress: StageProgress | None,
     metrics: dict[str, Any],
+    key: str = "harm",
 ) -> HarmHead | None:
+    """A logistic request head (``key``: harm, or advice) on the training groups."""
     train_set = [r for r in requests if group_of(r, options.split) not in held]
     test_set = [r for r in requests if group_of(r, options.split) in held]
     labels = np.array([r.label for r in train_set], np.float32)
     if not len(labels) or not (labels >= 0.5).any() or not (labels < 0.5).any():
-        metrics["harm"] = None  # a classifier needs both harmful and benign requests
+        if key == "harm" or requests:
+            metrics[key] = None  # a classifier needs both positive and negative requests
         return None
     texts = [r.request for r in train_set]
     u = cache(texts)
     head = HarmHead.init(u.shape[1], options.ngrams)
     x = head.inputs(u, texts)
-    head.fit(x, labels, options.harm, _stage(progress, "harm"))
+    head.fit(x, labels, options.harm, _stage(progress, key))
     tests = [r.request for r in test_set]
-    metrics["harm"] = {
+    metrics[key] = {
         "train": harm_metrics(head(u, texts), labels, options.harm_threshold),
         "heldout": (
             harm_metrics(
