@@ -15,7 +15,14 @@ spend more CPU than the server on these 2 cores). Two workloads:
   latency, time to first token, errors, and audit rows against acknowledged
   responses.
 
-Usage: ``python bench/server.py [--only fake|default] [--fake-seconds S]``. Prints JSON.
+Old and new in one run: ``--baseline REV`` also serves the package as of git revision
+REV (unpacked with ``git archive``, imported through ``PYTHONPATH``) beside the working
+tree, both with the same ``--policy``; each level runs ``--rounds`` alternating turns
+(old-new, new-old, ...) so both sides see the same load on a shared machine, and
+``default_new_over_old`` gives the throughput and median-latency ratios per level.
+
+Usage: ``python bench/server.py [--only fake|default] [--fake-seconds S]
+[--baseline REV [--rounds R]] [--policy P] [--default-levels 1:3,8:8]``. Prints JSON.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from aligntime.server.testing import serve_subprocess
@@ -178,6 +185,11 @@ async def closed_loop(
         out["ttft_ms"] = _pcts(ttft)
         out["first_byte_ms"] = _pcts(sorted(r["ttfb"] for r in ok if r["ttfb"] is not None))
     out["_ids"] = [_response_id(r["body"], stream) for r in ok]
+    # Raw values (popped by merge's callers' output) so turns of one level can be pooled.
+    out["_client_latency_ms"] = [1000 * v for v in lat]
+    if stream:
+        out["_ttft_ms"] = [1000 * v for v in ttft]
+        out["_first_byte_ms"] = [1000 * r["ttfb"] for r in ok if r["ttfb"] is not None]
     return out
 
 
@@ -305,38 +317,134 @@ def server_stages(before: str, after: str, stages: tuple[str, ...]) -> dict[str,
     return out
 
 
+class Side(NamedTuple):
+    """One server under test: its address and audit log."""
+
+    host: str
+    port: int
+    db: Path
+
+
 async def bench_default(
-    host: str, port: int, db: Path, levels: list[tuple[int, int]]
+    sides: dict[str, Side], levels: list[tuple[int, int]], rounds: int = 1
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    """Each level on every side; with two sides (old and new), ``rounds`` alternating turns
+    (old-new, new-old, ...) per level, so both see the same machine load."""
     make = body_for("default", best_of=2, max_tokens=32, stream=True)  # 2 sampled
-    await closed_loop(host, port, make, 1, total=1, seconds=300, stream=True)  # warm-up
-    acked: list[str] = []
+    for side in sides.values():
+        await closed_loop(side.host, side.port, make, 1, total=1, seconds=300, stream=True)
+    out: dict[str, dict[str, Any]] = {name: {} for name in sides}
+    acked: dict[str, list[str]] = {name: [] for name in sides}
     for clients, total in levels:
-        before = await scrape(host, port)
-        run = await closed_loop(host, port, make, clients, total=total, seconds=1800, stream=True)
-        after = await scrape(host, port)
-        run["server"] = server_stages(before, after, ("generate", "score"))
-        acked += [i for i in run.pop("_ids") if i]
-        out[str(clients)] = run
-        progress(f"default, {clients} clients", run)
-    conn = sqlite3.connect(db)
-    stored = {r[0] for r in conn.execute("SELECT id FROM requests WHERE status = 200")}
-    out["audit"] = {
-        "acknowledged": len(acked),
-        "rows": len(stored),
-        "lost": len([i for i in acked if i not in stored]),
-    }
+        turns: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+        for r in range(rounds):
+            order = list(sides) if r % 2 == 0 else list(reversed(sides))
+            for name in order:
+                side = sides[name]
+                before = await scrape(side.host, side.port)
+                run = await closed_loop(
+                    side.host, side.port, make, clients, total=total, seconds=1800, stream=True
+                )
+                after = await scrape(side.host, side.port)
+                run["server"] = server_stages(before, after, ("generate", "score"))
+                acked[name] += [i for i in run.pop("_ids") if i]
+                turns[name].append(run)
+                progress(f"default ({name}), {clients} clients, turn {r + 1}", run)
+        for name, runs in turns.items():
+            out[name][str(clients)] = merge(runs)
+    for name, side in sides.items():
+        conn = sqlite3.connect(side.db)
+        stored = {r[0] for r in conn.execute("SELECT id FROM requests WHERE status = 200")}
+        out[name]["audit"] = {
+            "acknowledged": len(acked[name]),
+            "rows": len(stored),
+            "lost": len([i for i in acked[name] if i not in stored]),
+        }
     return out
+
+
+def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Turns of one level on one side as one run: summed requests and seconds, percentiles
+    over every request."""
+    if len(runs) == 1:
+        return runs[0]
+    ok = sum(r["requests"] - r["errors"] for r in runs)
+    wall = sum(r["seconds"] for r in runs)
+    merged: dict[str, Any] = {
+        "clients": runs[0]["clients"],
+        "requests": sum(r["requests"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "seconds": round(wall, 3),
+        "throughput_rps": round(ok / wall, 2) if wall else 0.0,
+    }
+    for key in ("client_latency_ms", "ttft_ms", "first_byte_ms"):
+        merged[key] = _pcts(sorted(v / 1000 for r in runs for v in r.get("_" + key, [])))
+    merged["turns"] = [
+        {"throughput_rps": r["throughput_rps"], "p50_ms": r["client_latency_ms"]["p50"]}
+        for r in runs
+    ]
+    return merged
+
+
+def ratios(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """New over old per level: throughput and median latency."""
+    out: dict[str, Any] = {}
+    for level, run in new.items():
+        base = old.get(level)
+        if level == "audit" or not base or not base["throughput_rps"]:
+            continue
+        p50, base_p50 = run["client_latency_ms"]["p50"], base["client_latency_ms"]["p50"]
+        out[level] = {
+            "throughput": round(run["throughput_rps"] / base["throughput_rps"], 3),
+            "p50_latency": round(p50 / base_p50, 3) if p50 and base_p50 else None,
+        }
+    return out
+
+
+def baseline_source(rev: str, into: Path) -> Path:
+    """The package's ``src`` folder at git revision ``rev``, unpacked under ``into``."""
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", "--format=tar", rev, "src"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into / "src"
+
+
+def start_side(args: list[str], db: Path, source: Path | None = None) -> tuple[Any, Side]:
+    """A server for the default run; ``source``: import the package from there (the old side)."""
+    saved = os.environ.get("PYTHONPATH")
+    if source is not None:
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), saved]))
+    try:
+        proc, host, port = start_server([*args, "--audit-db", str(db)])
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+    return proc, Side(host, port, db)
 
 
 def progress(label: str, figures: dict[str, Any]) -> None:
     """Each level's figures on stderr as soon as they exist (long runs can be cut short)."""
-    sys.stderr.write(f"{label}: {json.dumps(figures)}\n")
+    shown = {k: v for k, v in figures.items() if not k.startswith("_")}
+    sys.stderr.write(f"{label}: {json.dumps(shown)}\n")
     sys.stderr.flush()
 
 
-def main() -> None:
+def _strip(report: dict[str, Any]) -> None:
+    """Drop the raw per-request values kept for merging."""
+    for key in list(report):
+        if key.startswith("_"):
+            del report[key]
+        elif isinstance(report[key], dict):
+            _strip(report[key])
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["fake", "default"])
     parser.add_argument("--fake-seconds", type=float, default=8.0)
@@ -348,7 +456,17 @@ def main() -> None:
         default="1:3,8:8,64:64",
         help="clients:requests pairs for the default policy (default 1:3,8:8,64:64)",
     )
-    args = parser.parse_args()
+    parser.add_argument("--policy", default="default", help="policy of the default run")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also serve the package as of git revision REV (old) beside the working tree "
+        "(new), in alternating turns, and report new over old",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="alternating turns per level with --baseline"
+    )
+    args = parser.parse_args(argv)
     report: dict[str, Any] = {"cpu_count": os.cpu_count(), "python": sys.version.split()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "fake"):
@@ -361,20 +479,33 @@ def main() -> None:
                 proc.terminate()
                 proc.wait(timeout=30)
         if args.only in (None, "default"):
-            db = Path(tmp) / "audit.db"
-            proc, host, port = start_server(
-                ["--policy", "default", "--audit-db", str(db), "--timeout", str(args.timeout)]
-            )
+            levels = [
+                (int(c), int(r))
+                for c, r in (pair.split(":") for pair in args.default_levels.split(","))
+            ]
+            serve = ["--policy", args.policy, "--timeout", str(args.timeout)]
+            procs: list[Any] = []
+            sides: dict[str, Side] = {}
             try:
-                levels = [
-                    (int(c), int(r))
-                    for c, r in (pair.split(":") for pair in args.default_levels.split(","))
-                ]
-                report["default"] = asyncio.run(bench_default(host, port, db, levels))
+                if args.baseline:
+                    source = baseline_source(args.baseline, Path(tmp))
+                    proc, sides["old"] = start_side(serve, Path(tmp) / "old.db", source)
+                    procs.append(proc)
+                proc, sides["new"] = start_side(serve, Path(tmp) / "audit.db")
+                procs.append(proc)
+                rounds = args.rounds if args.baseline else 1
+                runs = asyncio.run(bench_default(sides, levels, rounds))
             finally:
-                proc.terminate()
-                proc.wait(timeout=60)
+                for proc in procs:
+                    proc.terminate()
+                    proc.wait(timeout=60)
+            report["default"] = runs["new"]
+            if args.baseline:
+                report["default_baseline"] = {"revision": args.baseline, **runs["old"]}
+                report["default_new_over_old"] = ratios(runs["new"], runs["old"])
+    _strip(report)
     print(json.dumps(report, indent=2))
+    return report
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ class LlamaCppOptions(SamplingOptions):
     context: int = Field(2048, ge=256, le=131072)
     """Context length of one sequence (prompt plus answer), in tokens."""
     threads: int | None = Field(None, ge=1)
-    """CPU threads for llama.cpp; default: every core."""
+    """CPU threads for llama.cpp; default: every core this process may use but one (see
+    :func:`default_threads`)."""
 
 
 class LlamaCppEngine:
@@ -64,7 +65,7 @@ class LlamaCppEngine:
         params.n_ctx = context * parallel
         # A unified KV cache lets the N children of one request share the prompt.
         params.kv_unified = True
-        n_threads = threads or os.cpu_count() or 1
+        n_threads = threads or default_threads()
         params.cpuparams.n_threads = n_threads
         params.cpuparams_batch.n_threads = n_threads
         params.verbosity = 3 if log.isEnabledFor(logging.DEBUG) else 0
@@ -119,6 +120,24 @@ class LlamaCppEngine:
             gate = self._probe_gates[loop] = asyncio.Semaphore(PROBE_CONCURRENCY)
         async with gate:
             return await asyncio.to_thread(self.chat, body)
+
+
+def default_threads() -> int:
+    """llama.cpp's thread count when none is set: the cores this process may use, less one.
+
+    llama.cpp's threads meet at a barrier after every operation of the graph and spin
+    there. When another thread takes one of their cores (the event loop, a scorer's
+    ONNX or scikit-learn work, another process), the rest spin until it is scheduled
+    again, so on 2 cores under a loaded server or a shared machine two threads ran the
+    default policy several times slower than one (``bench/server.py --baseline``).
+    Leaving one core to the rest of the process costs one core's share of a quiet
+    single request on small machines and nothing noticeable on large ones.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 _engines: dict[tuple[str, int, int, int | None], LlamaCppEngine] = {}

@@ -1,0 +1,76 @@
+"""bench/server.py's old-versus-new mode: turns pooled per level, ratios, the old source."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_server", ROOT / "bench" / "server.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def _turn(rps: float, seconds: float, latencies: list[float]) -> dict[str, object]:
+    return {
+        "clients": 2,
+        "requests": len(latencies),
+        "errors": 0,
+        "seconds": seconds,
+        "throughput_rps": rps,
+        "client_latency_ms": {"p50": latencies[len(latencies) // 2]},
+        "_client_latency_ms": latencies,
+    }
+
+
+def test_turns_of_a_level_are_pooled_and_compared() -> None:
+    bench = _bench()
+    old = bench.merge([_turn(1.0, 4.0, [100.0, 300.0]), _turn(0.5, 4.0, [500.0, 700.0])])
+    assert old["requests"] == 4 and old["seconds"] == 8.0
+    assert old["throughput_rps"] == 0.5  # 4 answered in 8 s, not the mean of the turns' rates
+    assert old["client_latency_ms"]["p50"] == 500.0
+    new = bench.merge([_turn(2.0, 2.0, [50.0, 150.0]), _turn(2.0, 2.0, [250.0, 350.0])])
+    ratio = bench.ratios({"2": new}, {"2": old, "audit": {}})
+    assert ratio == {"2": {"throughput": 2.0, "p50_latency": 0.5}}
+
+
+def test_the_old_side_is_the_package_source_at_a_revision(tmp_path: Path) -> None:
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    source = _bench().baseline_source("HEAD", tmp_path)
+    assert (source / "aligntime" / "__init__.py").is_file()
+
+
+FAKE_DEFAULT = """
+name: default
+generator: {backend: fake, responses: ["Boil the egg for seven minutes, then cool it."]}
+n: 2
+scorers:
+  - {name: rules, kind: rules}
+"""
+
+
+@pytest.mark.slow
+def test_old_and_new_servers_run_in_alternating_turns(tmp_path: Path) -> None:
+    policy = tmp_path / "default.yaml"
+    policy.write_text(FAKE_DEFAULT)
+    levels = ["--default-levels", "1:2,2:4", "--rounds", "2"]
+    report = _bench().main(
+        ["--only", "default", "--policy", str(policy), "--baseline", "HEAD", *levels]
+    )
+    for side in ("default", "default_baseline"):
+        assert report[side]["2"]["requests"] == 8  # two turns of four
+        assert report[side]["2"]["errors"] == 0
+        assert len(report[side]["2"]["turns"]) == 2
+        assert report[side]["audit"]["lost"] == 0
+    assert set(report["default_new_over_old"]) == {"1", "2"}
+    assert not any(key.startswith("_") for key in report["default"]["2"])
