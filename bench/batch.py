@@ -3,11 +3,17 @@
 One run, one input: a tiny randomly initialised Llama-shaped model on the
 ``transformers`` backend (one torch thread per process, so each row's cost is CPU
 work), aligned in this process, then on a loopback Ray cluster with 1, then 2,
-worker nodes of one CPU each (one aligner actor per worker; the head's one CPU runs
-Ray Data's read and write tasks, and can hold an actor too). Model loading is
+worker nodes of one CPU each, one aligner actor per worker. The head node offers no
+CPU, so no actor lands there and "N workers" means N actors; Ray Data's reading,
+cutting into blocks and writing reserve no CPU and run there. Model loading is
 outside the timed part in-process; on Ray the timed part is the whole job (actors
-start and load their model inside it), so a larger
-``--rows`` makes the comparison fairer. Prints one JSON object.
+start and load their model inside it, a few seconds), so a larger ``--rows`` makes
+the comparison fairer. ``*_rows_per_s`` is the command's own summary (rows aligned
+per second); ``wall_*`` ratios compare whole commands, start-up and loading
+included. ``*_load_1min`` is the load average before each part, since the parts run
+one after another. Prints one JSON object; ``cpus`` is how many cores this machine
+has, since 2 workers cannot beat 1 by more than the cores left beside Ray's own
+processes.
 
     python bench/batch.py [--rows 48] [--max-tokens 48]
 """
@@ -54,14 +60,18 @@ fallback: "Sorry."
 
 
 def run_cli(args: list[str]) -> dict[str, float]:
+    """The command's summary, plus ``wall_s``: the whole command (start-up and model
+    loading included, on both sides) as a user waits for it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "aligntime", "batch", *args, "--json"],
         capture_output=True, text=True, env=env, timeout=1800,
     )  # fmt: skip
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+    summary = dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return {**summary, "wall_s": round(time.perf_counter() - started, 3)}
 
 
 def main() -> None:
@@ -85,11 +95,20 @@ def main() -> None:
         )
     )
     common = ["-i", str(rows), "-p", str(policy), "-c", "1"]
-    figures: dict[str, object] = {"rows": args.rows, "max_tokens": args.max_tokens}
+    figures: dict[str, object] = {
+        "rows": args.rows,
+        "max_tokens": args.max_tokens,
+        "cpus": os.cpu_count(),
+    }
+    # The load average before each part: the three parts run one after another, so a
+    # machine that other work fills meanwhile skews the ratios (read them with it).
+    figures["one_process_load_1min"] = round(os.getloadavg()[0], 2)
     one = run_cli([*common, "-o", str(work / "one.jsonl")])
     figures["one_process_rows_per_s"] = one["rows_per_s"]
+    figures["one_process_seconds"] = one["seconds"]
+    figures["one_process_wall_s"] = one["wall_s"]
     port = free_port()
-    ray_cmd("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
+    ray_cmd("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=0",
             "--include-dashboard=false", "--object-store-memory=100000000")  # fmt: skip
     try:
         for workers in (1, 2):
@@ -98,15 +117,23 @@ def main() -> None:
             time.sleep(2)
             out = work / f"ray{workers}"
             address = f"127.0.0.1:{port}"
+            figures[f"ray_{workers}_workers_load_1min"] = round(os.getloadavg()[0], 2)
             result = run_cli([*common, "-o", str(out), "--ray", "--ray-address", address,
                               "--actors", str(workers), "--batch-size", "4"])  # fmt: skip
             figures[f"ray_{workers}_workers_rows_per_s"] = result["rows_per_s"]
+            figures[f"ray_{workers}_workers_seconds"] = result["seconds"]
+            figures[f"ray_{workers}_workers_wall_s"] = result["wall_s"]
     finally:
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
     r1 = float(figures["ray_1_workers_rows_per_s"])  # type: ignore[arg-type]
     r2 = float(figures["ray_2_workers_rows_per_s"])  # type: ignore[arg-type]
     figures["ray_1_vs_one_process"] = round(r1 / float(one["rows_per_s"]), 3)
     figures["ray_2_vs_1_workers"] = round(r2 / r1, 3) if r1 else None
+    # The same ratios on whole-command time (rows are equal, so a ratio of times).
+    parts = ("one_process", "ray_1_workers", "ray_2_workers")
+    wall = {k: float(str(figures[f"{k}_wall_s"])) for k in parts}
+    figures["wall_ray_1_vs_one_process"] = round(wall["one_process"] / wall["ray_1_workers"], 3)
+    figures["wall_ray_2_vs_1_workers"] = round(wall["ray_1_workers"] / wall["ray_2_workers"], 3)
     print(json.dumps(figures))
 
 

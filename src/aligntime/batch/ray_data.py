@@ -21,7 +21,7 @@ import math
 import pickle
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,6 +59,10 @@ class RayOptions:
     """GPUs each aligner actor reserves (its generator and scorers share them)."""
     batch_size: int = 8
     """Rows handed to an actor per call."""
+    rows_per_block: int | None = None
+    """Rows per block of the dataset the actors share out (a block goes to one actor
+    whole). ``None``: four batches; ``run_on_ray`` sizes it from the row count so that
+    each actor gets about four blocks."""
     generator_actors: int | None = None
     """Two pools: actors holding the generator (and the input gate)."""
     scorer_actors: int | None = None
@@ -75,7 +79,7 @@ class RayOptions:
 
     def check(self, policy: Policy) -> None:
         """Refuse pool sizes and resources that cannot run, naming the option."""
-        sizes = {"--batch-size": self.batch_size}
+        sizes = {"--batch-size": self.batch_size, "rows_per_block": _given(self.rows_per_block, 1)}
         if self.two_pools:  # the pool not named has one actor
             sizes["--generator-actors"] = _given(self.generator_actors, 1)
             sizes["--scorer-actors"] = _given(self.scorer_actors, 1)
@@ -231,7 +235,7 @@ def align_dataset(
     options.check(policy)
     ray = require_ray()
     b = ray_options.batch_size
-    dataset = _in_batches(dataset, b)
+    dataset = _in_blocks(dataset, ray_options.rows_per_block or 4 * b)
     kwargs = {"policy": policy, "options": options}
     if not ray_options.two_pools:
         pool = _pool(
@@ -247,15 +251,17 @@ def align_dataset(
     return sampled.map_batches(ScoreActor, fn_constructor_kwargs=kwargs, batch_size=b, **score)
 
 
-def _in_batches(dataset: Any, rows: int) -> Any:
+def _in_blocks(dataset: Any, rows: int) -> Any:
     """The dataset cut into blocks of at most ``rows`` rows.
 
-    A small file is read as one block, and Ray Data hands a block to one actor whole:
-    uncut, one actor of the pool aligns every row while the others wait. The cut is a
-    streaming repartition, which Ray runs as tasks that reserve a CPU by default; on a
-    cluster whose CPUs the actors hold (a one-CPU node each) such a task would wait
-    forever, so it reserves none, like the reading and writing. ``repartition`` takes
-    no resource arguments, so they are set in its logical operator (Ray 2.60's field).
+    Ray Data reads a file as a couple of blocks whatever its length, and hands a block
+    to one actor whole: the first actor ready can take every block and align every row
+    while the others start up for nothing (why 2 workers were slower than 1). The
+    cut is a streaming repartition, which Ray runs as tasks that reserve a CPU by
+    default; on a cluster whose CPUs the actors hold (a one-CPU node each) such a task
+    would wait forever, so it reserves none, like the reading and writing.
+    ``repartition`` takes no resource arguments, so they are set in its logical
+    operator (Ray 2.60's field).
     """
     cut = dataset.repartition(target_num_rows_per_block=rows)
     remote_args = getattr(getattr(getattr(cut, "_logical_plan", None), "dag", None),
@@ -302,6 +308,10 @@ def run_on_ray(
     (options or BatchOptions()).check(pol)
     ray_mod = require_ray()
     rows = read_rows(input_path)  # malformed input fails here, before the cluster starts
+    if ray.rows_per_block is None:  # about four blocks an actor: shared out evenly, few files
+        pools = (_given(ray.generator_actors, 1), _given(ray.scorer_actors, 1))
+        most = max(pools) if ray.two_pools else ray.actors
+        ray = replace(ray, rows_per_block=max(ray.batch_size, math.ceil(len(rows) / (4 * most))))
     if any(row.numbered for row in rows):
         raise InputError(f"{input_path}: every row needs an 'id' on Ray (rows are spread)")
     if output.exists() and any(output.iterdir() if output.is_dir() else [output]):
