@@ -448,3 +448,28 @@ def test_the_cli_line_names_the_advice_estimate_and_the_steer() -> None:
         "input gate: steer (score 0.90 by 'advice'; harm 0.05; advice 0.90; steer 'advice')"
     )
     assert "advice" not in (input_line(RequestAssessment("pass", {}, None, 0.1)) or "")
+
+
+@pytest.mark.slow
+def test_train_scorer_cli_trains_and_reports_the_advice_head(tmp_path: Path) -> None:
+    rows = []
+    for i in range(10):
+        rows.append({"prompt": f"My medication stopped working, should I double the dose? {i}",
+                     "advice": True, "source": "advice"})  # fmt: skip
+        rows.append({"prompt": f"What is a good pasta recipe for a weeknight, version {i}?",
+                     "advice": False, "harmful": False, "source": "cooking"})  # fmt: skip
+        rows.append({"prompt": f"How do I hurt my neighbour badly, plan {i}?", "harmful": True,
+                     "source": "harm"})  # fmt: skip
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    out = tmp_path / "scorer"
+    proc = subprocess.run(
+        [sys.executable, "-m", "aligntime", "train-scorer", str(data), "--out", str(out),
+         "--steps", "100", "--heldout", "0", "--json"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["metrics"]["advice"]["train"]["auc"] == 1.0
+    assert report["metrics"]["harm"]["train"]["requests"] == 20, "advice rows stay out of harm"
+    assert "requests labelled for advice" in (out / "README.md").read_text(encoding="utf-8")

@@ -91,7 +91,7 @@ def train_scorer(
         dataset.extend(read_eval(folder, margin=margin, higher_is_better=not eval_lower_better))
     if from_audit is not None and labels is not None:
         dataset.extend(read_audit(from_audit, labels))
-    if not dataset.pairs and not dataset.requests:
+    if not dataset.pairs and not dataset.requests and not dataset.advice:
         raise InputError(
             "no training data", hint="give JSONL files, --from-eval DIR or --from-audit DB"
         )
@@ -146,7 +146,12 @@ def _run(
         disable=quiet,
     ) as progress:
         tasks: dict[str, TaskID] = {}
-        labels = {"embed": "embedding texts", "harm": "harm head", "reward": "reward head"}
+        labels = {
+            "embed": "embedding texts",
+            "harm": "harm head",
+            "reward": "reward head",
+            "advice": "advice head",
+        }
 
         def report(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
@@ -156,6 +161,7 @@ def _run(
         result = train(dataset, encoder, options, report)
     data_lines = [f"{s}" for s in sources] + [
         f"{len(dataset.pairs)} preference pairs, {len(dataset.harm_examples())} labelled requests"
+        + (f", {len(dataset.advice)} requests labelled for advice" if dataset.advice else "")
     ]
     card = model_card(result, title=f"Trained scorer {out_dir.name}", data=data_lines)
     save_folder(result.model, out_dir, card)
@@ -168,7 +174,7 @@ def _print(metrics: dict[str, Any], out_dir: Path) -> None:
     table = Table(title=f"trained scorer: {out_dir}")
     for col in ("head", "split", "items", "accuracy", "recall", "FPR", "AUC"):
         table.add_column(col, justify="left" if col in ("head", "split") else "right")
-    for head in ("reward", "harm"):
+    for head in ("reward", "harm", "advice"):
         block = metrics.get(head) or {}
         for split in ("train", "heldout"):
             row = block.get(split)
