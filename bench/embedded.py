@@ -12,6 +12,12 @@ Figures, all measured in this one run:
   ``align`` (generation and judge together, from each reply's ``timings.prompt_n``:
   tokens not found in a slot's cache) for the first request and the later ones,
   one at a time, then for a burst of 8 concurrent requests.
+- ``load`` (``--load-clients C``, off by default): where a request's time goes under
+  load, with the scorers batched across requests as the server batches them: C
+  clients each aligning their next request as soon as the last is answered (n = 2,
+  32 tokens), and per request llama.cpp's own figures split into generation and judge
+  probes (prompt tokens evaluated and reused, decode tokens, the engine's milliseconds)
+  and the seconds each scorer took (wall, overlapping).
 - ``--compare-model NAME`` (e.g. ``smollm2-135m-instruct-q4_0``): the decode figures
   for the policy's model and NAME, measured in turn within each repeat, and the
   judge's pairwise accuracy on ``--pairs`` with each model as the judge, with a
@@ -159,6 +165,86 @@ def prefix_figures(aligner: Aligner, max_tokens: int) -> dict[str, Any]:
     }
 
 
+def load_figures(policy: str, clients: int, requests: int, max_tokens: int) -> dict[str, Any]:
+    """C concurrent clients on one aligner whose scorers batch across requests."""
+    from aligntime.server.batching import BatchingScorer
+
+    base = Aligner.from_policy(policy)
+    seconds: dict[str, float] = {}
+
+    def timed(scorer: BatchingScorer) -> BatchingScorer:
+        call = scorer.score_details
+
+        async def score_details(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return await call(*args, **kwargs)
+            finally:
+                seconds[scorer.name] = seconds.get(scorer.name, 0.0) + time.perf_counter() - t0
+
+        scorer.score_details = score_details  # type: ignore[method-assign]
+        return scorer
+
+    scorers = [timed(BatchingScorer(s)) for s in base.scorers]
+    aligner = Aligner(base.policy, generator=base.generator, scorers=scorers)
+    aligner.load()
+    assert isinstance(aligner.generator, LlamaCppGenerator), "this section measures llama.cpp"
+    counted = Counted(aligner.generator)
+    latencies: list[float] = []
+
+    async def run() -> float:
+        await aligner.aalign(BURST[0], 2, max_tokens=max_tokens, seed=0)  # warm-up
+        counted.rows.clear()
+        seconds.clear()
+        issued = 0
+
+        async def client(c: int) -> None:
+            nonlocal issued
+            while issued < requests:
+                i = issued
+                issued += 1
+                t0 = time.perf_counter()
+                prompt = f"{BURST[i % len(BURST)]} (client {c}, request {i})"
+                await aligner.aalign(prompt, 2, max_tokens=max_tokens, seed=i)
+                latencies.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(c) for c in range(clients)))
+        return time.perf_counter() - t0
+
+    wall = aligner._background.run(run())
+    aligner.close()
+
+    def per_request(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        total = {
+            k: sum(float(r.get(k, 0)) for r in rows)
+            for k in ("prompt_n", "cache_n", "predicted_n", "prompt_ms", "predicted_ms")
+        }
+        return {
+            "engine_calls": round(len(rows) / requests, 2),
+            "prompt_evaluated": round(total["prompt_n"] / requests, 1),
+            "prompt_reused": round(total["cache_n"] / requests, 1),
+            # llama.cpp's timings of an n-choice request count its first choice only.
+            "decoded_first_choice": round(total["predicted_n"] / requests, 1),
+            "engine_prompt_s": round(total["prompt_ms"] / 1000 / requests, 3),
+            "engine_decode_s": round(total["predicted_ms"] / 1000 / requests, 3),
+        }
+
+    return {
+        "clients": clients,
+        "requests": requests,
+        "threads": aligner.generator.engine.threads,
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(requests / wall, 3),
+        "latency_p50_s": round(statistics.median(latencies), 2),
+        "per_request": {
+            "generation": per_request([r for r in counted.rows if not r["probe"]]),
+            "judge_probes": per_request([r for r in counted.rows if r["probe"]]),
+            "scorer_wall_s": {k: round(v / requests, 3) for k, v in sorted(seconds.items())},
+        },
+    }
+
+
 def pairs_figures(models: dict[str, str], path: str) -> dict[str, Any]:
     """The judge's pairwise accuracy with each model as the judge, pair by pair in turn."""
     judges = {name: Judge(JudgeOptions(model=model)) for name, model in models.items()}
@@ -199,6 +285,10 @@ def main() -> None:
     parser.add_argument("--compare-model", help="a second GGUF model for the decode figures")
     parser.add_argument("--pairs", default="tests/data/pairs.jsonl")
     parser.add_argument("--skip", default="", help="comma-separated sections to leave out")
+    parser.add_argument(
+        "--load-clients", type=int, default=0, help="run the load section with C clients"
+    )
+    parser.add_argument("--load-requests", type=int, default=16)
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     t0 = time.perf_counter()
@@ -225,6 +315,10 @@ def main() -> None:
         report["decode"] = decode_figures(aligner, args.repeats, args.max_tokens, generators)
     if "align" not in skip:
         report["align"] = align_figures(aligner, args.repeats, args.max_tokens)
+    if args.load_clients:
+        report["load"] = load_figures(
+            args.policy, args.load_clients, args.load_requests, max_tokens=32
+        )
     if args.compare_model and "pairs" not in skip:
         assert isinstance(aligner.generator, LlamaCppGenerator)
         models = {"policy": aligner.generator.options.model, "compare": args.compare_model}

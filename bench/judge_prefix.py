@@ -68,7 +68,9 @@ class Counted:
         def counted(body: dict[str, Any]) -> dict[str, Any]:
             reply = chat(body)
             with self._lock:
-                self.rows.append(dict(reply.get("timings") or {}))
+                # A one-token request is a probe (a judge's verdict); the rest generate.
+                probe = body.get("max_tokens") == 1
+                self.rows.append({**(reply.get("timings") or {}), "probe": probe})
             return reply
 
         engine.chat = counted  # type: ignore[method-assign]

@@ -71,6 +71,8 @@ class LlamaCppEngine:
         params.verbosity = 3 if log.isEnabledFor(logging.DEBUG) else 0
         self.path = path
         self.parallel = parallel
+        self.threads = n_threads
+        """CPU threads llama.cpp computes with."""
         self.prompt_tokens = PromptCounters()
         """llama.cpp's own count of prompt tokens evaluated and reused, every request."""
         self._probe_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]
