@@ -45,8 +45,9 @@ class LlamaCppOptions(SamplingOptions):
     context: int = Field(2048, ge=256, le=131072)
     """Context length of one sequence (prompt plus answer), in tokens."""
     threads: int | None = Field(None, ge=1)
-    """CPU threads for llama.cpp; default: every core this process may use but one (see
-    :func:`default_threads`)."""
+    """CPU threads for llama.cpp; default: the cores this process may use, less one. Its
+    threads spin while they wait for each other, so a core taken by the scorers, the
+    event loop or another process stalls them all."""
 
 
 class LlamaCppEngine:
