@@ -15,7 +15,10 @@ one after another. Prints one JSON object; ``cpus`` is how many cores this machi
 has, since 2 workers cannot beat 1 by more than the cores left beside Ray's own
 processes.
 
-    python bench/batch.py [--rows 48] [--max-tokens 48]
+``--fake-delay S`` swaps the model for the fake backend waiting S seconds a call:
+rows bound by latency (as against a remote engine), not by this machine's cores.
+
+    python bench/batch.py [--rows 48] [--max-tokens 48] [--fake-delay S]
 """
 
 from __future__ import annotations
@@ -59,6 +62,19 @@ fallback: "Sorry."
 """
 
 
+def fake_policy_text(delay_s: float) -> str:
+    """A latency-bound row: the fake backend waits ``delay_s`` per call (as a remote
+    engine would) and uses almost no CPU, so workers matter even on a busy machine."""
+    return f"""
+name: bench-batch-fake
+generator: {{backend: fake, delay_s: {delay_s}, responses: ["A fine answer to that."]}}
+n: 2
+scorers:
+  - {{name: rules, kind: rules}}
+fallback: "Sorry."
+"""
+
+
 def run_cli(args: list[str]) -> dict[str, float]:
     """The command's summary, plus ``wall_s``: the whole command (start-up and model
     loading included, on both sides) as a user waits for it."""
@@ -78,15 +94,23 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=48)
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument(
+        "--fake-delay",
+        type=float,
+        default=None,
+        help="seconds per call on the fake backend instead of the tiny model (latency-bound)",
+    )
     args = parser.parse_args()
     # Ray's clusters use token authentication; every process here reads the head's token.
     os.environ["RAY_AUTH_MODE"] = "token"
     from hf_tiny import build_causal_lm
 
     work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
-    model = build_causal_lm(work / "lm")
     policy = work / "policy.yaml"
-    policy.write_text(policy_text(model, args.max_tokens))
+    if args.fake_delay is None:
+        policy.write_text(policy_text(build_causal_lm(work / "lm"), args.max_tokens))
+    else:
+        policy.write_text(fake_policy_text(args.fake_delay))
     rows = work / "in.jsonl"
     rows.write_text(
         "".join(
@@ -98,6 +122,7 @@ def main() -> None:
     figures: dict[str, object] = {
         "rows": args.rows,
         "max_tokens": args.max_tokens,
+        "backend": "transformers" if args.fake_delay is None else f"fake {args.fake_delay}s/call",
         "cpus": os.cpu_count(),
     }
     # The load average before each part: the three parts run one after another, so a
