@@ -31,7 +31,10 @@ def batch(
     template: str | None = typer.Option(None, "--template", "-t", help="Task template to use."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed for every row."),
     ray: bool = typer.Option(
-        False, "--ray", help="Run on Ray Data (the [ray] extra); alone, a local Ray instance."
+        False,
+        "--ray",
+        # "\\[" keeps rich from reading [ray] as markup and dropping it
+        help="Run on Ray Data (pip install 'aligntime\\[ray]'); alone, a local Ray instance.",
     ),
     ray_address: str | None = typer.Option(
         None,
