@@ -69,13 +69,10 @@ class RayOptions:
     """Two pools: actors holding the scorers."""
     cpus_per_generator: float = 1.0
     gpus_per_generator: float = 0.0
+    """GPUs each generator actor reserves (its generator and the input gate share them)."""
     cpus_per_scorer: float = 1.0
     gpus_per_scorer: float = 0.0
-
-    @property
-    def two_pools(self) -> bool:
-        """Whether generator and scorer actors are separate pools."""
-        return self.generator_actors is not None or self.scorer_actors is not None
+    """GPUs each scorer actor reserves (its scorers share them)."""
 
     def check(self, policy: Policy) -> None:
         """Refuse pool sizes and resources that cannot run, naming the option."""
@@ -110,6 +107,11 @@ class RayOptions:
                     "separate generator and scorer actors",
                     hint="use one pool (--actors) for this policy",
                 )
+
+    @property
+    def two_pools(self) -> bool:
+        """Whether generator and scorer actors are separate pools."""
+        return self.generator_actors is not None or self.scorer_actors is not None
 
 
 def _given(value: int | None, default: int) -> int:
