@@ -45,15 +45,14 @@ class LlamaCppOptions(SamplingOptions):
     context: int = Field(2048, ge=256, le=131072)
     """Context length of one sequence (prompt plus answer), in tokens."""
     threads: int | None = Field(None, ge=1)
-    """CPU threads for llama.cpp; default: the cores this process may use, less one. Its
-    threads spin while they wait for each other, so a core taken by the scorers, the
-    event loop or another process stalls them all."""
+    """CPU threads for llama.cpp; default: every core this process may use."""
 
 
 class LlamaCppEngine:
     """A loaded GGUF model behind llama.cpp's server loop (thread-safe)."""
 
     def __init__(self, path: Path, *, parallel: int, context: int, threads: int | None) -> None:
+        bound_spinning()
         try:
             import xllamacpp
         except ImportError as exc:
@@ -125,22 +124,34 @@ class LlamaCppEngine:
             return await asyncio.to_thread(self.chat, body)
 
 
-def default_threads() -> int:
-    """llama.cpp's thread count when none is set: the cores this process may use, less one.
+SPIN_COUNT = "1000"
+"""How long (in spin iterations) a llama.cpp thread waits at a barrier before it sleeps."""
 
-    llama.cpp's threads meet at a barrier after every operation of the graph and spin
-    there. When another thread takes one of their cores (the event loop, a scorer's
-    ONNX or scikit-learn work, another process), the rest spin until it is scheduled
-    again, so on 2 cores under a loaded server or a shared machine two threads ran the
-    default policy several times slower than one (``bench/server.py --baseline``).
-    Leaving one core to the rest of the process costs one core's share of a quiet
-    single request on small machines and nothing noticeable on large ones.
-    """
+
+def default_threads() -> int:
+    """llama.cpp's thread count when none is set: every core this process may use."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+        return os.cpu_count() or 1
+
+
+def bound_spinning() -> None:
+    """Make llama.cpp's threads sleep soon when they wait for each other.
+
+    The xllamacpp wheel runs llama.cpp's threads on OpenMP (libgomp), whose barrier
+    spins up to 300,000 iterations (milliseconds) before it sleeps. llama.cpp meets
+    at a barrier after every operation of the graph, so when another thread takes a
+    core (a scorer's ONNX or scikit-learn work, the event loop, another process), the
+    other llama.cpp thread spins away the time the preempted one needs: on 2 busy
+    cores the default policy ran 10-20x slower per request (``bench/server.py
+    --baseline``). A bounded spin still covers the microseconds between threads on
+    an idle machine. libgomp reads this once, when it loads, so it is set before the
+    first import of xllamacpp; an ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` the user
+    set wins.
+    """
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
 
 
 _engines: dict[tuple[str, int, int, int | None], LlamaCppEngine] = {}
