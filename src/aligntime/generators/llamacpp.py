@@ -146,9 +146,9 @@ def bound_spinning() -> None:
     other llama.cpp thread spins away the time the preempted one needs. On 2 cores
     that other jobs were using, three default-policy requests took 89 and 155 s with
     the unbounded spin against 9 and 11 s with this bound (alternating runs); on an
-    idle machine the bound still covers the microseconds between threads. libgomp reads this once, when it loads, so it is set before the
-    first import of xllamacpp; an ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` the user
-    set wins.
+    idle machine the bound still covers the microseconds between threads. libgomp
+    reads this once, when it loads, so it is set before the first import of
+    xllamacpp; an ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` the user set wins.
     """
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
