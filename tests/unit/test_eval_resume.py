@@ -3,6 +3,7 @@ when the policy, pool size, seed, token limit and held-out scorer are all the sa
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from aligntime.aligner import Aligner
@@ -59,3 +60,14 @@ def test_a_pool_is_reused_only_for_the_same_seed_policy_and_heldout_scorer(
     assert len(records) == 8 * 3
     assert len({r["key"] for r in records}) == 8 * 3
     assert {r["heldout_spec"] for r in records} == {rules.spec, refusal.spec, "none"}
+
+
+def test_a_record_whose_text_holds_a_unicode_line_separator_is_read_whole(tmp_path: Path) -> None:
+    # Records are written with ensure_ascii=False, so U+2028 and U+0085 stay raw inside
+    # strings; only "\n" ends a JSON line.
+    text = "first part\u2028second part\u0085third"
+    path = tmp_path / RESULTS
+    path.write_text(
+        json.dumps({"id": "a", "text": text}, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    assert load_records(path) == [{"id": "a", "text": text}]

@@ -111,3 +111,12 @@ def test_bad_data_files(tmp_path: Path) -> None:
     words = tmp_path / "words.jsonl"
     words.write_text('{"prompt": "q", "response": "a", "label": "good"}\n')
     assert load_data(words) == [Graded("q", "a", 1.0)]
+
+
+def test_graded_jsonl_keeps_a_response_that_holds_a_unicode_line_separator(tmp_path: Path) -> None:
+    # A raw U+2028 is valid inside a JSON string; only "\n" ends a JSON line.
+    path = tmp_path / "graded.jsonl"
+    row = {"prompt": "p", "response": "one\u2028two", "label": 1}
+    path.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    (item,) = load_data(path)
+    assert isinstance(item, Graded) and item.response == "one\u2028two"

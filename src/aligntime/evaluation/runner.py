@@ -70,7 +70,9 @@ def load_records(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # Only "\n" ends a record: str.splitlines would also cut at U+2028, U+0085 and the
+    # like, which records written with ensure_ascii=False keep raw inside model text.
+    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip():
             continue
         try:

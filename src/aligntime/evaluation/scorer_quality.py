@@ -59,7 +59,8 @@ def load_data(path: str | Path) -> list[Pair] | list[Graded]:
         with p.open(encoding="utf-8", newline="") as fh:
             return _graded(list(csv.DictReader(fh)), p)
     rows = []
-    for number, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    # JSON lines end at "\n" only: a string may hold U+2028, which splitlines would cut at.
+    for number, line in enumerate(p.read_text(encoding="utf-8").split("\n"), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
