@@ -41,9 +41,12 @@ def test_eval_on_the_default_policy(tmp_path: Path) -> None:
     assert "judge" in summary["config"]["heldout"]
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     for record in records:
-        assert len(record["candidates"]) == 2
+        # A steered request's offered refusal or referral is recorded beside the samples.
+        sampled = [c for c in record["candidates"] if c["origin"] == "sampled"]
+        assert len(sampled) == 2
         for cand in record["candidates"]:
-            assert cand["text"].strip() and 0 < cand["tokens"] <= 48
+            sampled_one = cand["origin"] == "sampled"
+            assert cand["text"].strip() and (0 < cand["tokens"] <= 48 or not sampled_one)
             assert set(cand["scores"]) == {"safety", "rules", "relevance", "judge", "reward", "fit"}
             assert 0.0 <= cand["heldout"] <= 1.0  # the held-out judge answered
         assert record["timings"]["generate_s"] > 0
