@@ -260,12 +260,12 @@ class Aligner:
         """
         started = time.perf_counter() if started is None else started
         if assessment is not None and assessment.action == "refuse":
-            return self._refused(request.messages, assessment, started)
-        ctx = self._context(request, assessment, started)
+            return self.refusal_result(request.messages, assessment, started)
+        ctx = self.search_context(request, assessment, started)
         if generator is not None:
             ctx.generator = generator
         decision = await self.strategy.run(ctx)
-        return self._result(ctx, decision.best, self.strategy.name, assessment)
+        return self.search_result(ctx, decision.best, self.strategy.name, assessment)
 
     def generator_messages(
         self, request: AlignRequest, assessment: RequestAssessment | None
@@ -296,10 +296,10 @@ class Aligner:
         request = AlignRequest(to_messages(conversation), n, template, params).checked(self.policy)
         assessment = await self.assess(request.messages)
         if assessment is not None and assessment.action == "refuse":
-            return self._refused(request.messages, assessment, started)
-        ctx = self._context(request, assessment, started)
+            return self.refusal_result(request.messages, assessment, started)
+        ctx = self.search_context(request, assessment, started)
         await ctx.sample(ctx.n)
-        return self._result(ctx, None, "none", assessment, fallback=False)
+        return self.search_result(ctx, None, "none", assessment, fallback=False)
 
     async def assess(self, conversation: Conversation) -> RequestAssessment | None:
         """The input gate's verdict on a request (``None`` when the policy has no gate)."""
@@ -318,10 +318,17 @@ class Aligner:
                 return self.steered_prompt
         return self.prompt
 
-    def _refused(
+    def refusal_result(
         self, messages: list[Message], assessment: RequestAssessment, started: float
     ) -> Result:
-        """The answer to a request the input gate refused: nothing sampled, nothing spent."""
+        """The answer to a request the input gate refused: nothing sampled, nothing spent.
+
+        Returns a :class:`Result` with no candidates, the policy's refusal text (its
+        fallback when it has none) as ``fallback``, zero usage and ``strategy="none"``;
+        ``started`` (a ``perf_counter`` time) dates it. Public because every path that
+        answers a request itself (:meth:`aalign_assessed`, :meth:`asample`, the
+        stream-while-selecting answer in :mod:`aligntime.streaming`) must refuse alike.
+        """
         refusal = self.policy.input.refusal if self.policy.input else None
         return Result(
             prompt=_prompt_text(messages),
@@ -336,13 +343,22 @@ class Aligner:
             input=assessment,
         )
 
-    def _context(
+    def search_context(
         self,
         request: AlignRequest,
         assessment: RequestAssessment | None,
         started: float,
     ) -> SearchContext:
-        """One request's door to the generator and the scorers, for its strategy."""
+        """One request's door to the generator and the scorers, for its strategy.
+
+        Returns a fresh :class:`SearchContext` for a checked, not refused ``request``:
+        the generator, the prompt messages under the policy's (or steer) prompt, the
+        token and sample budgets, the offered answers, and a ``score`` that loads the
+        scorers once and scores with all of them (the request's shape as a gate too).
+        ``started`` (a ``perf_counter`` time) dates the request. Public because
+        :mod:`aligntime.streaming` runs its own selection over the same context a
+        strategy gets, so its samples and scores count the same way.
+        """
         # Scorer models load in a worker thread while the first candidates decode.
         scorers_ready = asyncio.ensure_future(asyncio.to_thread(self.load_scorers))
 
@@ -364,7 +380,7 @@ class Aligner:
             started=started,
         )
 
-    def _result(
+    def search_result(
         self,
         ctx: SearchContext,
         best: int | None,
@@ -373,6 +389,15 @@ class Aligner:
         *,
         fallback: bool = True,
     ) -> Result:
+        """The :class:`Result` of a search over ``ctx``: its candidates, usage and timings.
+
+        ``best`` indexes ``ctx.candidates`` (``None``: nothing chosen, and then the
+        policy's fallback is the answer unless ``fallback`` is False, as when nothing
+        was selected on purpose); ``strategy`` names what selected (recorded in the
+        result and the audit); ``assessment`` is the input gate's verdict. Public
+        because :mod:`aligntime.streaming` selects by its own rules and still reports
+        its result in the same shape as every strategy's.
+        """
         messages = ctx.request.messages
         return Result(
             prompt=_prompt_text(messages),

@@ -298,15 +298,15 @@ class EarlyAnswer:
         request = self.request.checked(al.policy)
         assessment = await al.assess(request.messages)
         if assessment is not None and assessment.action == "refuse":
-            self.result = al._refused(request.messages, assessment, self._started)
+            self.result = al.refusal_result(request.messages, assessment, self._started)
             return self.result
-        ctx = al._context(request, assessment, self._started)
+        ctx = al.search_context(request, assessment, self._started)
         if ctx.offered or not ctx.generator.capabilities.token_steps:
             # An offered refusal is a complete answer the scorers weigh against whole
             # answers; a backend without continuations cannot be pruned. Whole selection.
             self.mode = "whole"
             decision = await al.strategy.run(ctx)
-            self.result = al._result(ctx, decision.best, al.strategy.name, assessment)
+            self.result = al.search_result(ctx, decision.best, al.strategy.name, assessment)
             self._head = ctx.candidates[decision.best].text if decision.best is not None else ""
             return self.result
         selection = await select_survivor(ctx, self.options)
@@ -419,4 +419,4 @@ class EarlyAnswer:
         assessment: RequestAssessment | None,
     ) -> Result:
         ctx.candidates = candidates
-        return self.aligner._result(ctx, best, "early_stream", assessment)
+        return self.aligner.search_result(ctx, best, "early_stream", assessment)
