@@ -129,6 +129,13 @@ def check_schema(schema: Any, where: str) -> None:
 
     if not isinstance(schema, Mapping):
         raise RequestError(where, f"{where} must be a JSON Schema object, got {_kind(schema)}")
+    # jsonschema looks the dialect up by ``$schema`` before it checks anything, and
+    # fails on one that is not a string (a list is unhashable): refuse it here.
+    dialect = schema.get("$schema", "")
+    if not isinstance(dialect, str):
+        raise RequestError(
+            f"{where}.$schema", f"{where}.$schema must be a string, got {_kind(dialect)}"
+        )
     try:
         validator_for(schema).check_schema(schema)
     except SchemaError as exc:
@@ -136,6 +143,58 @@ def check_schema(schema: Any, where: str) -> None:
         raise RequestError(
             where, f"{where} is not a valid JSON Schema{f' (at {at})' if at else ''}: {exc.message}"
         ) from None
+    except RecursionError:
+        raise RequestError(where, f"{where} is nested too deeply") from None
+    _check_references(schema, where)
+    # A reference cycle that consumes no part of the value ({"$ref": "#"}) recurses
+    # without end on every value: found here on a few small ones, it is the request's fault.
+    probe = validator_for(schema)(schema)
+    samples: tuple[Any, ...] = (None, {}, [], "", 0)
+    try:
+        for value in samples:
+            for _ in probe.iter_errors(value):
+                pass
+    except RecursionError:
+        raise RequestError(
+            where, f"{where} refers to itself without end (a $ref cycle that reads nothing)"
+        ) from None
+
+
+def _check_references(schema: Mapping[str, Any], where: str) -> None:
+    """Refuse a schema with a ``$ref`` (or ``$dynamicRef``) that does not resolve within
+    itself or the JSON Schema meta-schemas.
+
+    Checking an answer would otherwise fail on it (a server error where the request was
+    at fault), and jsonschema fetches a reference to an unknown URL over the network
+    (a client could make the server request any address). The lookups here use a
+    registry that never retrieves, so nothing is fetched.
+    """
+    from jsonschema_specifications import REGISTRY
+    from referencing import Resource
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
+    root = Resource.from_contents(schema, default_specification=DRAFT202012)
+    pending = [(REGISTRY.resolver_with_root(root), root)]
+    while pending:  # a loop, not recursion: a deeply nested schema cannot overflow it
+        resolver, resource = pending.pop()
+        contents = resource.contents
+        if isinstance(contents, Mapping):
+            for key in ("$ref", "$dynamicRef"):
+                if key not in contents:
+                    continue
+                ref = contents[key]
+                if not isinstance(ref, str):  # older drafts' meta-schemas allow any type
+                    raise RequestError(where, f"{where} has a {key} that is not a string")
+                try:
+                    resolver.lookup(ref)
+                except Unresolvable:
+                    raise RequestError(
+                        where,
+                        f"{where} has a {key} that does not resolve within the schema: {ref!r} "
+                        "(only references into the schema itself are followed)",
+                    ) from None
+        pending.extend((resolver.in_subresource(sub), sub) for sub in resource.subresources())
 
 
 def validator(schema: Mapping[str, Any]) -> Validator:
@@ -148,16 +207,28 @@ def validator(schema: Mapping[str, Any]) -> Validator:
 def violations(check: Validator, value: Any, limit: int = 3) -> tuple[str, ...]:
     """The first ``limit`` ways ``value`` breaks the schema, each with where it does."""
     found = []
-    for error in check.iter_errors(value):
-        at = "/".join(str(p) for p in error.absolute_path)
-        found.append(f"{at or '(root)'}: {error.message}")
-        if len(found) == limit:
-            break
+    try:
+        for error in check.iter_errors(value):
+            at = "/".join(str(p) for p in error.absolute_path)
+            found.append(f"{at or '(root)'}: {error.message}")
+            if len(found) == limit:
+                break
+    except RecursionError:
+        # A reference cycle only this value walks into: the answer cannot be shown to
+        # fit, so it fails (closed) rather than the request failing with a server error.
+        return (*found, "(root): the schema refers to itself without end on this value")
     return tuple(found)
 
 
 def _kind(value: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+    names = {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+    }
     if value is None:
         return "null"
     return names.get(type(value), f"a {type(value).__name__}")

@@ -105,6 +105,78 @@ _CONTENT = st.one_of(
     _TEXT, st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": _TEXT}), max_size=3)
 )
 _MESSAGE = st.fixed_dictionaries({"role": _ROLE, "content": _CONTENT}, optional={"name": _TEXT})
+
+# The shape a client asks for (tools, response_format) and the extension's stream_mode:
+# valid values, and what a careless one sends instead (any JSON value in place of an
+# object or a list, unknown tool types, a schema that is not an object or cannot be
+# applied, unknown stream modes).
+_JSON = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=8),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+# Schemas that are fine, and ones that cannot be applied (a wrong type, a $schema that
+# is not a string, a $ref cycle, a $ref that does not resolve or points at a URL).
+_SCHEMAS = [_CITY, {"type": "object"}, {"type": "objekt"}, {"$ref": "#"}, {"$ref": "#/nope"},
+            {"allOf": [{"$ref": "#"}]}, {"$schema": []}, {"$dynamicRef": "#meta"},
+            {"properties": {"a": {"$ref": "http://127.0.0.1:9/x"}}}]  # fmt: skip
+_SCHEMA = st.one_of(st.sampled_from(_SCHEMAS), st.sampled_from(_SCHEMAS), _JSON)
+_NAME = st.one_of(st.just("get_weather"), st.sampled_from(["", "a b", "x" * 65]), _TEXT, _JSON)
+# Mostly a well-named function, so that its parameters are read too.
+_GOOD_NAME = st.one_of(st.just("get_weather"), _NAME)
+_FUNCTION = st.one_of(
+    st.fixed_dictionaries(
+        {"name": _GOOD_NAME, "parameters": _SCHEMA}, optional={"description": _JSON}
+    ),
+    st.fixed_dictionaries({"name": _GOOD_NAME}),
+    _JSON,
+)
+_TOOL_TYPE = st.one_of(
+    st.sampled_from(["function", "retrieval", "code_interpreter", "file_search"]), _TEXT, _JSON
+)
+_TOOL = st.one_of(
+    st.fixed_dictionaries({"type": st.just("function"), "function": _FUNCTION}),
+    st.fixed_dictionaries({"type": _TOOL_TYPE}, optional={"function": _FUNCTION}),
+    _JSON,
+)
+_TOOLS = st.one_of(st.lists(_TOOL, max_size=3), st.lists(_TOOL, min_size=1, max_size=3), _JSON)
+_TOOL_CHOICE = st.one_of(
+    st.sampled_from(["none", "auto", "required"]),
+    st.fixed_dictionaries(
+        {"type": st.just("function"), "function": st.fixed_dictionaries({"name": _NAME})}
+    ),
+    _JSON,
+)
+_JSON_SCHEMA = st.one_of(
+    st.fixed_dictionaries({"schema": _SCHEMA}, optional={"name": _GOOD_NAME, "strict": _JSON}),
+    _JSON,  # not an object, mostly
+)
+_RESPONSE_FORMAT = st.one_of(
+    st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object"])}),
+    st.fixed_dictionaries({"type": st.just("json_schema"), "json_schema": _JSON_SCHEMA}),
+    st.fixed_dictionaries({"type": st.just("json_schema"), "json_schema": _JSON_SCHEMA}),
+    st.fixed_dictionaries({"type": st.one_of(_TEXT, _JSON)}),
+    _JSON,
+)
+_STREAM_MODE = st.one_of(st.sampled_from(["whole", "early"]), _TEXT, _JSON)
+_SHAPE = st.fixed_dictionaries(
+    {},
+    optional={
+        "tools": _TOOLS,
+        "tool_choice": _TOOL_CHOICE,
+        "response_format": _RESPONSE_FORMAT,
+        "aligntime": st.fixed_dictionaries({"stream_mode": _STREAM_MODE}),
+    },
+)
 _REQUEST = st.fixed_dictionaries(
     {
         "model": st.one_of(st.just("prop"), _TEXT),
@@ -115,8 +187,17 @@ _REQUEST = st.fixed_dictionaries(
         "user": _TEXT,
         "stop": st.one_of(_TEXT, st.lists(_TEXT, max_size=5)),
         "aligntime": st.fixed_dictionaries(
-            {}, optional={"template": _TEXT, "strategy": _TEXT, "return_candidates": st.booleans()}
+            {},
+            optional={
+                "template": _TEXT,
+                "strategy": _TEXT,
+                "return_candidates": st.booleans(),
+                "stream_mode": _STREAM_MODE,
+            },
         ),
+        "tools": _TOOLS,
+        "tool_choice": _TOOL_CHOICE,
+        "response_format": _RESPONSE_FORMAT,
     },
 )
 
@@ -148,14 +229,61 @@ def _with_field(field: str, value: str, stream: bool) -> dict[str, Any]:
     return body
 
 
+def _with_shape(shape: dict[str, Any], stream: bool) -> dict[str, Any]:
+    """A valid request asking for ``shape`` (tools, response_format, stream_mode)."""
+    user = {"role": "user", "content": "How do I boil an egg?"}
+    return {"model": "prop", "messages": [user], "stream": stream, **shape}
+
+
 # Mostly one odd field in an otherwise valid request (so many reach the Aligner and the
-# audit log), sometimes odd text everywhere at once.
+# audit log), or an odd shape asked of a valid one, sometimes odd text everywhere at once.
 _ONE_FIELD = st.builds(_with_field, st.sampled_from(_FIELDS), _TEXT, st.booleans())
-_BODY = st.one_of(_ONE_FIELD, _ONE_FIELD, _ONE_FIELD, _REQUEST)
+# A well-formed shape around one of the schemas: it reaches the schema's own checks.
+_SCHEMA_SHAPE = st.one_of(
+    st.builds(
+        lambda schema: {
+            "response_format": {"type": "json_schema", "json_schema": {"schema": schema}}
+        },
+        st.sampled_from(_SCHEMAS),
+    ),
+    st.builds(
+        lambda schema: {
+            "tools": [
+                {"type": "function", "function": {"name": "get_weather", "parameters": schema}}
+            ]
+        },
+        st.sampled_from(_SCHEMAS),
+    ),
+)
+_ONE_SHAPE = st.one_of(
+    *(
+        st.builds(_with_shape, shape, st.booleans())
+        for shape in (
+            st.fixed_dictionaries({"tools": _TOOLS}, optional={"tool_choice": _TOOL_CHOICE}),
+            st.fixed_dictionaries({"response_format": _RESPONSE_FORMAT}),
+            st.fixed_dictionaries(
+                {"aligntime": st.fixed_dictionaries({"stream_mode": _STREAM_MODE})}
+            ),
+            _SHAPE,
+        )
+    )
+)
+_BODY = st.one_of(
+    _ONE_FIELD,
+    _ONE_FIELD,
+    _ONE_FIELD,
+    _ONE_SHAPE,
+    st.builds(_with_shape, _SCHEMA_SHAPE, st.booleans()),
+    _REQUEST,
+)
 
 PROPERTY_POLICY = """
 name: prop
-generator: {backend: fake, responses: ["Boil the egg for seven minutes.", "Poach it."]}
+generator:
+  backend: fake
+  # Two answers a response_format or tools can apply to: JSON, and a call of get_weather.
+  responses: ["Boil the egg for seven minutes.", "Poach it.", '{"city": "Oslo"}',
+              '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}']
 n: 2
 prompt:
   templates:
