@@ -17,7 +17,9 @@ class Capabilities:
     """What a generator backend can do beyond plain sampling."""
 
     n_sampling: bool = False
-    """Samples N answers in one request from one shared prompt prefix."""
+    """Samples N answers in one request from one shared prompt prefix. Informational:
+    :meth:`Generator.generate` returns ``n`` candidates either way (a backend without it
+    fans out itself), so callers always ask for all ``n`` in one call."""
     logprobs: bool = False
     """Returns next-token log-probabilities (needed by judges)."""
     token_steps: bool = False
