@@ -47,6 +47,13 @@ class BatchSummary:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    """Wall seconds from the first row to the last written. In one process the models
+    are loaded before this begins (see ``load_s``); on Ray each actor starts and loads
+    its models inside it."""
+    load_s: float | None = None
+    """Seconds ``aligntime batch`` spent loading the models before the first row, in
+    one process; None where loading is inside ``seconds`` (Ray) or done by the caller.
+    ``load_s + seconds`` is the in-process figure to set beside a Ray run's ``seconds``."""
 
     @property
     def rows_per_s(self) -> float:
@@ -69,6 +76,7 @@ class BatchSummary:
         return {
             **asdict(self),
             "seconds": round(self.seconds, 3),
+            "load_s": None if self.load_s is None else round(self.load_s, 3),
             "rows_per_s": round(self.rows_per_s, 3),
         }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -148,7 +149,9 @@ def batch(
         f"{s.rows} rows: {s.aligned} aligned, {s.skipped} already done; "
         f"{s.refusals} refused, {s.fallbacks} fallbacks, {s.errors} errors; "
         f"{s.prompt_tokens} prompt + {s.completion_tokens} completion tokens; "
-        f"{s.seconds:.1f} s ({s.rows_per_s:.2f} rows/s) -> {output}"
+        f"{s.seconds:.1f} s ({s.rows_per_s:.2f} rows/s)"
+        + ("" if s.load_s is None else f" after {s.load_s:.1f} s loading models")
+        + f" -> {output}"
     )
 
 
@@ -167,10 +170,14 @@ def _in_process(
     rows = read_rows(input_path)  # a malformed input fails before any model loads
     pull_with_progress(policy_models(pol), quiet=quiet)
     with Aligner.from_policy(pol) as aligner:
+        started = time.perf_counter()
         with status("loading models ...", quiet=quiet):
             aligner.load()
+        load_s = time.perf_counter() - started
         with _Progress(len(rows), quiet=quiet) as bar:
-            return run_batch(aligner, rows, output, options, on_row=bar.update)
+            summary = run_batch(aligner, rows, output, options, on_row=bar.update)
+        summary.load_s = load_s
+        return summary
 
 
 class _Progress:
