@@ -20,7 +20,11 @@ cores left beside Ray's own processes.
 ``--fake-delay S`` swaps the model for the fake backend waiting S seconds a call:
 rows bound by latency (as against a remote engine), not by this machine's cores.
 
-    python bench/batch.py [--rows 48] [--max-tokens 48] [--fake-delay S]
+``--rounds R`` runs the three parts R times in turn and reports each ratio's median
+over the rounds (and each round's ratio): this machine's speed drifts by more than
+the differences measured, so ratios are taken between parts minutes apart.
+
+    python bench/batch.py [--rows 48] [--max-tokens 48] [--rounds 1] [--fake-delay S]
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -77,7 +83,7 @@ fallback: "Sorry."
 """
 
 
-def run_cli(args: list[str]) -> dict[str, float]:
+def run_cli(args: list[str]) -> dict[str, Any]:
     """The command's summary, plus ``wall_s``: the whole command (start-up and model
     loading included, on both sides) as a user waits for it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -92,10 +98,64 @@ def run_cli(args: list[str]) -> dict[str, float]:
     return {**summary, "wall_s": round(time.perf_counter() - started, 3)}
 
 
+PARTS = ("one_process", "ray_1_workers", "ray_2_workers")
+
+
+def one_round(work: Path, common: list[str], index: int) -> dict[str, dict[str, Any]]:
+    """One in-process run, then a fresh loopback cluster with 1, then 2, worker nodes.
+
+    Each part also records the load average before it, since a machine that other
+    work fills meanwhile skews the ratios (read them with it).
+    """
+    parts: dict[str, dict[str, Any]] = {}
+    load = round(os.getloadavg()[0], 2)
+    parts["one_process"] = {**run_cli([*common, "-o", str(work / f"one{index}.jsonl")]),
+                            "load_1min": load}  # fmt: skip
+    port = free_port()
+    ray_cmd("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=0",
+            "--include-dashboard=false", "--object-store-memory=100000000")  # fmt: skip
+    try:
+        for workers in (1, 2):
+            ray_cmd("start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
+                    "--object-store-memory=100000000")  # fmt: skip
+            time.sleep(2)
+            out = work / f"ray{workers}_{index}"
+            load = round(os.getloadavg()[0], 2)
+            result = run_cli([*common, "-o", str(out), "--ray", "--ray-address",
+                              f"127.0.0.1:{port}", "--actors", str(workers),
+                              "--batch-size", "4"])  # fmt: skip
+            parts[f"ray_{workers}_workers"] = {**result, "load_1min": load}
+    finally:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+    return parts
+
+
+def round_ratios(parts: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The targets' ratios within one round."""
+    one, ray1, ray2 = (parts[k] for k in PARTS)
+    # Like for like: a Ray run's seconds include its actors starting and loading their
+    # models, so the in-process run's loading is added to its seconds for ``job_*``.
+    job_one = one["seconds"] + (one["load_s"] or 0.0)
+    return {
+        "ray_1_vs_one_process": round(ray1["rows_per_s"] / one["rows_per_s"], 3),
+        "ray_2_vs_1_workers": round(ray2["rows_per_s"] / ray1["rows_per_s"], 3),
+        "job_ray_1_vs_one_process": round(job_one / ray1["seconds"], 3),
+        # whole commands (rows are equal, so a ratio of times)
+        "wall_ray_1_vs_one_process": round(one["wall_s"] / ray1["wall_s"], 3),
+        "wall_ray_2_vs_1_workers": round(ray1["wall_s"] / ray2["wall_s"], 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=48)
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the three parts in turn; ratios are taken within a round, then the median",
+    )
     parser.add_argument(
         "--fake-delay",
         type=float,
@@ -127,46 +187,20 @@ def main() -> None:
         "backend": "transformers" if args.fake_delay is None else f"fake {args.fake_delay}s/call",
         "cpus": os.cpu_count(),
     }
-    # The load average before each part: the three parts run one after another, so a
-    # machine that other work fills meanwhile skews the ratios (read them with it).
-    figures["one_process_load_1min"] = round(os.getloadavg()[0], 2)
-    one = run_cli([*common, "-o", str(work / "one.jsonl")])
-    figures["one_process_rows_per_s"] = one["rows_per_s"]
-    figures["one_process_seconds"] = one["seconds"]
-    figures["one_process_wall_s"] = one["wall_s"]
-    figures["one_process_load_s"] = one["load_s"]
-    port = free_port()
-    ray_cmd("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=0",
-            "--include-dashboard=false", "--object-store-memory=100000000")  # fmt: skip
-    try:
-        for workers in (1, 2):
-            ray_cmd("start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
-                    "--object-store-memory=100000000")  # fmt: skip
-            time.sleep(2)
-            out = work / f"ray{workers}"
-            address = f"127.0.0.1:{port}"
-            figures[f"ray_{workers}_workers_load_1min"] = round(os.getloadavg()[0], 2)
-            result = run_cli([*common, "-o", str(out), "--ray", "--ray-address", address,
-                              "--actors", str(workers), "--batch-size", "4"])  # fmt: skip
-            figures[f"ray_{workers}_workers_rows_per_s"] = result["rows_per_s"]
-            figures[f"ray_{workers}_workers_seconds"] = result["seconds"]
-            figures[f"ray_{workers}_workers_wall_s"] = result["wall_s"]
-    finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
-    r1 = float(figures["ray_1_workers_rows_per_s"])  # type: ignore[arg-type]
-    r2 = float(figures["ray_2_workers_rows_per_s"])  # type: ignore[arg-type]
-    figures["ray_1_vs_one_process"] = round(r1 / float(one["rows_per_s"]), 3)
-    figures["ray_2_vs_1_workers"] = round(r2 / r1, 3) if r1 else None
-    # Like for like: a Ray run's seconds include its actors starting and loading their
-    # models, so the in-process run's loading is added to its seconds for this ratio.
-    job_one = float(one["seconds"]) + float(one["load_s"])
-    job_ray1 = float(str(figures["ray_1_workers_seconds"]))
-    figures["job_ray_1_vs_one_process"] = round(job_one / job_ray1, 3)
-    # The same ratios on whole-command time (rows are equal, so a ratio of times).
-    parts = ("one_process", "ray_1_workers", "ray_2_workers")
-    wall = {k: float(str(figures[f"{k}_wall_s"])) for k in parts}
-    figures["wall_ray_1_vs_one_process"] = round(wall["one_process"] / wall["ray_1_workers"], 3)
-    figures["wall_ray_2_vs_1_workers"] = round(wall["ray_1_workers"] / wall["ray_2_workers"], 3)
+    figures["rounds"] = args.rounds
+    rounds = [one_round(work, common, r) for r in range(args.rounds)]
+    for part in PARTS:
+        for key in ("rows_per_s", "seconds", "wall_s", "load_s", "load_1min"):
+            values = [rnd[part][key] for rnd in rounds]
+            figures[f"{part}_{key}"] = values[0] if len(values) == 1 else values
+    # Ratios within each round (its parts ran minutes apart, not hours), then their
+    # median: this machine's speed drifts by more than the effects measured.
+    ratios = [round_ratios(rnd) for rnd in rounds]
+    for key in ratios[0]:
+        values = [r[key] for r in ratios]
+        figures[key] = round(statistics.median(values), 3)
+        if len(values) > 1:
+            figures[f"{key}_by_round"] = values
     print(json.dumps(figures))
 
 
