@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -188,7 +189,10 @@ def main() -> None:
         "cpus": os.cpu_count(),
     }
     figures["rounds"] = args.rounds
-    rounds = [one_round(work, common, r) for r in range(args.rounds)]
+    try:
+        rounds = [one_round(work, common, r) for r in range(args.rounds)]
+    finally:  # the tiny model, the input and every part's output
+        shutil.rmtree(work, ignore_errors=True)
     for part in PARTS:
         for key in ("rows_per_s", "seconds", "wall_s", "load_s", "load_1min"):
             values = [rnd[part][key] for rnd in rounds]
