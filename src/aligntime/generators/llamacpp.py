@@ -5,7 +5,8 @@ per model file and shared by everything that uses that model in the process,
 so a judge on the generator's model costs no second copy of the weights. The N
 candidates of a request go out as one chat completion with ``n`` set: llama.cpp
 evaluates the shared prompt once and decodes the N continuations as one batch
-in parallel slots (this needs a unified KV cache).
+in parallel slots; the children start from the parent slot's prompt cache (with
+the unified KV cache set below they share its cells rather than copy them).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class LlamaCppEngine:
         params.model.path = str(path)
         params.n_parallel = parallel
         params.n_ctx = context * parallel
-        # A unified KV cache lets the N children of one request share the prompt.
+        # One KV cache for every slot: the N children of a request hold the prompt's
+        # cells together instead of a copy each, and any slot may use free cells.
         params.kv_unified = True
         n_threads = threads or default_threads()
         params.cpuparams.n_threads = n_threads
