@@ -148,7 +148,7 @@ def check_schema(schema: Any, where: str) -> None:
     _check_references(schema, where)
     # A reference cycle that consumes no part of the value ({"$ref": "#"}) recurses
     # without end on every value: found here on a few small ones, it is the request's fault.
-    probe = validator_for(schema)(schema)
+    probe = validator(schema)
     samples: tuple[Any, ...] = (None, {}, [], "", 0)
     try:
         for value in samples:
