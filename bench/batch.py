@@ -164,6 +164,8 @@ def main() -> None:
         help="seconds per call on the fake backend instead of the tiny model (latency-bound)",
     )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     # Ray's clusters use token authentication; every process here reads the head's token.
     os.environ["RAY_AUTH_MODE"] = "token"
     from hf_tiny import build_causal_lm
