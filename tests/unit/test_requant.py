@@ -1,4 +1,4 @@
-"""Deriving a Q4_0 GGUF from a Q4_1 one, alone and through the model store."""
+"""Deriving Q4_0 and Q8_0 GGUFs from a Q4_1 one, alone and through the model store."""
 
 from __future__ import annotations
 
@@ -57,6 +57,24 @@ def test_q4_1_tensors_become_q4_0_and_the_rest_is_kept(tmp_path: Path) -> None:
     # The same input gives the same bytes (the catalogue pins a sha256).
     q4_1_to_q4_0(tmp_path / "in.gguf", tmp_path / "again.gguf")
     assert (tmp_path / "again.gguf").read_bytes() == (tmp_path / "out.gguf").read_bytes()
+
+
+def test_q4_1_to_q8_0_keeps_the_weights_almost_exactly(tmp_path: Path) -> None:
+    weights = tiny_q4_1(tmp_path / "in.gguf")
+    derive("q4_1_to_q8_0", tmp_path / "in.gguf", tmp_path / "q8.gguf")
+    before = gguf.GGUFReader(tmp_path / "in.gguf")
+    after = gguf.GGUFReader(tmp_path / "q8.gguf")
+    assert [t.tensor_type for t in after.tensors] == [Q.Q8_0, Q.F32]
+    assert after.fields["general.file_type"].contents() == int(gguf.LlamaFileType.MOSTLY_Q8_0)
+    old = gguf.quants.dequantize(before.tensors[0].data, Q.Q4_1)
+    new = gguf.quants.dequantize(after.tensors[0].data, Q.Q8_0)
+    assert new.shape == weights.shape
+    # Within one 8-bit step of each block's largest weight (the step's scale is stored as
+    # float16): far finer than Q4_1's own step, which makes the file a stand-in for it.
+    blocks = np.abs(old.reshape(-1, 32)).max(axis=1, keepdims=True)
+    assert (np.abs(new - old).reshape(-1, 32) <= blocks / 127).all()
+    q4_1_step = (np.ptp(weights.reshape(-1, 32), axis=1) / 15).min()
+    assert np.abs(new - old).max() < q4_1_step / 4
 
 
 def test_a_file_without_q4_1_tensors_is_refused(tmp_path: Path) -> None:

@@ -93,6 +93,21 @@ CATALOG: dict[str, ModelSpec] = {
             transform="q4_1_to_q4_0",
         ),
         ModelSpec(
+            # Made here from the Q4_1 file too: nearly lossless, and llama.cpp evaluates
+            # prompts about 1.5x faster on it, so the default policy's judge uses it.
+            name="smollm2-135m-instruct-q8_0",
+            format="gguf",
+            description="SmolLM2-135M-Instruct, Q8_0 made here from the Q4_1 file "
+            "(faster prompt evaluation; the default judge)",
+            licence="Apache-2.0",
+            sources=(),
+            sha256="0c1d3326cd9793cfb7296113c063dd5c24e2bd734b48ec1a3d01b7158eca9387",
+            size=144811072,
+            filename="SmolLM2-135M-Instruct.Q8_0.gguf",
+            derived_from="smollm2-135m-instruct",
+            transform="q4_1_to_q8_0",
+        ),
+        ModelSpec(
             name="qwen2.5-coder-0.5b-instruct",
             format="gguf",
             description="Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (a stronger judge)",

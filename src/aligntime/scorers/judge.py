@@ -4,10 +4,12 @@ The judge model reads the request (every user turn of the conversation), one
 answer and a yes/no question (by default: is the answer helpful, on topic and
 harmless?). Its next-token log-probabilities give P(yes) / (P(yes) + P(no)), a
 graded score rather than a sampled verdict. Any generator backend that returns
-log-probabilities can judge; on the embedded backend the judge shares the generator's loaded model
-when both name the same file. The N judgements run one at a time: on the embedded
-engine batched one-token probes cost more in the unified KV cache than a sequence of
-probes that reuse each other's cached prompt prefix.
+log-probabilities can judge. On the embedded backend the judge shares the
+generator's loaded model when both name the same file; the default judge has a
+file of its own (SmolLM2-135M as Q8_0), on which prompts evaluate faster. The N
+judgements run one at a time: on the embedded engine batched one-token probes
+cost more in the unified KV cache than a sequence of probes that reuse each
+other's cached prompt prefix.
 """
 
 from __future__ import annotations
@@ -44,8 +46,11 @@ class JudgeModelOptions(OptionsModel):
 
     backend: str = "llamacpp"
     """Generator backend that runs the judge model (it must return log-probabilities)."""
-    model: str = "smollm2-135m-instruct"
-    """Catalogue name or path of the judge model (the served model name for openai)."""
+    model: str = "smollm2-135m-instruct-q8_0"
+    """Catalogue name or path of the judge model (the served model name for openai). The
+    default is the embedded SmolLM2-135M requantised to Q8_0: a judge's work is nearly all
+    prompt evaluation, which llama.cpp does about 1.5x faster on Q8_0 than on the Q4_1
+    file the generator decodes with, and its verdicts on the labelled pairs are the same."""
     max_answer_chars: int = Field(600, ge=50)
     """Characters of an answer shown to the judge (long answers are cut; on the pairs set
     600 scored as well as 1500 at well under half the cost)."""
