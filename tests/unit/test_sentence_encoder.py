@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import pytest
 
 from aligntime.errors import ConfigError, ModelError
 from aligntime.models.catalog import get_spec
-from aligntime.scorers.sentence_encoder import SentenceEncoder
+from aligntime.scorers import sentence_encoder
+from aligntime.scorers.sentence_encoder import EmbeddingCache, SentenceEncoder
 
 
 def test_catalogue_entry_pins_the_wheel() -> None:
@@ -53,7 +55,8 @@ def test_rows_are_unit_length_and_meaningful(encoder: SentenceEncoder) -> None:
     np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
     assert rows[0] @ rows[1] > rows[0] @ rows[2] + 0.3
     # order is kept although texts are batched by length, and a batch changes nothing
-    np.testing.assert_allclose(encoder.embed([texts[2]])[0], rows[2], atol=1e-5)
+    # (a forward pass of the text alone, past the cache)
+    np.testing.assert_allclose(encoder._embed_batch([texts[2]])[0], rows[2], atol=1e-5)
     assert encoder.embed([]).shape == (0, 384)
 
 
@@ -84,3 +87,51 @@ def test_agrees_with_the_torch_encoder(encoder: SentenceEncoder) -> None:
     torch_rows = rows.numpy() if hasattr(rows, "numpy") else np.asarray(rows)
     cosine = (encoder.embed(texts) * torch_rows).sum(axis=1)
     assert cosine.min() > 0.99
+
+
+def test_the_cache_keeps_the_most_recently_used_rows() -> None:
+    cache = EmbeddingCache(rows=2)
+    a, b, c = (np.full(3, v, dtype=np.float32) for v in (1.0, 2.0, 3.0))
+    cache.put("a", a)
+    cache.put("b", b)
+    assert cache.get("a") is a  # now the most recent
+    cache.put("c", c)
+    assert cache.get("b") is None
+    assert cache.get("a") is a and cache.get("c") is c
+
+
+@pytest.mark.slow
+def test_encoders_on_one_file_embed_each_text_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sentence_encoder, "_caches", {})
+    first, second = SentenceEncoder(), SentenceEncoder()
+    computed: list[str] = []
+
+    def counting(forward: Callable[[list[str]], np.ndarray]) -> Callable[[list[str]], np.ndarray]:
+        def counted(texts: list[str]) -> np.ndarray:
+            computed.extend(texts)
+            return forward(texts)
+
+        return counted
+
+    for enc in (first, second):
+        monkeypatch.setattr(enc, "_embed_batch", counting(enc._embed_batch))
+    texts = ["How do I boil an egg?", "Boil it for seven minutes.", "", "How do I boil an egg?"]
+    rows = first.embed(texts)
+    assert sorted(computed) == sorted(["How do I boil an egg?", "Boil it for seven minutes.", " "])
+    np.testing.assert_array_equal(rows[0], rows[3])
+    # The second encoder reads the same files: it computes only what the first did not.
+    again = second.embed(["Boil it for seven minutes.", "Peel it under cold water."])
+    assert computed[3:] == ["Peel it under cold water."]
+    np.testing.assert_array_equal(again[0], rows[1])
+    fresh = first._embed_batch(["Boil it for seven minutes."])[0]
+    np.testing.assert_allclose(again[0], fresh, atol=1e-5)
+
+    # Two threads embedding the same new answers at once: one forward pass of each.
+    computed.clear()
+    answers = [f"Answer number {i} about eggs." for i in range(12)]
+    threads = [threading.Thread(target=enc.embed, args=(answers,)) for enc in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(computed) == sorted(answers)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,50 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "all-minilm-l6-v2-int8"
 DEFAULT_TOKENIZER = "all-minilm-l6-v2"
+
+CACHE_ROWS = 2048
+"""Embeddings kept per encoder file (about 1.5 KB each for MiniLM's 384 floats)."""
+
+
+class EmbeddingCache:
+    """Recently embedded texts of one encoder file, shared by every encoder on it.
+
+    The default policy embeds each answer twice (the relevance scorer and the
+    reward head both read it with the same MiniLM file) and each request up to
+    four times (the input gate's two heads, relevance, reward). Encoders of the
+    same files and length share one cache, and its lock runs their lookups and
+    forward passes one at a time, so of two scorers embedding the same answers
+    at once the second finds them done.
+    """
+
+    def __init__(self, rows: int = CACHE_ROWS) -> None:
+        self.rows = rows
+        self.lock = threading.Lock()
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def get(self, text: str) -> np.ndarray | None:
+        """The cached row of ``text`` (marked recently used), or None."""
+        row = self._vectors.get(text)
+        if row is not None:
+            self._vectors.move_to_end(text)
+        return row
+
+    def put(self, text: str, row: np.ndarray) -> None:
+        self._vectors[text] = row
+        self._vectors.move_to_end(text)
+        while len(self._vectors) > self.rows:
+            self._vectors.popitem(last=False)
+
+
+_caches: dict[tuple[str, str, int], EmbeddingCache] = {}
+_caches_lock = threading.Lock()
+
+
+def shared_cache(onnx_file: Path, tokenizer_file: Path, max_length: int) -> EmbeddingCache:
+    """The process-wide cache of an encoder file read with a tokenizer at a length."""
+    key = (str(onnx_file.resolve()), str(tokenizer_file.resolve()), max_length)
+    with _caches_lock:
+        return _caches.setdefault(key, EmbeddingCache())
 
 
 class SentenceEncoder:
@@ -58,6 +103,7 @@ class SentenceEncoder:
         self._tok: Any = None
         self._inputs: set[str] = set()
         self._lock = threading.Lock()
+        self._cache: EmbeddingCache | None = None
 
     @property
     def loaded(self) -> bool:
@@ -97,6 +143,7 @@ class SentenceEncoder:
                     hint="pull it again with `aligntime models pull NAME --force`",
                 ) from exc
             self._inputs = {i.name for i in session.get_inputs()}
+            self._cache = shared_cache(onnx_file, tok_file, self.max_length)
             self._tok = tok
             self._session = session
             log.info("sentence encoder %s loaded from %s", self.model, onnx_file)
@@ -110,14 +157,27 @@ class SentenceEncoder:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """One unit-length float32 row per text, in the order given."""
         self.load()
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        # Batches of similar length waste less work on padding.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        cache = self._cache
+        assert cache is not None
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            out[idx] = self._embed_batch([texts[i] or " " for i in idx])
+        if not texts:
+            return out
+        clean = [t or " " for t in texts]
+        with cache.lock:
+            todo: dict[str, list[int]] = {}  # each new text once, with every row it fills
+            for i, text in enumerate(clean):
+                row = cache.get(text)
+                if row is None:
+                    todo.setdefault(text, []).append(i)
+                else:
+                    out[i] = row
+            # Batches of similar length waste less work on padding.
+            new = sorted(todo, key=len)
+            for start in range(0, len(new), self.batch_size):
+                batch = new[start : start + self.batch_size]
+                for text, row in zip(batch, self._embed_batch(batch), strict=True):
+                    cache.put(text, row.copy())
+                    out[todo[text]] = row
         return out
 
     def _embed_batch(self, texts: list[str]) -> np.ndarray:
