@@ -21,7 +21,7 @@ Figures, all measured in this one run:
 - ``--compare-model NAME`` (e.g. ``smollm2-135m-instruct-q4_0``): the decode figures
   for the policy's model and NAME, measured in turn within each repeat, and the
   judge's pairwise accuracy on ``--pairs`` with each model as the judge, with a
-  paired bootstrap 95% interval of the difference.
+  paired bootstrap 95% interval of the difference, and the seconds each judge took.
 
 Usage: ``python bench/embedded.py [--repeats 3] [--max-tokens 256] [--compare-model NAME]``
 """
@@ -249,6 +249,7 @@ def pairs_figures(models: dict[str, str], path: str) -> dict[str, Any]:
     """The judge's pairwise accuracy with each model as the judge, pair by pair in turn."""
     judges = {name: Judge(JudgeOptions(model=model)) for name, model in models.items()}
     credits: dict[str, list[float]] = {name: [] for name in judges}
+    seconds = dict.fromkeys(judges, 0.0)
 
     async def one(judge: Judge, prompt: str, answer: str) -> float:
         top = await judge.generator.next_token_logprobs(
@@ -259,8 +260,10 @@ def pairs_figures(models: dict[str, str], path: str) -> dict[str, Any]:
     async def run() -> None:
         for pair in load_pairs(path):
             for name, judge in judges.items():
+                started = time.perf_counter()
                 good = await one(judge, pair.prompt, pair.good)
                 bad = await one(judge, pair.prompt, pair.bad)
+                seconds[name] += time.perf_counter() - started
                 credits[name].append(credit(good, bad))
 
     asyncio.run(run())
@@ -274,6 +277,11 @@ def pairs_figures(models: dict[str, str], path: str) -> dict[str, Any]:
     out["difference"] = round(statistics.fmean(diffs), 4)
     out["difference_ci95"] = [round(boots[49], 4), round(boots[1949], 4)]
     out["pairs"] = len(diffs)
+    # Both judges probe each pair in turn, so the ratio of their seconds is fair on a
+    # noisy machine (the first pair of each also loads its engine's caches).
+    out["seconds"] = {name: round(value, 2) for name, value in seconds.items()}
+    first, second = (seconds[name] for name in models)
+    out["compare_over_policy_seconds"] = round(second / first, 3) if first else None
     return out
 
 
