@@ -129,10 +129,22 @@ BURST = [
 ]
 
 
+def llamacpp_generators(aligner: Aligner) -> list[LlamaCppGenerator]:
+    """The policy's generator and every llama.cpp judge's (the judge has an engine of its
+    own when it names another file, as the default's Q8_0 judge does)."""
+    assert isinstance(aligner.generator, LlamaCppGenerator), "this section measures llama.cpp"
+    found = [aligner.generator]
+    for scorer in aligner.scorers:
+        inner = getattr(scorer, "inner", scorer)  # a server BatchingScorer wraps its scorer
+        generator = getattr(inner, "generator", None)
+        if isinstance(generator, LlamaCppGenerator):
+            found.append(generator)
+    return found
+
+
 def prefix_figures(aligner: Aligner, max_tokens: int) -> dict[str, Any]:
     """Prompt tokens llama.cpp evaluated per request: first, later ones, a concurrent burst."""
-    assert isinstance(aligner.generator, LlamaCppGenerator), "this section measures llama.cpp"
-    counted = Counted(aligner.generator)
+    counted = Counted(*llamacpp_generators(aligner))
 
     def evaluated_during(work: Any) -> tuple[int, int]:
         start = len(counted.rows)
@@ -188,8 +200,7 @@ def load_figures(policy: str, clients: int, requests: int, max_tokens: int) -> d
     scorers = [timed(BatchingScorer(s)) for s in base.scorers]
     aligner = Aligner(base.policy, generator=base.generator, scorers=scorers)
     aligner.load()
-    assert isinstance(aligner.generator, LlamaCppGenerator), "this section measures llama.cpp"
-    counted = Counted(aligner.generator)
+    counted = Counted(*llamacpp_generators(aligner))
     latencies: list[float] = []
 
     async def run() -> float:

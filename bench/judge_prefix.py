@@ -57,23 +57,26 @@ def rubric_first(judge: Judge, request: str, answer: str) -> list[Message]:
 
 
 class Counted:
-    """Records llama.cpp's own timings of every reply the engine returns."""
+    """Records llama.cpp's own timings of every reply the generators' engines return
+    (each engine once: a judge on the generator's model shares its engine)."""
 
-    def __init__(self, generator: LlamaCppGenerator) -> None:
-        engine = generator.engine
+    def __init__(self, *generators: LlamaCppGenerator) -> None:
         self.rows: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        chat = engine.chat
+        engines = {id(g.engine): g.engine for g in generators}
+        for engine in engines.values():
+            engine.chat = self._counting(engine.chat)  # type: ignore[method-assign]
 
+    def _counting(self, chat: Any) -> Any:
         def counted(body: dict[str, Any]) -> dict[str, Any]:
-            reply = chat(body)
+            reply: dict[str, Any] = chat(body)
             with self._lock:
                 # A one-token request is a probe (a judge's verdict); the rest generate.
                 probe = body.get("max_tokens") == 1
                 self.rows.append({**(reply.get("timings") or {}), "probe": probe})
             return reply
 
-        engine.chat = counted  # type: ignore[method-assign]
+        return counted
 
     def last(self) -> dict[str, Any]:
         with self._lock:
