@@ -10,7 +10,7 @@ from aligntime.generators.llamacpp import LlamaCppGenerator, LlamaCppOptions
 from aligntime.generators.llamacpp_cache import PromptTokens, since
 from aligntime.prompting.policy import PromptPolicy
 from aligntime.scorers.judge import Judge, JudgeOptions
-from aligntime.types import GenerationParams, Message
+from aligntime.types import Candidate, GenerationParams, Message
 
 pytestmark = pytest.mark.slow
 
@@ -62,3 +62,19 @@ def test_the_judge_evaluates_only_the_answer_after_its_first_probe() -> None:
     assert first.evaluated == first.prompt
     assert second.reused >= 0.4 * second.prompt, (first, second)
     assert second.evaluated + second.reused == second.prompt, (first, second)
+
+
+def test_one_judge_prompt_may_use_the_whole_shared_cache() -> None:
+    # The presets give the judge 8 x 1024 cells of one unified KV cache, sized for the
+    # usual judge prompt; a longer one (Chinese takes more than one SmolLM2 token per
+    # character: 680 characters here) must still fit, in cells the other slots leave free.
+    judge = Judge(JudgeOptions(backend_options={"parallel": 2, "context": 1024}))
+    assert isinstance(judge.generator, LlamaCppGenerator)
+    engine = judge.generator.engine
+    before = engine.prompt_tokens.snapshot()
+    request = "请详细解释一下为什么天空是蓝色的。" * 40
+    messages = [Message("user", request)]
+    (value,) = asyncio.run(judge.score(messages, [Candidate(text="因为瑞利散射。")]))
+    used = since(before, engine.prompt_tokens.snapshot())
+    assert 1024 < used.prompt <= 2048, used
+    assert 0.0 <= value <= 1.0
