@@ -9,12 +9,15 @@ field, and a cycle only one answer walks into fails that answer's gate.
 
 from __future__ import annotations
 
+import gc
+import sys
 import textwrap
 from typing import Any
 
 import httpx
 import pytest
 
+from aligntime import structured
 from aligntime.policy.loader import parse_policy
 from aligntime.request import RequestError
 from aligntime.server import ServerOptions, app_from_policies
@@ -119,3 +122,84 @@ def test_the_server_answers_them_with_a_400_or_a_gated_answer() -> None:
         assert r.status_code == 200, r.text
         # The only candidate walks into the cycle: it fails the gate, the fallback answers.
         assert r.json()["choices"][0]["message"]["content"] != '{"a": 1}'
+
+
+class _Litter:
+    """Garbage in a reference cycle whose finalizer needs a little stack."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+    def __del__(self) -> None:
+        def deep(n: int) -> int:
+            return 0 if n == 0 else 1 + deep(n - 1)
+
+        deep(60)
+
+
+def _depth() -> int:
+    frame, depth = sys._getframe(), 0
+    while frame is not None:
+        frame, depth = frame.f_back, depth + 1
+    return depth
+
+
+def _refused(schema: dict[str, Any]) -> None:
+    with pytest.raises(RequestError, match="without end"):
+        check_schema(schema, WHERE)
+
+
+def _answer_fails(schema: dict[str, Any]) -> None:
+    # A cycle only the answer walks into: found while the answer is checked.
+    found = structured.violations(structured.validator(schema), {"a": 1})
+    assert "without end" in found[-1]
+
+
+LOOP = {"$defs": {"loop": {"$ref": "#/$defs/loop"}}}
+
+
+@pytest.mark.parametrize(
+    ("check", "schema"),
+    [
+        (_refused, {"$ref": "#"}),
+        (_answer_fails, {"properties": {"a": LOOP["$defs"]["loop"]}, **LOOP}),
+    ],
+)
+def test_unrelated_garbage_is_not_collected_at_the_recursion_limit(
+    monkeypatch: pytest.MonkeyPatch, check: Any, schema: dict[str, Any]
+) -> None:
+    # A cycle probe recurses to the limit on purpose. An automatic collection starting
+    # there ran other objects' finalizers without stack: a flaky "exception ignored" in
+    # CI. Here no collection starts by itself (a huge threshold); one starts near the
+    # limit if the collector is enabled there, as an automatic one could.
+    from jsonschema.validators import extend, validator_for
+
+    base = validator_for(schema)
+    ref = base.VALIDATORS["$ref"]
+    deep_calls: list[bool] = []  # one per $ref met near the limit: collector enabled?
+
+    def ref_collecting(validator: Any, value: Any, instance: Any, here: Any) -> Any:
+        if _depth() > sys.getrecursionlimit() - 60:
+            deep_calls.append(gc.isenabled())
+            if gc.isenabled():
+                gc.collect()
+        yield from ref(validator, value, instance, here)
+
+    deeper = extend(base, {"$ref": ref_collecting})
+    monkeypatch.setattr(structured, "validator", lambda s: deeper(s))
+    ignored: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: ignored.append(u.exc_value))
+    threshold = gc.get_threshold()
+    gc.collect()
+    gc.set_threshold(10**9)
+    try:
+        for _ in range(5):
+            _Litter()
+        check(schema)
+    finally:
+        gc.set_threshold(*threshold)
+    gc.collect()  # the litter goes here, with stack to spare
+    assert deep_calls, "the probe never came near the recursion limit"
+    assert ignored == []
+    assert deep_calls == [False] * len(deep_calls)
+    assert gc.isenabled()
