@@ -165,7 +165,18 @@ def check_schema(schema: Any, where: str) -> None:
         ) from None
 
 
-_gc_pause = threading.Lock()
+class _CollectorPause:
+    """Counts the threads inside a deep probe; the first in pauses the cyclic garbage
+    collector and the last out restores it, so no thread waits on another's probe
+    and a nested pause is harmless."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.inside = 0
+        self.was_enabled = False
+
+
+_pause = _CollectorPause()
 
 
 @contextmanager
@@ -175,16 +186,19 @@ def _no_cyclic_gc() -> Iterator[None]:
     A collection that starts near the recursion limit runs the finalizers of
     unrelated garbage (a closed socket, a generator) there; they fail with their
     own RecursionError, reported as "exception ignored" and turned into a failure
-    by pytest's hook. The probe takes milliseconds, and the lock keeps two threads
-    from restoring each other's collector state.
+    by pytest's hook. A probe takes milliseconds.
     """
-    with _gc_pause:
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
-            yield
-        finally:
-            if enabled:
+    with _pause.lock:
+        if _pause.inside == 0:
+            _pause.was_enabled = gc.isenabled()
+            gc.disable()
+        _pause.inside += 1
+    try:
+        yield
+    finally:
+        with _pause.lock:
+            _pause.inside -= 1
+            if _pause.inside == 0 and _pause.was_enabled:
                 gc.enable()
 
 

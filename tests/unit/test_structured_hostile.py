@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import sys
 import textwrap
+import threading
 from typing import Any
 
 import httpx
@@ -203,3 +204,40 @@ def test_unrelated_garbage_is_not_collected_at_the_recursion_limit(
     assert ignored == []
     assert deep_calls == [False] * len(deep_calls)
     assert gc.isenabled()
+
+
+def test_overlapping_and_nested_pauses_restore_the_collector_once() -> None:
+    inside, leave = threading.Event(), threading.Event()
+
+    def other_thread() -> None:
+        with structured._no_cyclic_gc():
+            inside.set()
+            leave.wait(5)
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    inside.wait(5)
+    seen: list[bool] = []
+
+    def nested() -> None:
+        with structured._no_cyclic_gc(), structured._no_cyclic_gc():
+            seen.append(gc.isenabled())
+        seen.append(gc.isenabled())
+
+    # In a thread of its own, so that a pause that waited on the other one fails here
+    # instead of hanging the run.
+    mine = threading.Thread(target=nested)
+    mine.start()
+    mine.join(5)
+    assert not mine.is_alive(), "a pause waited for another thread's probe"
+    assert seen == [False, False]  # the other thread is still probing
+    leave.set()
+    worker.join()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with structured._no_cyclic_gc():
+            pass
+        assert not gc.isenabled()  # a collector the caller had paused stays paused
+    finally:
+        gc.enable()
