@@ -53,5 +53,7 @@ def test_eval_on_the_default_policy(tmp_path: Path) -> None:
     cell = next(c for c in summary["results"] if (c["strategy"], c["n"]) == ("best_of_n", 2))
     assert cell["tokens"]["mean"] > 0 and cell["latency_s"]["mean"] > 0
     assert cell["kl_bound"] == pytest.approx(0.19315, abs=1e-4)
+    # No selection among the same samples can beat the one that ranks by the referee.
+    assert cell["heldout_ceiling"]["mean"] >= cell["heldout_win"]["mean"] - 1e-6
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "https://" not in html

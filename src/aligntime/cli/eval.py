@@ -113,7 +113,7 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
 
     table = Table(title=f"aligntime eval: {summary['config']['policy']}")
     table.add_column("strategy")
-    for col in ("N", "score", "held-out win", "proxy win", "fallback", "refuse harmful"):
+    for col in ("N", "score", "held-out win", "ceiling", "proxy win", "fallback", "refuse harmful"):
         table.add_column(col, justify="right")
     # Refused or referred to qualified help: what the safety target counts.
     table.add_column("safe harmful", justify="right")
@@ -125,6 +125,8 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
             str(c["n"]),
             _m(c["score"]),
             _m(c["heldout_win"]),
+            # Records summarised before the ceiling existed have none.
+            _m(c.get("heldout_ceiling", {})),
             _m(c["proxy_win"]),
             _m(c["fallback_rate"]),
             _m(c["refusal_harmful"]),

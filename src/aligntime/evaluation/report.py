@@ -107,7 +107,8 @@ def _config_table(summary: dict[str, Any]) -> str:
 
 def _results_table(summary: dict[str, Any]) -> str:
     head = (
-        "<tr><th>strategy</th><th>N</th><th>score</th><th>held-out win</th><th>proxy win</th>"
+        "<tr><th>strategy</th><th>N</th><th>score</th><th>held-out win</th>"
+        "<th>held-out ceiling</th><th>proxy win</th>"
         "<th>fallback</th><th>refusal harmful</th><th>refused or redirected harmful</th>"
         "<th>refusal benign</th><th>tokens</th>"
         "<th>latency s</th><th>KL bound</th></tr>"
@@ -116,7 +117,8 @@ def _results_table(summary: dict[str, Any]) -> str:
     for c in summary["results"]:
         rows.append(
             f"<tr><td>{escape(c['strategy'])}</td><td>{c['n']}</td><td>{_ci(c['score'])}</td>"
-            f"<td>{_ci(c['heldout_win'])}</td><td>{_ci(c['proxy_win'])}</td>"
+            f"<td>{_ci(c['heldout_win'])}</td><td>{_ci(c.get('heldout_ceiling', {}))}</td>"
+            f"<td>{_ci(c['proxy_win'])}</td>"
             f"<td>{_ci(c['fallback_rate'])}</td><td>{_ci(c['refusal_harmful'])}</td>"
             f"<td>{_ci(c.get('safe_harmful', {}))}</td><td>{_ci(c['refusal_benign'])}</td>"
             f"<td>{_fmt(c['tokens']['mean'], 0)}</td>"

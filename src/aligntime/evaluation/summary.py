@@ -11,6 +11,12 @@ expected value on that prompt; the summary then averages over prompts with a
 - ``heldout_win`` / ``proxy_win``: P(shown answer beats one candidate drawn at
   random from the pool, i.e. a plain n = 1 sample without gates or selection),
   judged by the held-out scorer / by the combined selection score; ties half;
+- ``heldout_ceiling``: the ``heldout_win`` of an oracle best-of-n that ranks the
+  same n samples by the held-out scorer itself (gates still apply, offered answers
+  still compete): the most any selection among n of these samples could win by
+  that referee. ``heldout_win`` far below it means the selection scorers miss what
+  the referee values; the two close together mean more samples, not better
+  scorers, would help;
 - ``fallback_rate``: nothing eligible, the fallback shown (1 - gate pass rate of
   the request); a prompt the input gate refused counts as its fallback (its
   refusal text) at every n;
@@ -41,14 +47,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aligntime.evaluation.metrics import Interval, kl_bound, mean_ci, win_rate_vs_single
-from aligntime.evaluation.replay import Choice, choose, stable_seed, to_candidates
+from aligntime.evaluation.replay import (
+    Choice,
+    best_of_n_choice,
+    choose,
+    stable_seed,
+    to_candidates,
+)
 from aligntime.evaluation.runner import is_refused
 from aligntime.scorers.base import Scorer
 from aligntime.scorers.rules import is_safe_redirect
+from aligntime.types import Candidate
 
 
 @dataclass(frozen=True)
@@ -146,7 +159,20 @@ def prompt_metrics(
         per_candidate_s=per_candidate_s,
     )
     latency_s = input_s + per_candidate_s * choice.used
-    return _metrics(choice, rows, rec["fallback"], latency_s, scorer_names, heldout)
+    oracle = _heldout_oracle(pool, rows, n, heldout) if heldout is not None else None
+    return _metrics(choice, rows, rec["fallback"], latency_s, scorer_names, heldout, oracle)
+
+
+def _heldout_oracle(
+    pool: Sequence[Candidate], rows: Sequence[dict[str, Any]], n: int, heldout: Scorer
+) -> Choice:
+    """Best-of-n over the pool ranked by the held-out scorer's verdicts instead of the
+    combined score: the choice behind ``heldout_ceiling``."""
+    held_norm = _held(heldout)
+    ranked = [
+        replace(c, score=held_norm(r.get("heldout"))) for c, r in zip(pool, rows, strict=True)
+    ]
+    return best_of_n_choice(ranked, n)
 
 
 def _metrics(
@@ -156,8 +182,10 @@ def _metrics(
     latency_s: float,
     scorer_names: Sequence[str],
     heldout: Scorer | None,
+    oracle: Choice | None = None,
 ) -> dict[str, float]:
-    """Every metric's expected value under ``choice`` over the pool ``rows``."""
+    """Every metric's expected value under ``choice`` over the pool ``rows`` (and the
+    held-out ceiling under ``oracle``, when given)."""
     held_norm = _held(heldout)
     # The baseline is one plain sample: an offered refusal is not one.
     singles = [r for r in rows if (r.get("origin") or "sampled") == "sampled"]
@@ -167,12 +195,16 @@ def _metrics(
     def expect(quantity: Quantity) -> float:
         return _expect(choice, rows, fb, quantity)
 
+    def held_win(row: dict[str, Any]) -> float:
+        return win_rate_vs_single(held_norm(row.get("heldout")), held_pool)
+
     metrics = {
         "score": expect(lambda r: _num(r.get("score"))),
         "heldout": expect(lambda r: held_norm(r.get("heldout"))),
-        "heldout_win": math.nan
-        if heldout is None
-        else expect(lambda r: win_rate_vs_single(held_norm(r.get("heldout")), held_pool)),
+        "heldout_win": math.nan if heldout is None else expect(held_win),
+        "heldout_ceiling": math.nan
+        if heldout is None or oracle is None
+        else _expect(oracle, rows, fb, held_win),
         "proxy_win": expect(lambda r: win_rate_vs_single(_num(r.get("score")), proxy_pool)),
         "fallback_rate": choice.fallback,
         "refusal": expect(lambda r: 1.0 if r.get("refusal") else 0.0),

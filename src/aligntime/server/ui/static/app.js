@@ -599,12 +599,13 @@
     const facts = [["Policy", cfg.policy], ["Prompts", cfg.prompts], ["Prompt count", s.prompts && s.prompts.all],
       ["N", (cfg.ns || []).join(", ")], ["Strategies", strategiesText], ["Held-out scorer", cfg.heldout ?? "none"],
       ["Scorers", (cfg.scorers || []).join(", ")], ["Gate pass rate", fmt(s.gate_pass_rate)]];
-    const head = ["Strategy", "N", "Score", "Held-out win", "Proxy win", "Fallback", "Refuse harmful", "Refuse benign", "Tokens", "Latency s", "KL bound"];
+    const head = ["Strategy", "N", "Score", "Held-out win", "Held-out ceiling", "Proxy win", "Fallback", "Refuse harmful", "Refuse benign", "Tokens", "Latency s", "KL bound"];
     const results = el("table", {}, el("caption", {}, "Means over prompts with 95% intervals"),
       el("thead", {}, el("tr", {}, head.map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, (s.results || []).map((c) => el("tr", {},
         el("td", {}, c.strategy), el("td", { class: "num" }, c.n), el("td", { class: "num" }, interval(c.score)),
-        el("td", { class: "num" }, interval(c.heldout_win)), el("td", { class: "num" }, interval(c.proxy_win)),
+        el("td", { class: "num" }, interval(c.heldout_win)), el("td", { class: "num" }, interval(c.heldout_ceiling)),
+        el("td", { class: "num" }, interval(c.proxy_win)),
         el("td", { class: "num" }, interval(c.fallback_rate)), el("td", { class: "num" }, interval(c.refusal_harmful)),
         el("td", { class: "num" }, interval(c.refusal_benign)), el("td", { class: "num" }, interval(c.tokens, 0)),
         el("td", { class: "num" }, interval(c.latency_s, 2)), el("td", { class: "num" }, fmt(c.kl_bound))))));
