@@ -12,8 +12,11 @@ spend more CPU than the server on these 2 cores). Two workloads:
   time inside the Aligner, per request.
 - ``default``: the real default policy (SmolLM2-135M on llama.cpp and its four
   scorers) at n = 2 and 32 tokens, streaming, with the audit log on: throughput,
-  latency, time to first token, errors, and audit rows against acknowledged
-  responses.
+  latency, time to first token, errors, audit rows against acknowledged
+  responses, and the server process's CPU seconds per answered request (user plus
+  system time of every thread, from ``/proc``; Linux only). On a CPU-bound server
+  throughput is cores / CPU seconds per request, so the latter says whether a
+  change did less work or only arranged the same work differently.
 
 Old and new in one run: ``--baseline REV`` also serves the package as of git revision
 REV (unpacked with ``git archive``, imported through ``PYTHONPATH``) beside the working
@@ -318,11 +321,25 @@ def server_stages(before: str, after: str, stages: tuple[str, ...]) -> dict[str,
 
 
 class Side(NamedTuple):
-    """One server under test: its address and audit log."""
+    """One server under test: its address, audit log and process id."""
 
     host: str
     port: int
     db: Path
+    pid: int
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User plus system CPU seconds of process ``pid`` so far, every thread counted
+    (``None`` where ``/proc`` does not say: not on Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the command name (which may hold spaces) start at field 3; utime
+    # and stime are fields 14 and 15.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def bench_default(
@@ -342,11 +359,19 @@ async def bench_default(
             for name in order:
                 side = sides[name]
                 before = await scrape(side.host, side.port)
+                cpu_before = process_cpu_s(side.pid)
                 run = await closed_loop(
                     side.host, side.port, make, clients, total=total, seconds=1800, stream=True
                 )
+                cpu_after = process_cpu_s(side.pid)
                 after = await scrape(side.host, side.port)
                 run["server"] = server_stages(before, after, ("generate", "score"))
+                if cpu_before is not None and cpu_after is not None:
+                    run["_cpu_s"] = cpu_after - cpu_before
+                    answered = run["requests"] - run["errors"]
+                    run["cpu_s_per_request"] = (
+                        round(run["_cpu_s"] / answered, 3) if answered else None
+                    )
                 acked[name] += [i for i in run.pop("_ids") if i]
                 turns[name].append(run)
                 progress(f"default ({name}), {clients} clients, turn {r + 1}", run)
@@ -379,6 +404,8 @@ def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
     for key in ("client_latency_ms", "ttft_ms", "first_byte_ms"):
         merged[key] = _pcts(sorted(v / 1000 for r in runs for v in r.get("_" + key, [])))
+    if ok and all("_cpu_s" in r for r in runs):
+        merged["cpu_s_per_request"] = round(sum(r["_cpu_s"] for r in runs) / ok, 3)
     merged["turns"] = [
         {"throughput_rps": r["throughput_rps"], "p50_ms": r["client_latency_ms"]["p50"]}
         for r in runs
@@ -387,16 +414,18 @@ def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def ratios(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
-    """New over old per level: throughput and median latency."""
+    """New over old per level: throughput, median latency and CPU seconds per request."""
     out: dict[str, Any] = {}
     for level, run in new.items():
         base = old.get(level)
         if level == "audit" or not base or not base["throughput_rps"]:
             continue
         p50, base_p50 = run["client_latency_ms"]["p50"], base["client_latency_ms"]["p50"]
+        cpu, base_cpu = run.get("cpu_s_per_request"), base.get("cpu_s_per_request")
         out[level] = {
             "throughput": round(run["throughput_rps"] / base["throughput_rps"], 3),
             "p50_latency": round(p50 / base_p50, 3) if p50 and base_p50 else None,
+            "cpu_per_request": round(cpu / base_cpu, 3) if cpu and base_cpu else None,
         }
     return out
 
@@ -425,7 +454,7 @@ def start_side(args: list[str], db: Path, source: Path | None = None) -> tuple[A
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = saved
-    return proc, Side(host, port, db)
+    return proc, Side(host, port, db, proc.pid)
 
 
 def progress(label: str, figures: dict[str, Any]) -> None:

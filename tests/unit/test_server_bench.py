@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 from pathlib import Path
 from types import ModuleType
@@ -20,7 +21,9 @@ def _bench() -> ModuleType:
     return bench
 
 
-def _turn(rps: float, seconds: float, latencies: list[float]) -> dict[str, object]:
+def _turn(
+    rps: float, seconds: float, latencies: list[float], cpu_s: float = 1.0
+) -> dict[str, object]:
     return {
         "clients": 2,
         "requests": len(latencies),
@@ -29,18 +32,30 @@ def _turn(rps: float, seconds: float, latencies: list[float]) -> dict[str, objec
         "throughput_rps": rps,
         "client_latency_ms": {"p50": latencies[len(latencies) // 2]},
         "_client_latency_ms": latencies,
+        "_cpu_s": cpu_s,
     }
 
 
 def test_turns_of_a_level_are_pooled_and_compared() -> None:
     bench = _bench()
-    old = bench.merge([_turn(1.0, 4.0, [100.0, 300.0]), _turn(0.5, 4.0, [500.0, 700.0])])
+    old = bench.merge([_turn(1.0, 4.0, [100.0, 300.0], 6.0), _turn(0.5, 4.0, [500.0, 700.0], 10.0)])
     assert old["requests"] == 4 and old["seconds"] == 8.0
     assert old["throughput_rps"] == 0.5  # 4 answered in 8 s, not the mean of the turns' rates
     assert old["client_latency_ms"]["p50"] == 500.0
+    assert old["cpu_s_per_request"] == 4.0  # 16 CPU seconds over 4 answered requests
     new = bench.merge([_turn(2.0, 2.0, [50.0, 150.0]), _turn(2.0, 2.0, [250.0, 350.0])])
     ratio = bench.ratios({"2": new}, {"2": old, "audit": {}})
-    assert ratio == {"2": {"throughput": 2.0, "p50_latency": 0.5}}
+    assert ratio == {"2": {"throughput": 2.0, "p50_latency": 0.5, "cpu_per_request": 0.125}}
+
+
+def test_the_cpu_clock_counts_this_process_and_not_a_missing_one() -> None:
+    bench = _bench()
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("no /proc on this system")
+    first = bench.process_cpu_s(os.getpid())
+    sum(i * i for i in range(2_000_000))  # some CPU work
+    assert first is not None and bench.process_cpu_s(os.getpid()) > first
+    assert bench.process_cpu_s(2**22 + 12345) is None  # above Linux's pid limit
 
 
 def test_the_old_side_is_the_package_source_at_a_revision(tmp_path: Path) -> None:
@@ -74,3 +89,5 @@ def test_old_and_new_servers_run_in_alternating_turns(tmp_path: Path) -> None:
         assert report[side]["audit"]["lost"] == 0
     assert set(report["default_new_over_old"]) == {"1", "2"}
     assert not any(key.startswith("_") for key in report["default"]["2"])
+    if Path("/proc/self/stat").exists():
+        assert report["default"]["2"]["cpu_s_per_request"] > 0
