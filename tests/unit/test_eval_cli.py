@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
+def cli(*args: str, columns: str | None = "200") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    if columns is not None:
+        env["COLUMNS"] = columns
     return subprocess.run(
         [sys.executable, "-m", "aligntime", *args],
         capture_output=True,
@@ -37,10 +39,12 @@ def test_eval_json_and_rerun(fake_policy_file: Path, tmp_path: Path) -> None:
     ]  # fmt: skip
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
 
-    # A table run over the same output reuses both prompts and adds the third.
-    proc = cli(*args[:-4], "--out", str(out), "--draws", "20")
+    # A table run over the same output reuses both prompts and adds the third. Piped
+    # (not a terminal, no COLUMNS) the table is printed whole, not cut to 80 columns.
+    proc = cli(*args[:-4], "--out", str(out), "--draws", "20", columns=None)
     assert proc.returncode == 0, proc.stderr
     assert "best_of_n" in proc.stdout and "report.html" in proc.stdout
+    assert "…" not in proc.stdout and "held-out win" in proc.stdout and "ceiling" in proc.stdout
     assert len((out / "results.jsonl").read_text().splitlines()) == 3
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from aligntime.cli.console import out
+from aligntime.cli.console import out, print_table
 
 
 def audit(
@@ -52,7 +52,7 @@ def audit(
             "-" if r["best"] is None else str(r["best"]),
             ", ".join(flags),
         )
-    out.print(table)
+    print_table(table)
     out.print(f"{len(rows)} request(s) in {db}")
 
 

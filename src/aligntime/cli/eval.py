@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from aligntime.cli.console import err, out, policy_models, pull_with_progress, status
+from aligntime.cli.console import err, out, policy_models, print_table, pull_with_progress, status
 
 
 def evaluate(
@@ -136,7 +136,7 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
             _m(c["latency_s"], 2),
             f"{c['kl_bound']:.3f}",
         )
-    out.print(table)
+    print_table(table)
     if summary.get("input_gate"):
         from aligntime.evaluation.summary import describe_gate
 
@@ -201,7 +201,7 @@ def evaluate_scorer(
             _num(row.get("spearman")),
             str(row["items"]),
         )
-    out.print(table)
+    print_table(table)
 
 
 def _num(value: Any) -> str:

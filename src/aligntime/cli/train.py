@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from aligntime.cli.console import err, out
+from aligntime.cli.console import err, out, print_table
 
 
 def train_scorer(
@@ -189,7 +189,7 @@ def _print(metrics: dict[str, Any], out_dir: Path) -> None:
                 _num(row.get("false_positive_rate")),
                 _num(row.get("auc")),
             )
-    out.print(table)
+    print_table(table)
     out.print(f"written to {out_dir} (use it with `kind: trained`, `model: {out_dir}`)")
 
 
