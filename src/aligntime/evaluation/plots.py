@@ -3,7 +3,8 @@
 Four figures, each against n on a log-2 axis, one line per strategy:
 ``score_vs_n.png`` (combined score of the shown answer, 95% band),
 ``winrate_vs_n.png`` (held-out win rate solid, proxy win rate dashed, vs a
-single sample), ``cost_vs_n.png`` (tokens and latency) and ``kl_bound.png``.
+single sample; the held-out ceiling dotted, in black: the same for every
+strategy), ``cost_vs_n.png`` (tokens and latency) and ``kl_bound.png``.
 """
 
 from __future__ import annotations
@@ -42,8 +43,17 @@ def write_plots(summary: dict[str, Any], out_dir: Path) -> list[Path]:
         color = f"C{i}"
         _line(ax, cells, "heldout_win", f"{label} held-out", band=True, color=color)
         _line(ax, cells, "proxy_win", f"{label} proxy", band=False, color=color, style="--")
+    first = next(iter(series.values()), [])
+    # Summaries written before the ceiling existed have none to draw.
+    if first and all("heldout_ceiling" in c for c in first):
+        _line(ax, first, "heldout_ceiling", "held-out ceiling", band=False, color="k", style=":")
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
-    _axes(ax, ns, "win rate vs one sample", "Held-out (solid) and proxy (dashed) win rate")
+    _axes(
+        ax,
+        ns,
+        "win rate vs one sample",
+        "Held-out (solid), proxy (dashed) win rate; ceiling (dotted)",
+    )
     paths.append(_save(fig, out_dir / PLOTS[1]))
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.0))
