@@ -12,8 +12,9 @@ spend more CPU than the server on these 2 cores). Two workloads:
   time inside the Aligner, per request.
 - ``default``: the real default policy (SmolLM2-135M on llama.cpp and its four
   scorers) at n = 2 and 32 tokens, streaming, with the audit log on: throughput,
-  latency, time to first token, errors, audit rows against acknowledged
-  responses, and the server process's CPU seconds per answered request (user plus
+  latency, time to first token, the server's input-gate, generation and scoring
+  stage times (p50 and p99), errors, audit rows against acknowledged responses, and
+  the server process's CPU seconds per answered request (user plus
   system time of every thread, from ``/proc``; Linux only). On a CPU-bound server
   throughput is cores / CPU seconds per request, so the latter says whether a
   change did less work or only arranged the same work differently.
@@ -365,7 +366,7 @@ async def bench_default(
                 )
                 cpu_after = process_cpu_s(side.pid)
                 after = await scrape(side.host, side.port)
-                run["server"] = server_stages(before, after, ("generate", "score"))
+                run["server"] = server_stages(before, after, ("input", "generate", "score"))
                 if cpu_before is not None and cpu_after is not None:
                     run["_cpu_s"] = cpu_after - cpu_before
                     answered = run["requests"] - run["errors"]

@@ -135,3 +135,104 @@ def test_encoders_on_one_file_embed_each_text_once(monkeypatch: pytest.MonkeyPat
     for t in threads:
         t.join()
     assert sorted(computed) == sorted(answers)
+
+
+class GatedEncoder(SentenceEncoder):
+    """An encoder without a model: rows are the text's length, and a text may be held
+    in its forward pass until the test lets it go."""
+
+    def __init__(self, cache: EmbeddingCache) -> None:
+        super().__init__()
+        self._cache = cache
+        self.holds: dict[str, threading.Event] = {}
+        self.entered: dict[str, threading.Event] = {}
+        self.fail: set[str] = set()
+        self.computed: list[str] = []
+
+    def load(self) -> None:
+        pass
+
+    @property
+    def dim(self) -> int:
+        return 2
+
+    def _embed_batch(self, texts: list[str]) -> np.ndarray:
+        for text in texts:
+            self.entered.setdefault(text, threading.Event()).set()
+            hold = self.holds.get(text)
+            if hold is not None:
+                assert hold.wait(timeout=10)
+            if text in self.fail:
+                raise RuntimeError(f"forward pass failed on {text!r}")
+        self.computed.extend(texts)
+        return np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
+
+
+def _in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+    box: list[object] = []
+
+    def run() -> None:
+        try:
+            box.append(fn())
+        except BaseException as exc:  # handed to the test through the box
+            box.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, box
+
+
+def test_a_new_text_does_not_wait_behind_another_callers_forward_pass() -> None:
+    cache = EmbeddingCache()
+    answers, gate = GatedEncoder(cache), GatedEncoder(cache)
+    answers.holds["a long answer being embedded"] = threading.Event()
+    slow, _ = _in_thread(lambda: answers.embed(["a long answer being embedded"]))
+    assert answers.entered.setdefault("a long answer being embedded", threading.Event()).wait(10)
+    # The other caller's pass is still running; a different text is embedded at once.
+    quick, box = _in_thread(lambda: gate.embed(["is this request harmful?"]))
+    quick.join(timeout=10)
+    assert not quick.is_alive() and box and not isinstance(box[0], BaseException)
+    answers.holds["a long answer being embedded"].set()
+    slow.join(timeout=10)
+    assert answers.computed == ["a long answer being embedded"]
+    assert gate.computed == ["is this request harmful?"]
+
+
+def test_a_text_in_flight_is_computed_once_and_shared() -> None:
+    cache = EmbeddingCache()
+    first, second = GatedEncoder(cache), GatedEncoder(cache)
+    first.holds["shared answer"] = threading.Event()
+    t1, box1 = _in_thread(lambda: first.embed(["shared answer", "only first"]))
+    assert not box1  # still in its forward pass
+    assert first.entered.setdefault("shared answer", threading.Event()).wait(10)
+    t2, box2 = _in_thread(lambda: second.embed(["only second", "shared answer"]))
+    t2.join(timeout=0.5)
+    assert t2.is_alive()  # it waits for the row the first caller is computing
+    first.holds["shared answer"].set()
+    t1.join(timeout=10)
+    t2.join(timeout=10)
+    assert sorted(first.computed) == ["only first", "shared answer"]
+    assert second.computed == ["only second"]
+    rows = box2[0]
+    assert isinstance(rows, np.ndarray)
+    np.testing.assert_array_equal(rows[1], [len("shared answer"), 1.0])
+
+
+def test_a_failed_pass_reaches_its_waiters_and_is_not_remembered() -> None:
+    cache = EmbeddingCache()
+    first, second = GatedEncoder(cache), GatedEncoder(cache)
+    first.holds["broken"] = threading.Event()
+    first.fail.add("broken")
+    t1, box1 = _in_thread(lambda: first.embed(["broken"]))
+    assert first.entered.setdefault("broken", threading.Event()).wait(10)
+    t2, box2 = _in_thread(lambda: second.embed(["broken"]))
+    t2.join(timeout=0.5)
+    assert t2.is_alive()
+    first.holds["broken"].set()
+    t1.join(timeout=10)
+    t2.join(timeout=10)
+    assert isinstance(box1[0], RuntimeError) and isinstance(box2[0], RuntimeError)
+    # Nothing is left in flight: the next caller computes the text itself.
+    rows = second.embed(["broken", "fine"])
+    assert sorted(second.computed) == ["broken", "fine"]
+    np.testing.assert_array_equal(rows[0], [len("broken"), 1.0])

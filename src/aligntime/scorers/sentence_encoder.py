@@ -14,6 +14,8 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,34 +33,79 @@ CACHE_ROWS = 2048
 """Embeddings kept per encoder file (about 1.5 KB each for MiniLM's 384 floats)."""
 
 
+@dataclass
+class Claim:
+    """What :meth:`EmbeddingCache.claim` found for some texts."""
+
+    found: dict[str, np.ndarray] = field(default_factory=dict)
+    """Rows already embedded."""
+    waiting: dict[str, Future[np.ndarray]] = field(default_factory=dict)
+    """Texts another caller is embedding now: their rows when it is done."""
+    mine: list[str] = field(default_factory=list)
+    """Texts nobody has: this caller embeds them and hands the rows to :meth:`put`."""
+
+
 class EmbeddingCache:
     """Recently embedded texts of one encoder file, shared by every encoder on it.
 
     The default policy embeds each answer twice (the relevance scorer and the
     reward head both read it with the same MiniLM file) and each request up to
     four times (the input gate's two heads, relevance, reward). Encoders of the
-    same files and length share one cache, and its lock runs their lookups and
-    forward passes one at a time, so of two scorers embedding the same answers
-    at once the second finds them done.
+    same files and length share one cache. A text being embedded is marked in
+    flight, so of two scorers embedding the same answers at once the second
+    waits for those rows instead of computing them again; forward passes of
+    different texts run at the same time, so a request's input gate (one short
+    text) never queues behind another request's answers.
     """
 
     def __init__(self, rows: int = CACHE_ROWS) -> None:
         self.rows = rows
         self.lock = threading.Lock()
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._pending: dict[str, Future[np.ndarray]] = {}
+
+    def claim(self, texts: Sequence[str]) -> Claim:
+        """Sort distinct ``texts`` into cached, in flight elsewhere, and this caller's to
+        embed (marked in flight until :meth:`put` or :meth:`release`)."""
+        claim = Claim()
+        with self.lock:
+            for text in dict.fromkeys(texts):
+                row = self.get(text)
+                if row is not None:
+                    claim.found[text] = row
+                elif text in self._pending:
+                    claim.waiting[text] = self._pending[text]
+                else:
+                    self._pending[text] = Future()
+                    claim.mine.append(text)
+        return claim
+
+    def release(self, texts: Sequence[str], error: BaseException) -> None:
+        """Give up claimed ``texts`` that were not embedded: their waiters get ``error``."""
+        with self.lock:
+            pending = [self._pending.pop(t) for t in texts if t in self._pending]
+        for future in pending:
+            future.set_exception(error)
 
     def get(self, text: str) -> np.ndarray | None:
-        """The cached row of ``text`` (marked recently used), or None."""
+        """The cached row of ``text`` (marked recently used), or None; the caller holds
+        :attr:`lock` when other threads may use the cache."""
         row = self._vectors.get(text)
         if row is not None:
             self._vectors.move_to_end(text)
         return row
 
     def put(self, text: str, row: np.ndarray) -> None:
-        self._vectors[text] = row
-        self._vectors.move_to_end(text)
-        while len(self._vectors) > self.rows:
-            self._vectors.popitem(last=False)
+        """Keep ``row`` for ``text``, evicting the least recently used beyond ``rows``,
+        and hand it to anyone waiting for it."""
+        with self.lock:
+            self._vectors[text] = row
+            self._vectors.move_to_end(text)
+            while len(self._vectors) > self.rows:
+                self._vectors.popitem(last=False)
+            future = self._pending.pop(text, None)
+        if future is not None:
+            future.set_result(row)
 
 
 _caches: dict[tuple[str, str, int], EmbeddingCache] = {}
@@ -163,21 +210,25 @@ class SentenceEncoder:
         if not texts:
             return out
         clean = [t or " " for t in texts]
-        with cache.lock:
-            todo: dict[str, list[int]] = {}  # each new text once, with every row it fills
-            for i, text in enumerate(clean):
-                row = cache.get(text)
-                if row is None:
-                    todo.setdefault(text, []).append(i)
-                else:
-                    out[i] = row
-            # Batches of similar length waste less work on padding.
-            new = sorted(todo, key=len)
+        claim = cache.claim(clean)
+        rows = dict(claim.found)
+        # Batches of similar length waste less work on padding.
+        new = sorted(claim.mine, key=len)
+        done = 0
+        try:
             for start in range(0, len(new), self.batch_size):
                 batch = new[start : start + self.batch_size]
                 for text, row in zip(batch, self._embed_batch(batch), strict=True):
-                    cache.put(text, row.copy())
-                    out[todo[text]] = row
+                    rows[text] = row.copy()
+                    cache.put(text, rows[text])
+                done += len(batch)
+        except BaseException as exc:
+            cache.release(new[done:], exc)
+            raise
+        # Texts another thread claimed first: computed there, once.
+        rows.update((text, future.result()) for text, future in claim.waiting.items())
+        for i, text in enumerate(clean):
+            out[i] = rows[text]
         return out
 
     def _embed_batch(self, texts: list[str]) -> np.ndarray:
