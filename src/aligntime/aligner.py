@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from aligntime.background_loop import BackgroundLoop
-from aligntime.errors import InputError, ScorerError
+from aligntime.errors import ConfigError, InputError, ScorerError
 from aligntime.generators.base import Generator
 from aligntime.input_gate import InputGate
 from aligntime.policy.loader import load_policy
@@ -30,7 +30,7 @@ from aligntime.prompting.policy import PromptPolicy
 from aligntime.registry import build
 from aligntime.request import AlignRequest, Conversation, to_messages
 from aligntime.scorers.base import Scorer, as_scorer_error
-from aligntime.scorers.combine import Gate, ScorerWeighting, combine
+from aligntime.scorers.combine import Gate, ScorerWeighting, combine, contenders
 from aligntime.strategies.base import SearchContext, Strategy
 from aligntime.tools import call_text
 from aligntime.types import (
@@ -132,6 +132,8 @@ class Aligner:
             gate = Gate(spec.gate.min, spec.gate.max) if spec and spec.gate else None
             weight = spec.weight if spec else 1.0
             self.weightings.append(ScorerWeighting(scorer.name, weight, gate, scorer))
+        self.lazy_scorers = _lazy_scorers(policy, self.scorers)
+        """The scorers a lazy scoring pass runs only on contenders (policy ``lazy``)."""
         self.strategy: Strategy = strategy or build(
             "strategy",
             policy.strategy.kind,
@@ -261,7 +263,10 @@ class Aligner:
         started = time.perf_counter() if started is None else started
         if assessment is not None and assessment.action == "refuse":
             return self.refusal_result(request.messages, assessment, started)
-        ctx = self.search_context(request, assessment, started)
+        # Lazy scorers skip the candidates that cannot win, where the strategy looks
+        # only at the leader: the choice is the same, for fewer expensive calls.
+        lazy = self.strategy.only_leader_matters
+        ctx = self.search_context(request, assessment, started, lazy=lazy)
         if generator is not None:
             ctx.generator = generator
         decision = await self.strategy.run(ctx)
@@ -297,6 +302,8 @@ class Aligner:
         assessment = await self.assess(request.messages)
         if assessment is not None and assessment.action == "refuse":
             return self.refusal_result(request.messages, assessment, started)
+        # Never lazy: the evaluation replays every strategy over subsets of this pool,
+        # and a candidate that trails the leader here may lead a subset.
         ctx = self.search_context(request, assessment, started)
         await ctx.sample(ctx.n)
         return self.search_result(ctx, None, "none", assessment, fallback=False)
@@ -348,6 +355,8 @@ class Aligner:
         request: AlignRequest,
         assessment: RequestAssessment | None,
         started: float,
+        *,
+        lazy: bool = False,
     ) -> SearchContext:
         """One request's door to the generator and the scorers, for its strategy.
 
@@ -355,7 +364,9 @@ class Aligner:
         the generator, the prompt messages under the policy's (or steer) prompt, the
         token and sample budgets, the offered answers, and a ``score`` that loads the
         scorers once and scores with all of them (the request's shape as a gate too).
-        ``started`` (a ``perf_counter`` time) dates the request. Public because
+        ``started`` (a ``perf_counter`` time) dates the request. ``lazy``: the policy's
+        lazy scorers rate only the candidates that can still win (see :meth:`_score`);
+        only for a strategy whose ``only_leader_matters`` holds. Public because
         :mod:`aligntime.streaming` runs its own selection over the same context a
         strategy gets, so its samples and scores count the same way.
         """
@@ -365,7 +376,9 @@ class Aligner:
         async def score(candidates: list[Candidate]) -> list[Candidate]:
             await scorers_ready
             # The shape the request asks for (response_format, tools) is a gate too.
-            return await self._score(request.messages, candidates, assessment, request.params)
+            return await self._score(
+                request.messages, candidates, assessment, request.params, lazy=lazy
+            )
 
         default_tokens = getattr(getattr(self.generator, "options", None), "max_tokens", 256)
         n = request.n or self.policy.n
@@ -441,32 +454,81 @@ class Aligner:
         candidates: list[Candidate],
         assessment: RequestAssessment | None,
         params: GenerationParams | None = None,
+        *,
+        lazy: bool = False,
     ) -> list[Candidate]:
+        """Rate ``candidates`` with every scorer and combine: scores, gates, verdicts.
+
+        ``lazy`` (and a policy with lazy scorers): the other scorers rate every
+        candidate first; the lazy ones then rate only the :func:`contenders`, the
+        eligible candidates whose score could still reach the leader's. A skipped
+        candidate has no value of theirs in ``scores``, and its ``score`` counts them as
+        0. For strategies that only compare candidates with the leader, the choice is
+        the one a full pass gives.
+        """
         if not candidates:
             return []
         # Without a gate, scorers that read the verdict see one with no harm estimate.
         verdict = assessment or RequestAssessment()
         # An answer that calls tools is scored on its calls: the scorers read them as text.
         shown = [replace(c, text=call_text(c)) if c.tool_calls else c for c in candidates]
+        deferred = self.lazy_scorers if lazy else []
+        eager = [s for s in self.scorers if s not in deferred]
+        raw: dict[str, list[float | None]] = {}
+        labels: dict[str, list[tuple[str, ...]]] = {}
+        await self._rate(eager, messages, shown, verdict, raw, labels)
+        scored = combine(candidates, raw, self.weightings, labels, params=params)
+        if not deferred:
+            return scored
+        # Share of the combined score the lazy scorers can still add (weights are > 0).
+        total = sum(w.weight for w in self.weightings if w.weight > 0)
+        reach = sum(w.weight for w in self.weightings if w.scorer in deferred) / total
+        picked = contenders(scored, reach)
+        skipped = len(candidates) - len(picked)
+        if skipped:
+            log.debug("lazy scorers skip %d of %d candidates", skipped, len(candidates))
+        rated: dict[str, list[float | None]] = {}
+        rated_labels: dict[str, list[tuple[str, ...]]] = {}
+        if picked:
+            await self._rate(
+                deferred, messages, [shown[i] for i in picked], verdict, rated, rated_labels
+            )
+        for scorer in deferred:
+            values: list[float | None] = [None] * len(candidates)
+            marks: list[tuple[str, ...]] = [()] * len(candidates)
+            for k, i in enumerate(picked):
+                values[i] = rated[scorer.name][k]
+                marks[i] = rated_labels[scorer.name][k]
+            raw[scorer.name], labels[scorer.name] = values, marks
+        return combine(candidates, raw, self.weightings, labels, params=params)
+
+    async def _rate(
+        self,
+        scorers: Sequence[Scorer],
+        messages: list[Message],
+        shown: list[Candidate],
+        verdict: RequestAssessment,
+        raw: dict[str, list[float | None]],
+        labels: dict[str, list[tuple[str, ...]]],
+    ) -> None:
+        """Run ``scorers`` concurrently on ``shown``, adding their values and labels to
+        ``raw`` and ``labels``; a failing scorer raises or degrades as the policy says."""
         results = await asyncio.gather(
-            *(s.score_details(messages, shown, assessment=verdict) for s in self.scorers),
+            *(s.score_details(messages, shown, assessment=verdict) for s in scorers),
             return_exceptions=True,
         )
-        raw: dict[str, list[float]] = {}
-        labels: dict[str, list[tuple[str, ...]]] = {}
-        for scorer, details in zip(self.scorers, results, strict=True):
+        for scorer, details in zip(scorers, results, strict=True):
             if isinstance(details, BaseException):
                 if self.policy.on_scorer_error == "raise" or not isinstance(details, Exception):
                     raise as_scorer_error(scorer, details) from details
                 log.warning("scorer %s failed, its scores are missing: %s", scorer.name, details)
-                details = [ScoreDetail(math.nan)] * len(candidates)
-            if len(details) != len(candidates):
+                details = [ScoreDetail(math.nan)] * len(shown)
+            if len(details) != len(shown):
                 raise ScorerError(
-                    scorer.name, f"returned {len(details)} values for {len(candidates)} candidates"
+                    scorer.name, f"returned {len(details)} values for {len(shown)} candidates"
                 )
             raw[scorer.name] = [d.value for d in details]
             labels[scorer.name] = [d.labels for d in details]
-        return combine(candidates, raw, self.weightings, labels, params=params)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -516,3 +578,22 @@ class Aligner:
 def _prompt_text(messages: Sequence[Message]) -> str:
     """The request's own text: the last message when it is the user's."""
     return messages[-1].content if messages and messages[-1].role == "user" else ""
+
+
+def _lazy_scorers(policy: Policy, scorers: Sequence[Scorer]) -> list[Scorer]:
+    """The scorers the policy marks ``lazy``; one whose values depend on the other
+    candidates it rates (a pairwise judge) cannot be: it would rate a subset differently."""
+    lazy = {s.name: (i, s) for i, s in enumerate(policy.scorers) if s.lazy}
+    found = [s for s in scorers if s.name in lazy]
+    for scorer in found:
+        i, spec = lazy[scorer.name]
+        if not scorer.rates_alone:
+            message = (
+                f"scorer kind {spec.kind!r} rates candidates against each other, so it "
+                "cannot be lazy (rating only the contenders would change their values)"
+            )
+            where = spec.where
+            if where is not None:
+                raise where.error(message, "lazy")
+            raise ConfigError(f"scorers[{i}].lazy: {message}")
+    return found

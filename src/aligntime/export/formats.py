@@ -9,8 +9,10 @@
 
 The chosen answer is the one the policy chose (for an evaluation pool, the best-scored
 eligible one). A rejected answer is another candidate that failed a gate, or whose
-combined score is at least ``min_margin`` below the chosen one's. Requests without a
-chosen answer (refused, or answered with the fallback) give no rows.
+combined score is at least ``min_margin`` below the chosen one's. An answer that a
+scorer rating the chosen one skipped (a ``lazy`` scorer) has only a lower bound for a
+score, so no margin is known: it is rejected only when it failed a gate. Requests
+without a chosen answer (refused, or answered with the fallback) give no rows.
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ def _rejected(group: Group, chosen: Option, filters: ExportFilters) -> list[Opti
         gap = top - (option.score if option.score is not None else float("-inf"))
         if not option.passed:
             gap = float("inf")  # a gate's verdict outranks any score gap
+        elif not chosen.rated_by <= option.rated_by:
+            continue  # a lazy scorer skipped it: its score is a lower bound, no margin known
         if gap >= filters.min_margin and gap > 0:
             picks.append((gap, option))
             seen.add(option.text)

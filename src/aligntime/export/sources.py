@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +18,9 @@ class Option:
     text: str
     score: float | None
     passed: bool
+    rated_by: frozenset[str] = field(default_factory=frozenset)
+    """Names of the scorers with a value for it (a lazy scorer skips answers that could
+    not win: their combined score then counts it as 0, a lower bound)."""
 
 
 @dataclass(frozen=True)
@@ -48,9 +51,10 @@ def _options(candidates: Any, where: str) -> list[Option]:
         if not isinstance(c, dict) or not isinstance(c.get("text"), str):
             raise InputError(f"{where}: candidates[{i}] has no text")
         score = c.get("score")
-        out.append(
-            Option(c["text"], float(score) if score is not None else None, bool(c.get("passed")))
-        )
+        scores = c.get("scores")
+        rated = frozenset(scores) if isinstance(scores, dict) else frozenset()
+        value = float(score) if score is not None else None
+        out.append(Option(c["text"], value, bool(c.get("passed")), rated))
     return out
 
 

@@ -159,6 +159,33 @@ class ScorerSpec(_WithOptions):
     """Weight of the normalised score in the combined score (0: gate or report only)."""
     gate: GateSpec | None = None
     """Raw-value bounds; a candidate outside them is not eligible."""
+    lazy: bool = False
+    """Run this scorer only on the candidates that can still be chosen, after the other
+    scorers. A scorer of weight w moves a combined score by at most w / (sum of weights),
+    so a candidate whose score without the lazy scorers trails the leader's by more than
+    the lazy weights' share can never win an argmax; it is not rated by them (their
+    names are absent from its ``scores``, its ``score`` counts them as 0). Exact for
+    strategies that only compare candidates with the leader (best_of_n, rejection,
+    adaptive); every other strategy, and ``ascore`` and evaluation pools, rate every
+    candidate. For expensive scorers (an LLM judge). Needs weight > 0 and no gate."""
+
+    @field_validator("lazy")
+    @classmethod
+    def _lazy_ranks_only(cls, value: bool, info: ValidationInfo) -> bool:
+        # ``weight`` and ``gate`` are declared before ``lazy``, so they are validated already.
+        if not value:
+            return value
+        if info.data.get("weight", 1.0) <= 0:
+            raise ValueError(
+                "a lazy scorer needs weight > 0: it is skipped only where its weight cannot "
+                "change the choice, and a weight-0 scorer only gates or reports"
+            )
+        if info.data.get("gate") is not None:
+            raise ValueError(
+                "a lazy scorer cannot have a gate: a candidate it skips would have no value "
+                "to hold the gate against (use a separate, eager scorer for the gate)"
+            )
+        return value
 
 
 class InputScorerSpec(_WithOptions):

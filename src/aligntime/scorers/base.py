@@ -47,6 +47,10 @@ class Scorer(ABC):
     reports_details: bool = False
     """True when :meth:`score_details` and :meth:`score_request_details` give labels (the
     reasons for a value, e.g. a guard's violated categories), not only the values."""
+    rates_alone: bool = True
+    """True when a candidate's value does not depend on the other candidates rated with
+    it. Only such a scorer may be ``lazy`` in a policy (it rates a subset of the
+    candidates); a scorer that compares candidates with each other declares False."""
     options: BaseModel | None = None
     """The validated :attr:`Options` this scorer was made with (None: it takes none);
     a subclass declares its own type (``options: ClassifierOptions``)."""

@@ -22,7 +22,9 @@ Two steps, in this order:
 A candidate that fails a gate keeps its combined score, so reports can show how
 good it would have been, but ``passed`` is False and strategies skip it.
 Every raw value is kept in ``scores``, including those of gate-only scorers
-(weight 0).
+(weight 0). A scorer that did not rate a candidate (a ``lazy`` scorer that skipped
+one that could no longer be chosen, see :func:`contenders`) has no key there: an
+absent value counts as 0 like a NaN one, but NaN alone means the scorer failed.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def shape_failures(candidate: Candidate, params: GenerationParams) -> tuple[str,
 
 def combine(
     candidates: Sequence[Candidate],
-    raw: Mapping[str, Sequence[float]],
+    raw: Mapping[str, Sequence[float | None]],
     weightings: Sequence[ScorerWeighting],
     labels: Mapping[str, Sequence[Sequence[str]]] | None = None,
     *,
@@ -109,8 +111,11 @@ def combine(
     """Return new candidates with ``scores``, ``score``, ``passed`` and ``gate_failures`` set.
 
     ``raw`` maps each scorer name to one raw value per candidate, in the order of
-    ``candidates``. Scores already on a candidate are kept unless a scorer of the
-    same name overrides them. ``labels`` maps a scorer name to the labels it gave
+    ``candidates``; ``None`` means the scorer did not rate that candidate (it was
+    skipped, not failed): the name is then absent from its ``scores`` (an earlier value
+    under that name is dropped, as it was not given for this scoring), and it counts
+    as 0 in the weighted mean. Scores already on a candidate are kept unless a scorer
+    of the same name overrides them. ``labels`` maps a scorer name to the labels it gave
     each candidate (:class:`~aligntime.types.ScoreDetail`); a failed gate names them.
     ``params`` are the request's: the shape they ask for is an implicit gate.
     """
@@ -126,7 +131,12 @@ def combine(
     combined: list[Candidate] = []
     for i, cand in enumerate(candidates):
         scores = dict(cand.scores)
-        scores.update({name: float(values[i]) for name, values in raw.items()})
+        for name, values in raw.items():
+            value = values[i]
+            if value is None:
+                scores.pop(name, None)
+            else:
+                scores[name] = float(value)
 
         failures = tuple(
             gate_failure(w.name, labels[w.name][i] if w.name in labels else ())
@@ -152,3 +162,32 @@ def combine(
             replace(cand, scores=scores, score=score, passed=not failures, gate_failures=failures)
         )
     return combined
+
+
+SLACK = 1e-9
+"""Added to a skipped candidate's reach, so that float rounding in the weighted mean
+can never make a skip inexact (it only keeps a few more candidates in the running)."""
+
+
+def contenders(candidates: Sequence[Candidate], reach: float) -> list[int]:
+    """Indices of the eligible candidates that an argmax could still choose.
+
+    ``candidates`` are combined without some positive-weight scorers (counted as 0),
+    whose weights sum to ``reach`` times the total weight: those scorers can add at
+    most ``reach`` to any candidate's score. The leader is the eligible candidate with
+    the highest score; a candidate whose score plus ``reach`` stays below the leader's
+    can never overtake it, so it is left out. The leader itself is always in. Nothing
+    eligible: none (gates settle eligibility before, so an ineligible candidate never
+    becomes a contender).
+    """
+    passed = [i for i, c in enumerate(candidates) if c.passed]
+    partial = {i: _known(candidates[i].score) for i in passed}
+    if not partial:
+        return []
+    lead = max(partial.values())
+    return [i for i in passed if partial[i] + reach + SLACK >= lead]
+
+
+def _known(score: float | None) -> float:
+    """A combined score as a number; missing or NaN (never after :func:`combine`) as 0."""
+    return 0.0 if score is None or math.isnan(score) else score

@@ -52,6 +52,7 @@ class PairwiseJudge(ModelJudge):
 
     Options = PairwiseJudgeOptions
     options: PairwiseJudgeOptions
+    rates_alone = False  # a win rate depends on the candidates met
 
     def __init__(
         self, options: PairwiseJudgeOptions | None = None, *, name: str = "pairwise_judge"

@@ -54,6 +54,7 @@ class BatchingScorer(Scorer):
         self.value_range = inner.value_range
         self.reads_assessment = inner.reads_assessment
         self.reports_details = inner.reports_details
+        self.rates_alone = inner.rates_alone
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_batch = max_batch
         self._on_batch = on_batch

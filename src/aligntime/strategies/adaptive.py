@@ -47,6 +47,7 @@ class Adaptive(Strategy):
     name = "adaptive"
 
     Options = AdaptiveOptions
+    only_leader_matters = True  # an argmax, or a threshold test on the eligible candidates
 
     def __init__(self, options: AdaptiveOptions | None = None) -> None:
         self.options = options or AdaptiveOptions()

@@ -89,6 +89,16 @@ class Strategy(ABC):
     """The pydantic model of the options a policy gives this implementation (its keys
     in the policy section); ``None``: it takes none. :func:`aligntime.registry.build`
     validates the keys against it and passes the instance to the constructor."""
+    only_leader_matters: ClassVar[bool] = False
+    """A promise that lets the aligner skip ``lazy`` scorers on candidates that cannot win.
+
+    True means: :meth:`decide` depends on the other candidates' scores only through
+    which eligible candidate has the highest combined score (and that candidate's own
+    score), so lowering the score of an eligible candidate that is strictly below that
+    leader never changes the decision. An argmax over the eligible candidates keeps it,
+    and so does a threshold test on them, since the leader reaches any threshold such a
+    candidate reaches. A strategy that weighs or counts every candidate (soft selection,
+    a vote), writes candidates itself, or scores partial answers, leaves it False."""
 
     def initial_n(self, requested: int) -> int:
         """How many candidates to sample in the first round for a requested N."""

@@ -27,6 +27,7 @@ class BestOfN(Strategy):
     name = "best_of_n"
 
     Options = BestOfNOptions
+    only_leader_matters = True  # an argmax over the eligible candidates
 
     def __init__(self, options: BestOfNOptions | None = None) -> None:
         self.options = options or BestOfNOptions()

@@ -44,6 +44,7 @@ class Rejection(Strategy):
     name = "rejection"
 
     Options = RejectionOptions
+    only_leader_matters = True  # an argmax, or a threshold test on the eligible candidates
 
     def __init__(self, options: RejectionOptions | None = None) -> None:
         self.options = options or RejectionOptions()
