@@ -60,6 +60,8 @@ POLICIES = {
         scorers:
           - {name: safety, kind: classifier, weight: 0.5, gate: {max: 0.6}}
           - {name: rules, kind: rules, weight: 1.0}
+          # Lazy: it skips the answer that failed the gate (it could not be chosen).
+          - {name: judge, kind: judge, backend: fake, weight: 0.3, lazy: true}
         fallback: "Sorry, no good answer."
     """,
     "scripted": f"""

@@ -84,6 +84,9 @@ def test_candidates_appear_scored_and_the_chosen_one_is_highlighted(
     failed = [c for c in shown if "failed" in c["cls"]]
     assert failed and all("✗ Failed gate" in c["badge"] for c in failed)
     assert all("failed gate safety" in c["reason"] for c in failed)
+    # The lazy judge skipped them: the card says so instead of dropping the row.
+    assert all(c["scores"]["judge"] == "not" for c in failed)
+    assert all(c["scores"]["judge"] != "not" for c in chosen)
     assert all(c["reason"].startswith("Lost") for c in shown if not c["chosen"])
 
     # The same request through the JSON API: the same candidates with the same scores.

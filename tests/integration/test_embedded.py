@@ -44,12 +44,16 @@ def test_align_returns_n_scored_candidates(aligner: Aligner) -> None:
     assert all(0 < c.tokens <= 48 for c in sampled)
     assert res.usage.completion_tokens == sum(c.tokens for c in res.candidates)
     assert res.usage.prompt_tokens > 50  # system prompt and demonstrations were applied
-    for cand in res.candidates:
-        assert set(cand.scores) == {"safety", "rules", "relevance", "judge", "reward", "fit"}
-        assert 0.0 <= cand.scores["judge"] <= 1.0
-        assert cand.score is not None
     assert res.best is not None
     chosen = res.candidates[res.best]
+    # The judge is lazy: it rates the chosen answer, and skips only answers that could
+    # not have been chosen whatever it said (its weight is 1 of 7.5).
+    assert 0.0 <= chosen.scores["judge"] <= 1.0
+    for cand in res.candidates:
+        assert set(cand.scores) - {"judge"} == {"safety", "rules", "relevance", "reward", "fit"}
+        assert cand.score is not None and chosen.score is not None
+        if "judge" not in cand.scores:
+            assert not cand.passed or cand.score + 1.0 / 7.5 < chosen.score
     eligible = [c for c in res.candidates if c.passed]
     assert chosen.score == max(c.score or 0.0 for c in eligible)
 

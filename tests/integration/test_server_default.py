@@ -37,9 +37,11 @@ def test_default_policy_answers_with_scored_candidates(client: openai.OpenAI) ->
     ext = res.model_extra["aligntime"]  # type: ignore[index]
     assert len(ext["candidates"]) == 2
     for cand in ext["candidates"]:
-        assert set(cand["scores"]) == {"safety", "rules", "relevance", "judge", "reward", "fit"}
+        # The judge is lazy: an answer that could not be chosen may lack its score.
+        assert set(cand["scores"]) - {"judge"} == {"safety", "rules", "relevance", "reward", "fit"}
         assert all(v is not None for v in cand["scores"].values())
         assert 0 < cand["tokens"] <= 32
+    assert any("judge" in cand["scores"] for cand in ext["candidates"])
     assert res.usage is not None
     assert res.usage.completion_tokens == sum(c["tokens"] for c in ext["candidates"])
     assert res.choices[0].message.content

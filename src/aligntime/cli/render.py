@@ -53,7 +53,10 @@ def candidates_table(candidates: Sequence[Candidate], best: int | None, width: i
     )
     preview = width - used - 3
     show_preview = preview >= 12
-    table = Table(expand=False)
+    # A missing value is a lazy scorer's skip: say so, rather than leave a bare dash.
+    skipped = any(n not in cand.scores for cand in candidates for n in names)
+    caption = "- not rated: a lazy scorer skips answers it could not lift to first place"
+    table = Table(expand=False, caption=caption if skipped else None)
     for header in headers:
         justify = "left" if header == "verdict" else "right"
         table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]

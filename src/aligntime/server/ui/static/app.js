@@ -163,7 +163,7 @@
     return "Lost: not picked by the " + (info.strategy || "policy's") + " strategy.";
   }
 
-  function scoreRows(c, info) {
+  function scoreRows(c, info, chosen) {
     const dl = el("dl", { class: "scores" });
     const bar = (frac, over) => el("span", { class: over ? "bar over" : "bar", "aria-hidden": "true" },
       el("span", { style: null, "data-w": String(Math.round(Math.max(0, Math.min(1, frac)) * 100)) }));
@@ -178,6 +178,14 @@
       const span = range[1] - range[0];
       const frac = value === null ? 0 : (Number.isFinite(span) && span > 0 ? (value - range[0]) / span : value);
       add(name, value, frac, gateBreach(value, (info.gates || {})[name]));
+    }
+    // A lazy scorer (an LLM judge) skips the answers it could not lift to first place:
+    // name it, so a missing row does not read as a missing scorer.
+    for (const name of Object.keys((chosen && chosen.scores) || {})) {
+      if (!(name in (c.scores || {}))) {
+        dl.append(el("dt", {}, name), el("dd", {}),
+          el("dd", { "data-scorer": name, class: "skipped" }, "not rated: it could not change the choice"));
+      }
     }
     // Widths through the CSSOM (allowed by the style-src policy, unlike style attributes).
     for (const span of dl.querySelectorAll("span[data-w]")) span.style.width = span.dataset.w + "%";
@@ -197,7 +205,7 @@
       el("p", { class: "reason" }, lossReason(c, chosen, info)),
       el("p", { class: "facts" }, (c.tokens ?? "?") + " tokens · finish: " + (c.finish_reason || "–")),
       el("div", { class: "cand-text" }, withheld ? "[text withheld: the server does not show this candidate's text to this key]" : c.text),
-      scoreRows(c, info));
+      scoreRows(c, info, chosen));
   }
 
   function renderCandidates(list, cands, info) {
