@@ -26,7 +26,8 @@ tree, both with the same ``--policy``; each level runs ``--rounds`` alternating 
 ``default_new_over_old`` gives the throughput and median-latency ratios per level.
 
 Usage: ``python bench/server.py [--only fake|default] [--fake-seconds S]
-[--baseline REV [--rounds R]] [--policy P] [--default-levels 1:3,8:8]``. Prints JSON.
+[--baseline REV [--rounds R]] [--policy P] [--prompts builtin:mixed]
+[--default-levels 1:3,8:8]``. Prints JSON.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+from aligntime.evaluation.datasets import load_prompts
 from aligntime.server.testing import serve_subprocess
 
 FAKE_POLICY = """
@@ -276,9 +278,16 @@ def start_server(args: list[str]) -> tuple[subprocess.Popen[str], str, int]:
     return proc, address.hostname, address.port
 
 
-def body_for(model: str, **extra: Any) -> Any:
+def body_for(model: str, prompts: list[str] | None = None, **extra: Any) -> Any:
+    """Request ``i`` of client ``w``: the egg question, or one of ``prompts`` (the same
+    one for the same ``i`` and ``w`` on every run, so two sides get the same traffic)."""
+
     def make(i: int, w: int) -> bytes:
-        msg = {"role": "user", "content": f"How do I boil an egg? (client {w}, request {i})"}
+        if prompts:
+            content = prompts[(w * 7919 + i * 104729) % len(prompts)]
+        else:
+            content = f"How do I boil an egg? (client {w}, request {i})"
+        msg = {"role": "user", "content": content}
         return json.dumps({"model": model, "messages": [msg], **extra}).encode()
 
     return make
@@ -344,11 +353,15 @@ def process_cpu_s(pid: int) -> float | None:
 
 
 async def bench_default(
-    sides: dict[str, Side], levels: list[tuple[int, int]], rounds: int = 1
+    sides: dict[str, Side],
+    levels: list[tuple[int, int]],
+    rounds: int = 1,
+    prompts: list[str] | None = None,
 ) -> dict[str, Any]:
     """Each level on every side; with two sides (old and new), ``rounds`` alternating turns
-    (old-new, new-old, ...) per level, so both see the same machine load."""
-    make = body_for("default", best_of=2, max_tokens=32, stream=True)  # 2 sampled
+    (old-new, new-old, ...) per level, so both see the same machine load. ``prompts``:
+    the requests' texts (default: the egg question)."""
+    make = body_for("default", prompts, best_of=2, max_tokens=32, stream=True)  # 2 sampled
     for side in sides.values():
         await closed_loop(side.host, side.port, make, 1, total=1, seconds=300, stream=True)
     out: dict[str, dict[str, Any]] = {name: {} for name in sides}
@@ -488,6 +501,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--policy", default="default", help="policy of the default run")
     parser.add_argument(
+        "--prompts",
+        help="the default run's requests, from a prompt set (e.g. builtin:mixed; a request "
+        "refused by the input gate is answered at once) instead of the egg question",
+    )
+    parser.add_argument(
         "--baseline",
         metavar="REV",
         help="also serve the package as of git revision REV (old) beside the working tree "
@@ -524,7 +542,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 proc, sides["new"] = start_side(serve, Path(tmp) / "audit.db")
                 procs.append(proc)
                 rounds = args.rounds if args.baseline else 1
-                runs = asyncio.run(bench_default(sides, levels, rounds))
+                texts = [p.prompt for p in load_prompts(args.prompts)] if args.prompts else None
+                runs = asyncio.run(bench_default(sides, levels, rounds, texts))
             finally:
                 for proc in procs:
                     proc.terminate()
