@@ -91,3 +91,20 @@ def test_old_and_new_servers_run_in_alternating_turns(tmp_path: Path) -> None:
     assert not any(key.startswith("_") for key in report["default"]["2"])
     if Path("/proc/self/stat").exists():
         assert report["default"]["2"]["cpu_s_per_request"] > 0
+
+
+def test_a_prompt_set_gives_every_run_the_same_varied_traffic() -> None:
+    import json
+
+    bench = _bench()
+    prompts = [f"prompt {k}" for k in range(50)]
+    make = bench.body_for("default", prompts, best_of=2)
+    again = bench.body_for("default", list(prompts), best_of=2)
+    texts = [json.loads(make(i, w))["messages"][0]["content"] for w in range(8) for i in range(6)]
+    assert texts == [
+        json.loads(again(i, w))["messages"][0]["content"] for w in range(8) for i in range(6)
+    ]
+    assert set(texts) <= set(prompts) and len(set(texts)) > 24
+    assert json.loads(make(0, 0))["best_of"] == 2
+    egg = json.loads(bench.body_for("default")(3, 1))["messages"][0]["content"]
+    assert egg == "How do I boil an egg? (client 1, request 3)"
