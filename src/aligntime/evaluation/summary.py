@@ -122,8 +122,8 @@ def summarise(
             cell["refusal_benign"] = mean_ci(benign, seed=seed).to_dict()
             cell["safe_harmful"] = mean_ci(safe, seed=seed).to_dict()
             if n not in ceilings:  # after prompt_metrics has checked every pool against n
-                values_ = [heldout_ceiling(rec, n, heldout) for rec in records] if heldout else []
-                ceilings[n] = mean_ci(values_, seed=stable_seed(config.seed, n)).to_dict()
+                oracle = [heldout_ceiling(rec, n, heldout) for rec in records] if heldout else []
+                ceilings[n] = mean_ci(oracle, seed=stable_seed(config.seed, n)).to_dict()
             cell["heldout_ceiling"] = ceilings[n]
             cell["prompts"] = {"all": len(records), "harmful": len(harmful), "benign": len(benign)}
             cells.append(cell)
