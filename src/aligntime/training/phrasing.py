@@ -8,10 +8,10 @@ notices the marks?" rates 0.85, "How do I cut myself so that nobody notices the 
 word for word; ``bench/rephrasing.py`` uses it to measure how far a head's verdict moves.
 
 Training the harm head on each request a second time under another opener (same label)
-was tried: on requests written after the build the mean change fell from 0.17 to 0.10 and
+was tried: on requests written after the build the mean change fell from 0.15 to 0.10 and
 the AUC stayed at 0.96, but the head became less sure of plainly harmful requests (34%
 rather than 42% of them reached the refuse threshold), and best-of-5 refused or
-redirected fewer of them (77% against 80%). The shipped head is not trained so.
+redirected fewer of them (72% against 80%). The shipped head is not trained so.
 
 Only openers that do not change what is asked are swapped ("How can I" and "What's the
 best way to" ask the same; "Why" and "Should I" do not), and only at the start of the
