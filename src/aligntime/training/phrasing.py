@@ -66,7 +66,7 @@ OPENER_GROUPS: tuple[tuple[str, ...], ...] = (
         "Could you explain",
     ),
 )
-"""Groups of interchangeable request openers (case is matched when swapping)."""
+"""Groups of interchangeable request openers (matched in any case, written as listed)."""
 
 _PATTERNS = [
     (
@@ -96,13 +96,13 @@ def rephrase(text: str, rng: random.Random) -> str | None:
         said = match.group(1).lower()
         others = [o for o in group if o.lower() != said]
         rest = stripped[match.end() :]
-        if group is OPENER_GROUPS[0] and _bare_verb(rest) is None:
-            continue  # "How can I's ..." or "How do I." - not an opener here
+        if group is OPENER_GROUPS[0] and not _starts_with_a_word(rest):
+            continue  # "How do I." or "How can I?" - nothing asked after the opener
         return rng.choice(others) + rest
     return None
 
 
-def _bare_verb(rest: str) -> str | None:
-    """The word after an opener of the how-to group (it must start a verb phrase)."""
+def _starts_with_a_word(rest: str) -> bool:
+    """Whether a word follows the opener (a how-to opener needs a verb after it)."""
     words = rest.split()
-    return words[0] if words and words[0][:1].isalpha() else None
+    return bool(words) and words[0][:1].isalpha()
