@@ -160,3 +160,20 @@ def tiny_toxicity(tmp_path_factory: pytest.TempPathFactory) -> Path:
         family="chat",
         problem_type="single_label_classification",
     )
+
+
+def build_bert(folder: Path, words: list[str], *, hidden: int = 16) -> Path:
+    """A randomly initialised one-layer BERT with a WordPiece tokenizer over ``words``
+    (the special tokens are added), saved in ``folder`` as Hugging Face does."""
+    import transformers
+
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(vocabulary) + "\n")
+    transformers.BertTokenizerFast(str(folder / "vocab.txt")).save_pretrained(folder)
+    config = transformers.BertConfig(
+        vocab_size=len(vocabulary), hidden_size=hidden, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=64,
+    )  # fmt: skip
+    transformers.BertModel(config).save_pretrained(folder)
+    return folder

@@ -12,25 +12,15 @@ import pytest
 from aligntime.errors import ConfigError
 from aligntime.scorers.embedding import EmbeddingOptions, EmbeddingRelevance
 from aligntime.types import Candidate, Message
+from hf_tiny import build_bert
 
 PAIRS = Path(__file__).parents[1] / "data" / "pairs.jsonl"
 
 
 def tiny_bert(folder: Path) -> Path:
     """A randomly initialised one-layer BERT and a 40-word tokenizer, saved as HF does."""
-    import transformers  # the [hf] extra, installed for the tests: missing is an error
-
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    words += "how do i boil an egg paris is nice the capital of france what a joke".split()  # noqa: SIM905
-    folder.mkdir()
-    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    transformers.BertTokenizerFast(str(folder / "vocab.txt")).save_pretrained(folder)
-    config = transformers.BertConfig(
-        vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=64,
-    )  # fmt: skip
-    transformers.BertModel(config).save_pretrained(folder)
-    return folder
+    words = "how do i boil an egg paris is nice the capital of france what a joke".split()  # noqa: SIM905
+    return build_bert(folder, words)
 
 
 def test_onnx_on_a_gpu_is_a_config_error() -> None:

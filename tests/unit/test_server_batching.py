@@ -195,9 +195,8 @@ def test_other_sync_scorers_run_every_request_in_one_thread_hop() -> None:
 
 
 def test_embedding_batch_matches_per_request_scores(tmp_path: Path) -> None:
-    import transformers
-
     from aligntime.scorers.embedding import EmbeddingOptions, EmbeddingRelevance
+    from hf_tiny import build_bert
 
     items = [
         (conv("How do I boil an egg?"), cands("Boil it for seven minutes.", "Paris is nice.")),
@@ -208,16 +207,7 @@ def test_embedding_batch_matches_per_request_scores(tmp_path: Path) -> None:
     # built here: the real loading and padding code, no model to download, nothing to skip.
     texts = [m[-1].content for m, _ in items] + [c.text for _, cs in items for c in cs]
     vocabulary = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *vocabulary]
-    model_dir = tmp_path / "tiny-bert"
-    model_dir.mkdir()
-    (model_dir / "vocab.txt").write_text("\n".join(words) + "\n")
-    transformers.BertTokenizerFast(str(model_dir / "vocab.txt")).save_pretrained(model_dir)
-    config = transformers.BertConfig(
-        vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
-    )  # fmt: skip
-    transformers.BertModel(config).save_pretrained(model_dir)
+    model_dir = build_bert(tmp_path / "tiny-bert", vocabulary, hidden=32)
     scorer = EmbeddingRelevance(EmbeddingOptions(model=str(model_dir), runtime="torch"))
     together = asyncio.run(scorer.score_batch(items))
     alone = [scorer.score_sync(m, c) for m, c in items]

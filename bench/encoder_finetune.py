@@ -1,0 +1,262 @@
+"""Whether training the sentence encoder itself makes a better harm head.
+
+The shipped harm head is a logistic layer over a frozen MiniLM embedding and hashed word
+n-grams. This bench fine-tunes MiniLM-L6 end to end (the torch weights of the catalogue's
+``all-minilm-l6-v2``, mean-pooled, with a linear head) on the same labelled requests as
+the build, then reports the AUC of its P(harmful) on the build's held-out sources and on
+each batch of ``tests/data/unseen_requests.jsonl``, beside the same figures for a trained
+scorer folder (``--baseline``). To compare like with like, give the baseline the same
+training split::
+
+    nice .venv/bin/python scripts/build_safety_scorer.py --stage train --fit split --out /tmp/split
+    nice .venv/bin/python bench/encoder_finetune.py --baseline /tmp/split
+
+``--prompts`` is the build's ``prompts.jsonl`` (its ``prompts`` stage writes it); with
+``--train-on train`` (the default) the held-out sources are never trained on. Needs torch
+and transformers (the ``hf`` extra). An epoch over the build's 1,600 training requests takes
+about 30 seconds on 2 cores (15 with ``--top-layers 2``). Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aligntime.evaluation.metrics import auc
+
+ROOT = Path(__file__).resolve().parent.parent
+UNSEEN = ROOT / "tests" / "data" / "unseen_requests.jsonl"
+PROMPTS = ROOT / "build" / "safety-scorer" / "prompts.jsonl"
+
+Rows = list[dict[str, Any]]
+
+
+@dataclass
+class Settings:
+    """How the encoder is fine-tuned."""
+
+    epochs: int = 3
+    learning_rate: float = 4e-5
+    batch: int = 32
+    max_length: int = 64
+    seed: int = 0
+    warmup_steps: int = 30
+    top_layers: int = 0
+    """Train only the top this many transformer layers (and the head); 0 trains them all."""
+
+
+def read_jsonl(path: Path) -> Rows:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def batches_of_unseen(rows: Rows) -> dict[str, Rows]:
+    """The unseen requests by batch (the letter their id starts with)."""
+    out: dict[str, Rows] = {}
+    for row in rows:
+        out.setdefault(str(row["id"]).split("-")[0], []).append(row)
+    return out
+
+
+def auc_of(p_harm: Callable[[list[str]], np.ndarray], rows: Rows, label: str) -> float | None:
+    """AUC of ``p_harm`` on ``rows`` whose ``label`` field is 1/True (harmful) or 0/False;
+    soft labels (0.5) are left out, as in the build's metrics."""
+    hard = [r for r in rows if float(r[label]) in (0.0, 1.0)]
+    if not hard:
+        return None
+    p = p_harm([str(r["prompt"]) for r in hard])
+    y = np.array([float(r[label]) == 1.0 for r in hard])
+    if y.all() or not y.any():
+        return None
+    return round(auc(p[y].tolist(), p[~y].tolist()), 4)
+
+
+def report(
+    p_harm: Callable[[list[str]], np.ndarray], heldout: Rows, unseen: Rows
+) -> dict[str, Any]:
+    """AUC on the held-out sources and on each unseen batch."""
+    out: dict[str, Any] = {"heldout_sources": auc_of(p_harm, heldout, "label")}
+    for name, rows in sorted(batches_of_unseen(unseen).items()):
+        out[f"unseen_{name}"] = auc_of(p_harm, rows, "harmful")
+    return out
+
+
+class EncoderClassifier:
+    """A transformers encoder, mean-pooled, with a linear head: P(harmful) of a text."""
+
+    def __init__(self, folder: Path, max_length: int) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.encoder = AutoModel.from_pretrained(str(folder))
+        width = int(self.encoder.config.hidden_size)
+        self.head = torch.nn.Linear(width, 1)
+        self.max_length = max_length
+
+    def parameters(self) -> list[Any]:
+        """The weights that train (all but those :meth:`freeze_below` froze)."""
+        params = [*self.encoder.parameters(), *self.head.parameters()]
+        return [p for p in params if p.requires_grad]
+
+    def freeze_below(self, top: int) -> None:
+        """Freeze the embeddings and every layer but the top ``top`` ones: a smaller set of
+        weights to ship beside the stock encoder."""
+        layers = int(self.encoder.config.num_hidden_layers)
+        keep = {f"layer.{k}." for k in range(max(layers - top, 0), layers)}
+        for name, param in self.encoder.named_parameters():
+            param.requires_grad = any(k in name for k in keep)
+
+    def logits(self, texts: Sequence[str]) -> Any:
+        batch = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        hidden = self.encoder(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        # Unit-length features, scaled: the sentence-transformers space the frozen head
+        # reads, with room for the linear head to reach confident logits early.
+        unit = self.torch.nn.functional.normalize(pooled, dim=-1) * 10.0
+        return self.head(unit).squeeze(-1)
+
+    def p_harm(self, texts: list[str], chunk: int = 64) -> np.ndarray:
+        self.encoder.eval()
+        out: list[float] = []
+        with self.torch.no_grad():
+            for start in range(0, len(texts), chunk):
+                out += self.torch.sigmoid(self.logits(texts[start : start + chunk])).tolist()
+        return np.array(out, dtype=np.float32)
+
+
+def finetune(
+    rows: Rows,
+    folder: Path,
+    settings: Settings,
+    progress: Callable[[int, float, float], None] | None = None,
+) -> EncoderClassifier:
+    """Fine-tune the encoder in ``folder`` on ``rows`` (``prompt``, soft ``label`` in 0..1),
+    with harmful and benign mass balanced as in the frozen head's fit."""
+    import torch
+
+    torch.manual_seed(settings.seed)
+    rng = random.Random(settings.seed)
+    model = EncoderClassifier(folder, settings.max_length)
+    if settings.top_layers:
+        model.freeze_below(settings.top_layers)
+    data = [(str(r["prompt"]), float(r["label"])) for r in rows]
+    harmful = sum(y for _, y in data)
+    benign = sum(1 - y for _, y in data)
+    up = harmful / max(benign, 1e-9)  # the benign side's weight
+    steps = settings.epochs * -(-len(data) // settings.batch)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser,
+        lambda step: min(1.0, (step + 1) / settings.warmup_steps) * max(0.0, 1 - step / steps),
+    )
+    started = time.perf_counter()
+    for epoch in range(settings.epochs):
+        rng.shuffle(data)
+        model.encoder.train()
+        total = 0.0
+        for start in range(0, len(data), settings.batch):
+            texts, labels = zip(*data[start : start + settings.batch], strict=True)
+            y = torch.tensor(labels)
+            weight = y + (1 - y) * up
+            loss = (
+                torch.nn.functional.binary_cross_entropy_with_logits(
+                    model.logits(texts), y, reduction="none"
+                )
+                * weight
+            ).sum() / weight.sum()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += float(loss.detach()) * len(texts)
+        if progress is not None:
+            progress(epoch + 1, total / len(data), time.perf_counter() - started)
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prompts", type=Path, default=PROMPTS, help="the build's prompts.jsonl")
+    parser.add_argument("--unseen", type=Path, default=UNSEEN)
+    parser.add_argument("--encoder", default="all-minilm-l6-v2", help="catalogue name or folder")
+    parser.add_argument("--baseline", help="a trained scorer folder (or harm-minilm) to compare")
+    parser.add_argument("--train-on", choices=("train", "all"), default="train")
+    parser.add_argument("--epochs", type=int, default=Settings.epochs)
+    parser.add_argument("--learning-rate", type=float, default=Settings.learning_rate)
+    parser.add_argument("--seed", type=int, default=Settings.seed)
+    parser.add_argument(
+        "--top-layers", type=int, default=0, help="train only the top K layers (0: all)"
+    )
+    args = parser.parse_args(argv)
+    if not args.prompts.is_file():
+        print(
+            f"error: no {args.prompts}; run "
+            "`scripts/build_safety_scorer.py --stage prompts` first, or pass --prompts",
+            file=sys.stderr,
+        )
+        return 2
+
+    from aligntime.models import store
+
+    rows = read_jsonl(args.prompts)
+    splits = ("train", "heldout") if args.train_on == "all" else ("train",)
+    train = [r for r in rows if r["split"] in splits]
+    heldout = [r for r in rows if r["split"] == "heldout"]
+    unseen = read_jsonl(args.unseen)
+
+    def show(epoch: int, loss: float, seconds: float) -> None:
+        print(f"epoch {epoch}/{args.epochs}: loss {loss:.4f}, {seconds:.0f}s", file=sys.stderr)
+
+    settings = Settings(
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        top_layers=args.top_layers,
+    )
+    started = time.perf_counter()
+    model = finetune(train, store.resolve(args.encoder), settings, show)
+    result: dict[str, Any] = {
+        "encoder": args.encoder,
+        "trained_on": args.train_on,
+        "requests": len(train),
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "top_layers": args.top_layers,
+        "trained_weights": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "finetuned": report(model.p_harm, heldout, unseen),
+    }
+    if args.baseline:
+        from aligntime.scorers.trained import TrainedOptions, TrainedScorer
+        from aligntime.types import Message
+
+        scorer = TrainedScorer(TrainedOptions(head="harm", model=args.baseline))
+
+        def frozen(texts: list[str]) -> np.ndarray:
+            return np.array([scorer.harm_of([Message("user", t)]) for t in texts])
+
+        result["baseline"] = {"folder": args.baseline, **report(frozen, heldout, unseen)}
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
