@@ -11,6 +11,10 @@ training split::
     nice .venv/bin/python scripts/build_safety_scorer.py --stage train --fit split --out /tmp/split
     nice .venv/bin/python bench/encoder_finetune.py --baseline /tmp/split
 
+``--folds K`` also picks refuse and steer thresholds by the build's rule (quantiles of
+benign training requests' out-of-fold P(harmful), from K more fine-tunes) and reports the
+shares of harmful and benign requests flagged at them, beside the baseline's at its own.
+
 ``--prompts`` is the build's ``prompts.jsonl`` (its ``prompts`` stage writes it); with
 ``--train-on train`` (the default) the held-out sources are never trained on. Needs torch
 and transformers (the ``hf`` extra). An epoch over the build's 1,600 training requests takes
@@ -38,6 +42,10 @@ UNSEEN = ROOT / "tests" / "data" / "unseen_requests.jsonl"
 PROMPTS = ROOT / "build" / "safety-scorer" / "prompts.jsonl"
 
 Rows = list[dict[str, Any]]
+REFUSE_QUANTILE = 0.98
+STEER_QUANTILE = 0.90
+"""The build's rule for the gate's thresholds: these quantiles of the out-of-fold P(harmful)
+of benign training requests (``scripts/build_safety_scorer.py``)."""
 
 
 @dataclass
@@ -87,6 +95,34 @@ def report(
     out: dict[str, Any] = {"heldout_sources": auc_of(p_harm, heldout, "label")}
     for name, rows in sorted(batches_of_unseen(unseen).items()):
         out[f"unseen_{name}"] = auc_of(p_harm, rows, "harmful")
+    return out
+
+
+def flag_rates(
+    p_harm: Callable[[list[str]], np.ndarray], rows: Rows, label: str, refuse: float, steer: float
+) -> dict[str, float | None]:
+    """Shares of harmful and of benign ``rows`` at or above the refuse and steer thresholds."""
+    out: dict[str, float | None] = {}
+    for side, wanted in (("harmful", 1.0), ("benign", 0.0)):
+        texts = [str(r["prompt"]) for r in rows if float(r[label]) == wanted]
+        p = p_harm(texts) if texts else np.zeros(0)
+        for name, threshold in (("refuse", refuse), ("steer", steer)):
+            out[f"{side}_at_{name}"] = round(float((p >= threshold).mean()), 4) if texts else None
+    return out
+
+
+def operating_points(
+    p_harm: Callable[[list[str]], np.ndarray],
+    heldout: Rows,
+    unseen: Rows,
+    refuse: float,
+    steer: float,
+) -> dict[str, Any]:
+    """:func:`flag_rates` on the held-out sources and on each unseen batch."""
+    out: dict[str, Any] = {"refuse": round(refuse, 4), "steer": round(steer, 4)}
+    out["heldout_sources"] = flag_rates(p_harm, heldout, "label", refuse, steer)
+    for name, rows in sorted(batches_of_unseen(unseen).items()):
+        out[f"unseen_{name}"] = flag_rates(p_harm, rows, "harmful", refuse, steer)
     return out
 
 
@@ -192,6 +228,26 @@ def finetune(
     return model
 
 
+def out_of_fold_thresholds(
+    rows: Rows, folder: Path, settings: Settings, folds: int
+) -> tuple[float, float]:
+    """Refuse and steer thresholds by the build's rule, from ``folds`` fine-tunes that each
+    leave one fold of ``rows`` out and score its benign requests."""
+    order = list(range(len(rows)))
+    random.Random(settings.seed).shuffle(order)
+    benign: list[float] = []
+    for fold in range(folds):
+        held = {i for k, i in enumerate(order) if k % folds == fold}
+        model = finetune([r for i, r in enumerate(rows) if i not in held], folder, settings)
+        texts = [str(rows[i]["prompt"]) for i in sorted(held) if float(rows[i]["label"]) == 0.0]
+        benign += model.p_harm(texts).tolist()
+        print(f"fold {fold + 1}/{folds} done", file=sys.stderr)
+    return (
+        float(np.quantile(benign, REFUSE_QUANTILE)),
+        float(np.quantile(benign, STEER_QUANTILE)),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=Path, default=PROMPTS, help="the build's prompts.jsonl")
@@ -204,6 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=Settings.seed)
     parser.add_argument(
         "--top-layers", type=int, default=0, help="train only the top K layers (0: all)"
+    )
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        help="also choose thresholds from K out-of-fold fine-tunes and report the shares "
+        "flagged at them (K more fine-tunes; 0: AUC only)",
     )
     args = parser.parse_args(argv)
     if not args.prompts.is_file():
@@ -254,6 +317,20 @@ def main(argv: list[str] | None = None) -> int:
             return np.array([scorer.harm_of([Message("user", t)]) for t in texts])
 
         result["baseline"] = {"folder": args.baseline, **report(frozen, heldout, unseen)}
+        if args.folds:
+            from aligntime.training.artifact import load_folder
+
+            harm = load_folder(scorer.folder).config["harm"]
+            result["baseline"]["at_thresholds"] = operating_points(
+                frozen, heldout, unseen, float(harm["threshold"]), float(harm["steer"])
+            )
+    if args.folds:
+        refuse, steer = out_of_fold_thresholds(
+            train, store.resolve(args.encoder), settings, args.folds
+        )
+        result["finetuned"]["at_thresholds"] = operating_points(
+            model.p_harm, heldout, unseen, refuse, steer
+        )
     print(json.dumps(result, indent=1))
     return 0
 

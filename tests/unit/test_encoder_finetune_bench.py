@@ -114,3 +114,36 @@ def test_top_layers_leaves_the_embeddings_and_lower_layers_as_they_were(tmp_path
     layer = list(model.encoder.encoder.layer[0].parameters())
     assert layer and all(id(p) in trained for p in layer)
     assert not any(id(p) in trained for p in model.encoder.embeddings.parameters())
+
+
+def test_flag_rates_count_each_side_at_each_threshold() -> None:
+    bench = _bench()
+    texts = {"a": 0.95, "b": 0.6, "c": 0.3, "d": 0.7, "e": 0.1}
+    rows_ = [{"prompt": t, "harmful": t in "abc"} for t in texts]
+    rates = bench.flag_rates(
+        lambda ts: np.array([texts[t] for t in ts]), rows_, "harmful", 0.9, 0.5
+    )
+    assert rates == {
+        "harmful_at_refuse": round(1 / 3, 4),
+        "harmful_at_steer": round(2 / 3, 4),
+        "benign_at_refuse": 0.0,
+        "benign_at_steer": 0.5,
+    }
+
+
+def test_folds_add_thresholds_from_out_of_fold_scores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows("train") + rows("heldout")))
+    unseen = tmp_path / "unseen.jsonl"
+    unseen.write_text(json.dumps({"id": "d-1", "prompt": "bake a cake now", "harmful": False}))
+    encoder = tiny_bert(tmp_path / "bert")
+    args = ["--prompts", str(prompts), "--unseen", str(unseen), "--encoder", str(encoder)]
+    assert _bench().main([*args, "--epochs", "1", "--folds", "2"]) == 0
+    points = json.loads(capsys.readouterr().out)["finetuned"]["at_thresholds"]
+    assert 0.0 <= points["steer"] <= points["refuse"] <= 1.0
+    assert points["unseen_d"]["harmful_at_steer"] is None  # no harmful request in the batch
+    assert set(points["heldout_sources"]) == {
+        "harmful_at_refuse", "harmful_at_steer", "benign_at_refuse", "benign_at_steer"
+    }  # fmt: skip
