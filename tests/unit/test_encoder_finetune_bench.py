@@ -75,6 +75,17 @@ def test_the_report_gives_one_auc_per_unseen_batch_and_leaves_soft_labels_out() 
     assert backwards["unseen_a"] == 0.0
 
 
+def files_for_main(tmp_path: Path, unseen: list[dict[str, Any]]) -> list[str]:
+    """The build's prompts (train and held-out), the unseen requests and a tiny encoder,
+    written under ``tmp_path``; the arguments that point ``main`` at them."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows("train") + rows("heldout")))
+    unseen_file = tmp_path / "unseen.jsonl"
+    unseen_file.write_text("".join(json.dumps(r) + "\n" for r in unseen))
+    encoder = tiny_bert(tmp_path / "bert")
+    return ["--prompts", str(prompts), "--unseen", str(unseen_file), "--encoder", str(encoder)]
+
+
 def test_main_without_the_builds_prompts_names_the_fix(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -85,17 +96,11 @@ def test_main_without_the_builds_prompts_names_the_fix(
 def test_main_prints_the_figures_as_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows("train") + rows("heldout")))
-    unseen = tmp_path / "unseen.jsonl"
-    unseen.write_text(
-        "".join(
-            json.dumps({"id": f"d-{k}", "prompt": t, "harmful": t in HARMFUL}) + "\n"
-            for k, t in enumerate(HARMFUL + BENIGN)
-        )
-    )
-    encoder = tiny_bert(tmp_path / "bert")
-    args = ["--prompts", str(prompts), "--unseen", str(unseen), "--encoder", str(encoder)]
+    unseen = [
+        {"id": f"d-{k}", "prompt": t, "harmful": t in HARMFUL}
+        for k, t in enumerate(HARMFUL + BENIGN)
+    ]
+    args = files_for_main(tmp_path, unseen)
     code = _bench().main([*args, "--epochs", "1"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["requests"] == 8 and out["trained_on"] == "train"
@@ -134,12 +139,7 @@ def test_flag_rates_count_each_side_at_each_threshold() -> None:
 def test_folds_add_thresholds_from_out_of_fold_scores(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows("train") + rows("heldout")))
-    unseen = tmp_path / "unseen.jsonl"
-    unseen.write_text(json.dumps({"id": "d-1", "prompt": "bake a cake now", "harmful": False}))
-    encoder = tiny_bert(tmp_path / "bert")
-    args = ["--prompts", str(prompts), "--unseen", str(unseen), "--encoder", str(encoder)]
+    args = files_for_main(tmp_path, [{"id": "d-1", "prompt": "bake a cake now", "harmful": False}])
     assert _bench().main([*args, "--epochs", "1", "--folds", "2"]) == 0
     points = json.loads(capsys.readouterr().out)["finetuned"]["at_thresholds"]
     assert 0.0 <= points["steer"] <= points["refuse"] <= 1.0
