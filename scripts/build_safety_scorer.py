@@ -67,17 +67,6 @@ HELD_OUT_TOPICS = {"cars", "finance", "surveillance", "misinformation", "animals
 ADVICE_HELD_OUT_TOPICS = {"legal", "family"}
 """Topics of ``advice.tsv`` held out from the advice head's split fit (advice requests and
 their look-alikes alike), beside the held-out sources above (MT-Bench, borderline topics)."""
-REFUSE_QUANTILE = 0.98
-"""The harm head's refuse threshold: this quantile of the out-of-fold scores of benign
-training requests (so about 2% of requests like them are refused unanswered)."""
-STEER_QUANTILE = 0.90
-"""The harm head's steer threshold: this quantile of the same scores. A steered request is
-still answered: it gets a stricter prompt and the refusal as one more candidate, and the
-output scorers choose. A lower quantile steers more harmful requests without making their
-answers safer: in the steer band the refusal rarely outscores an on-topic sample. Measured
-with the 80th percentile (steer 0.41) on 27 requests whose verdict it changed from pass to
-steer, the chosen answer became a refusal for 2 of 13 harmful requests and 0 of 14 benign
-ones."""
 ADVICE_STEER_QUANTILE = 0.95
 """The advice head's steer threshold: this quantile of the out-of-fold scores of requests
 that need no professional (so about 5% of them get the advice steer and the referral)."""
@@ -468,14 +457,14 @@ def evaluate(
     """Thresholds, harm figures per source, and the reward head on tests/data/pairs.jsonl.
 
     The thresholds are chosen on training requests only, from out-of-fold estimates (each
-    request scored by a harm head fitted without it): the :data:`REFUSE_QUANTILE` and
-    :data:`STEER_QUANTILE` quantiles of the benign requests' scores.
+    request scored by a harm head fitted without it), by
+    :func:`aligntime.training.trainer.gate_thresholds` on the benign requests' scores.
     """
     import numpy as np
 
     from aligntime.evaluation.pairwise import load_pairs
     from aligntime.training.features import reward_features
-    from aligntime.training.trainer import cross_fit_harm
+    from aligntime.training.trainer import cross_fit_harm, gate_thresholds
 
     def harm(texts: list[str]) -> np.ndarray:
         keys = [f"user: {t}" for t in texts]
@@ -485,9 +474,8 @@ def evaluate(
     oof = cross_fit_harm(data.harm_examples(), held, cache.inner, options)
     benign = np.array([oof[f"user: {r['prompt']}"] for r in rows if r["label"] == 0.0
                        and f"user: {r['prompt']}" in oof])  # fmt: skip
-    refuse = float(np.round(max(0.5, np.quantile(benign, REFUSE_QUANTILE)), 2))
-    steer = float(np.round(min(refuse - 0.05, max(0.3, np.quantile(benign, STEER_QUANTILE))), 2))
-    thresholds = {"refuse": refuse, "steer": steer}
+    thresholds = gate_thresholds(benign)
+    refuse, steer = thresholds["refuse"], thresholds["steer"]
 
     def rates(subset: list[dict[str, Any]]) -> dict[str, Any]:
         p = harm([r["prompt"] for r in subset])
@@ -600,6 +588,7 @@ def safety_card(
 ) -> str:
     """The shipped folder's model card: data, split, held-out figures, thresholds, limits."""
     from aligntime.training.card import model_card
+    from aligntime.training.trainer import REFUSE_QUANTILE, STEER_QUANTILE
 
     by_split: dict[str, int] = {}
     for r in rows:

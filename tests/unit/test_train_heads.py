@@ -16,7 +16,7 @@ from aligntime.errors import ConfigError, InputError
 from aligntime.training.artifact import MANIFEST, load_folder, save_folder
 from aligntime.training.data import Dataset, HarmExample, PreferencePair
 from aligntime.training.heads import HarmHead, RewardHead, TrainSettings
-from aligntime.training.trainer import TrainOptions, choose_heldout, train
+from aligntime.training.trainer import TrainOptions, choose_heldout, gate_thresholds, train
 from aligntime.types import Message
 
 DIM = 64
@@ -169,3 +169,14 @@ def test_saved_folder_round_trips_and_checks_its_hashes(tmp_path: Path) -> None:
 def test_nothing_to_train() -> None:
     with pytest.raises(InputError, match="no training data"):
         train(Dataset([], []), BagOfWords(), TrainOptions())
+
+
+def test_gate_thresholds_take_the_quantiles_of_benign_scores_within_their_bounds() -> None:
+    spread = np.linspace(0.0, 1.0, 101)  # the q-quantile of these is q itself
+    assert gate_thresholds(spread) == {"refuse": 0.98, "steer": 0.9}
+    # A confident head: refuse never below 0.5, steer never below 0.3.
+    assert gate_thresholds(spread * 0.1) == {"refuse": 0.5, "steer": 0.3}
+    # Quantiles closer than 0.05: steer stays 0.05 under refuse.
+    assert gate_thresholds(np.full(50, 0.7)) == {"refuse": 0.7, "steer": 0.65}
+    with pytest.raises(InputError, match="no out-of-fold scores"):
+        gate_thresholds([])

@@ -287,6 +287,31 @@ def cross_fit_harm(
     return out
 
 
+REFUSE_QUANTILE = 0.98
+"""The harm head's refuse threshold: this quantile of the out-of-fold P(harmful) of benign
+training requests (so about 2% of requests like them are refused unanswered)."""
+STEER_QUANTILE = 0.90
+"""The harm head's steer threshold: this quantile of the same scores. A steered request is
+still answered: it gets a stricter prompt and the refusal as one more candidate, and the
+output scorers choose. A lower quantile steers more harmful requests without making their
+answers safer: in the steer band the refusal rarely outscores an on-topic sample. Measured
+with the 80th percentile (steer 0.41) on 27 requests whose verdict it changed from pass to
+steer, the chosen answer became a refusal for 2 of 13 harmful requests and 0 of 14 benign
+ones."""
+
+
+def gate_thresholds(benign: Sequence[float]) -> dict[str, float]:
+    """The input gate's ``refuse`` and ``steer`` thresholds from benign training requests'
+    out-of-fold P(harmful): :data:`REFUSE_QUANTILE` and :data:`STEER_QUANTILE` of them,
+    rounded to 2 decimals, refuse at least 0.5 and steer between 0.3 and refuse - 0.05."""
+    scores = np.asarray(benign, dtype=np.float64)
+    if scores.size == 0:
+        raise InputError("no out-of-fold scores of benign requests to choose thresholds from")
+    refuse = float(np.round(max(0.5, np.quantile(scores, REFUSE_QUANTILE)), 2))
+    steer = np.quantile(scores, STEER_QUANTILE)
+    return {"refuse": refuse, "steer": float(np.round(min(refuse - 0.05, max(0.3, steer)), 2))}
+
+
 def reward_metrics(
     head: RewardHead, pairs: Sequence[PreferencePair], xc: np.ndarray, xr: np.ndarray
 ) -> dict[str, Any]:
