@@ -35,17 +35,15 @@ from typing import Any
 
 import numpy as np
 
+from aligntime.errors import AligntimeError, InputError
 from aligntime.evaluation.metrics import auc
+from aligntime.training.trainer import gate_thresholds
 
 ROOT = Path(__file__).resolve().parent.parent
 UNSEEN = ROOT / "tests" / "data" / "unseen_requests.jsonl"
 PROMPTS = ROOT / "build" / "safety-scorer" / "prompts.jsonl"
 
 Rows = list[dict[str, Any]]
-REFUSE_QUANTILE = 0.98
-STEER_QUANTILE = 0.90
-"""The build's rule for the gate's thresholds: these quantiles of the out-of-fold P(harmful)
-of benign training requests (``scripts/build_safety_scorer.py``)."""
 
 
 @dataclass
@@ -62,9 +60,25 @@ class Settings:
     """Train only the top this many transformer layers (and the head); 0 trains them all."""
 
 
-def read_jsonl(path: Path) -> Rows:
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+def read_jsonl(path: Path, fields: Sequence[str]) -> Rows:
+    """The rows of a JSONL file; a clear error naming the line if one is not an object with
+    ``fields``."""
+    rows: Rows = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from exc
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{number}: not JSON ({exc.msg})") from exc
+        if not isinstance(row, dict) or any(f not in row for f in fields):
+            raise InputError(f"{path}:{number}: expected an object with {', '.join(fields)}")
+        rows.append(row)
+    return rows
 
 
 def batches_of_unseen(rows: Rows) -> dict[str, Rows]:
@@ -231,8 +245,9 @@ def finetune(
 def out_of_fold_thresholds(
     rows: Rows, folder: Path, settings: Settings, folds: int
 ) -> tuple[float, float]:
-    """Refuse and steer thresholds by the build's rule, from ``folds`` fine-tunes that each
-    leave one fold of ``rows`` out and score its benign requests."""
+    """Refuse and steer thresholds by the build's rule (:func:`gate_thresholds`), from
+    ``folds`` fine-tunes that each leave one fold of ``rows`` out and score its benign
+    requests."""
     order = list(range(len(rows)))
     random.Random(settings.seed).shuffle(order)
     benign: list[float] = []
@@ -242,10 +257,8 @@ def out_of_fold_thresholds(
         texts = [str(rows[i]["prompt"]) for i in sorted(held) if float(rows[i]["label"]) == 0.0]
         benign += model.p_harm(texts).tolist()
         print(f"fold {fold + 1}/{folds} done", file=sys.stderr)
-    return (
-        float(np.quantile(benign, REFUSE_QUANTILE)),
-        float(np.quantile(benign, STEER_QUANTILE)),
-    )
+    thresholds = gate_thresholds(benign)
+    return thresholds["refuse"], thresholds["steer"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,13 +290,27 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
+    try:
+        result = run(args)
+    except AligntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The figures :func:`main` prints."""
     from aligntime.models import store
 
-    rows = read_jsonl(args.prompts)
+    rows = read_jsonl(args.prompts, ("prompt", "label", "split"))
+    unseen = read_jsonl(args.unseen, ("id", "prompt", "harmful"))
     splits = ("train", "heldout") if args.train_on == "all" else ("train",)
     train = [r for r in rows if r["split"] in splits]
     heldout = [r for r in rows if r["split"] == "heldout"]
-    unseen = read_jsonl(args.unseen)
+    encoder = store.resolve(args.encoder)
+    # The baseline is loaded before the minutes of fine-tuning, so a wrong folder fails first.
+    baseline = load_baseline(args.baseline) if args.baseline else None
 
     def show(epoch: int, loss: float, seconds: float) -> None:
         print(f"epoch {epoch}/{args.epochs}: loss {loss:.4f}, {seconds:.0f}s", file=sys.stderr)
@@ -295,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         top_layers=args.top_layers,
     )
     started = time.perf_counter()
-    model = finetune(train, store.resolve(args.encoder), settings, show)
+    model = finetune(train, encoder, settings, show)
     result: dict[str, Any] = {
         "encoder": args.encoder,
         "trained_on": args.train_on,
@@ -307,32 +334,35 @@ def main(argv: list[str] | None = None) -> int:
         "train_seconds": round(time.perf_counter() - started, 1),
         "finetuned": report(model.p_harm, heldout, unseen),
     }
-    if args.baseline:
-        from aligntime.scorers.trained import TrainedOptions, TrainedScorer
-        from aligntime.types import Message
-
-        scorer = TrainedScorer(TrainedOptions(head="harm", model=args.baseline))
-
-        def frozen(texts: list[str]) -> np.ndarray:
-            return np.array([scorer.harm_of([Message("user", t)]) for t in texts])
-
+    if baseline is not None:
+        frozen, harm = baseline
         result["baseline"] = {"folder": args.baseline, **report(frozen, heldout, unseen)}
         if args.folds:
-            from aligntime.training.artifact import load_folder
-
-            harm = load_folder(scorer.folder).config["harm"]
             result["baseline"]["at_thresholds"] = operating_points(
                 frozen, heldout, unseen, float(harm["threshold"]), float(harm["steer"])
             )
     if args.folds:
-        refuse, steer = out_of_fold_thresholds(
-            train, store.resolve(args.encoder), settings, args.folds
-        )
+        refuse, steer = out_of_fold_thresholds(train, encoder, settings, args.folds)
         result["finetuned"]["at_thresholds"] = operating_points(
             model.p_harm, heldout, unseen, refuse, steer
         )
-    print(json.dumps(result, indent=1))
-    return 0
+    return result
+
+
+def load_baseline(folder: str) -> tuple[Callable[[list[str]], np.ndarray], dict[str, Any]]:
+    """A trained scorer folder's P(harmful) of texts (each a lone user turn), and its harm
+    head's config (thresholds)."""
+    from aligntime.scorers.trained import TrainedOptions, TrainedScorer
+    from aligntime.training.artifact import load_folder
+    from aligntime.types import Message
+
+    scorer = TrainedScorer(TrainedOptions(head="harm", model=folder))
+    scorer.load()
+
+    def p_harm(texts: list[str]) -> np.ndarray:
+        return np.array([scorer.harm_of([Message("user", t)]) for t in texts])
+
+    return p_harm, dict(load_folder(scorer.folder).config["harm"])
 
 
 if __name__ == "__main__":

@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from aligntime.errors import AligntimeError
 from aligntime.evaluation.datasets import load_prompts
 from aligntime.scorers.trained import TrainedOptions, TrainedScorer
 from aligntime.training.artifact import load_folder
@@ -65,7 +67,7 @@ def consistency(
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scorer", default="harm-minilm", help="harm-minilm or a folder")
     parser.add_argument("--head", default="harm", choices=("harm", "advice"))
@@ -76,18 +78,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rewordings", type=int, default=4)
     parser.add_argument("--steer", type=float, help="default: the folder's steer threshold")
     args = parser.parse_args(argv)
-    texts: list[str] = []
-    for spec in args.prompts:
-        name, _, limit = spec.rpartition(":") if spec.count(":") == 2 else (spec, "", "")
-        texts += [p.prompt for p in load_prompts(name, int(limit) if limit else None)]
-    scorer = TrainedScorer(TrainedOptions(head=args.head, model=args.scorer), name=args.head)
-    config = load_folder(scorer.folder).config
-    steer = args.steer if args.steer is not None else float(config[args.head]["steer"])
-    figures = consistency(
-        texts, lambda t: scorer.harm_of([Message("user", t)]), steer, args.rewordings
-    )
+    try:
+        texts: list[str] = []
+        for spec in args.prompts:
+            name, _, limit = spec.rpartition(":") if spec.count(":") == 2 else (spec, "", "")
+            texts += [p.prompt for p in load_prompts(name, int(limit) if limit else None)]
+        scorer = TrainedScorer(TrainedOptions(head=args.head, model=args.scorer), name=args.head)
+        config = load_folder(scorer.folder).config
+        steer = args.steer if args.steer is not None else float(config[args.head]["steer"])
+        figures = consistency(
+            texts, lambda t: scorer.harm_of([Message("user", t)]), steer, args.rewordings
+        )
+    except AligntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps({"scorer": args.scorer, "head": args.head, **figures}, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

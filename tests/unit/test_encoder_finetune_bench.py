@@ -147,3 +147,21 @@ def test_folds_add_thresholds_from_out_of_fold_scores(
     assert set(points["heldout_sources"]) == {
         "harmful_at_refuse", "harmful_at_steer", "benign_at_refuse", "benign_at_steer"
     }  # fmt: skip
+
+
+def test_a_bad_line_or_a_wrong_baseline_is_a_clear_error_before_any_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = _bench()
+    args = files_for_main(tmp_path, [{"id": "d-1", "prompt": "bake a cake", "harmful": False}])
+    assert bench.main([*args, "--baseline", str(tmp_path / "no-such-folder")]) == 2
+    assert "no-such-folder" in capsys.readouterr().err
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(prompts.read_text() + '{"prompt": "x"}\n')
+    assert bench.main(args) == 2
+    assert "prompts.jsonl:17: expected an object with prompt, label, split" in (
+        capsys.readouterr().err
+    )
+    prompts.write_text("{not json\n")
+    assert bench.main(args) == 2
+    assert "prompts.jsonl:1: not JSON" in capsys.readouterr().err

@@ -6,6 +6,8 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
@@ -43,3 +45,13 @@ def test_a_head_that_reads_the_request_does_not_move() -> None:
 def test_no_prompt_with_an_opener_gives_no_figures() -> None:
     figures = _bench().consistency(["Why?"], lambda t: 0.5, steer=0.5, rewordings=2)
     assert figures == {"prompts": 1, "reworded_prompts": 0, "rewordings": 0}
+
+
+def test_a_wrong_folder_or_prompt_file_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = _bench()
+    assert bench.main(["--scorer", str(tmp_path / "nowhere"), "--prompts", "builtin:mixed:2"]) == 2
+    assert "trained scorer folder" in capsys.readouterr().err
+    assert bench.main(["--prompts", str(tmp_path / "absent.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
