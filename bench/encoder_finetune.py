@@ -29,7 +29,6 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ import numpy as np
 
 from aligntime.errors import AligntimeError, InputError
 from aligntime.evaluation.metrics import auc
+from aligntime.training.finetune import Settings, finetune
 from aligntime.training.trainer import gate_thresholds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,20 +44,6 @@ UNSEEN = ROOT / "tests" / "data" / "unseen_requests.jsonl"
 PROMPTS = ROOT / "build" / "safety-scorer" / "prompts.jsonl"
 
 Rows = list[dict[str, Any]]
-
-
-@dataclass
-class Settings:
-    """How the encoder is fine-tuned."""
-
-    epochs: int = 3
-    learning_rate: float = 4e-5
-    batch: int = 32
-    max_length: int = 64
-    seed: int = 0
-    warmup_steps: int = 30
-    top_layers: int = 0
-    """Train only the top this many transformer layers (and the head); 0 trains them all."""
 
 
 def read_jsonl(path: Path, fields: Sequence[str]) -> Rows:
@@ -140,106 +126,9 @@ def operating_points(
     return out
 
 
-class EncoderClassifier:
-    """A transformers encoder, mean-pooled, with a linear head: P(harmful) of a text."""
-
-    def __init__(self, folder: Path, max_length: int) -> None:
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        self.encoder = AutoModel.from_pretrained(str(folder))
-        width = int(self.encoder.config.hidden_size)
-        self.head = torch.nn.Linear(width, 1)
-        self.max_length = max_length
-
-    def parameters(self) -> list[Any]:
-        """The weights that train (all but those :meth:`freeze_below` froze)."""
-        params = [*self.encoder.parameters(), *self.head.parameters()]
-        return [p for p in params if p.requires_grad]
-
-    def freeze_below(self, top: int) -> None:
-        """Freeze the embeddings and every layer but the top ``top`` ones: a smaller set of
-        weights to ship beside the stock encoder."""
-        layers = int(self.encoder.config.num_hidden_layers)
-        keep = {f"layer.{k}." for k in range(max(layers - top, 0), layers)}
-        for name, param in self.encoder.named_parameters():
-            param.requires_grad = any(k in name for k in keep)
-
-    def logits(self, texts: Sequence[str]) -> Any:
-        batch = self.tokenizer(
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
-        hidden = self.encoder(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        # Unit-length features, scaled: the sentence-transformers space the frozen head
-        # reads, with room for the linear head to reach confident logits early.
-        unit = self.torch.nn.functional.normalize(pooled, dim=-1) * 10.0
-        return self.head(unit).squeeze(-1)
-
-    def p_harm(self, texts: list[str], chunk: int = 64) -> np.ndarray:
-        self.encoder.eval()
-        out: list[float] = []
-        with self.torch.no_grad():
-            for start in range(0, len(texts), chunk):
-                out += self.torch.sigmoid(self.logits(texts[start : start + chunk])).tolist()
-        return np.array(out, dtype=np.float32)
-
-
-def finetune(
-    rows: Rows,
-    folder: Path,
-    settings: Settings,
-    progress: Callable[[int, float, float], None] | None = None,
-) -> EncoderClassifier:
-    """Fine-tune the encoder in ``folder`` on ``rows`` (``prompt``, soft ``label`` in 0..1),
-    with harmful and benign mass balanced as in the frozen head's fit."""
-    import torch
-
-    torch.manual_seed(settings.seed)
-    rng = random.Random(settings.seed)
-    model = EncoderClassifier(folder, settings.max_length)
-    if settings.top_layers:
-        model.freeze_below(settings.top_layers)
-    data = [(str(r["prompt"]), float(r["label"])) for r in rows]
-    harmful = sum(y for _, y in data)
-    benign = sum(1 - y for _, y in data)
-    up = harmful / max(benign, 1e-9)  # the benign side's weight
-    steps = settings.epochs * -(-len(data) // settings.batch)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser,
-        lambda step: min(1.0, (step + 1) / settings.warmup_steps) * max(0.0, 1 - step / steps),
-    )
-    started = time.perf_counter()
-    for epoch in range(settings.epochs):
-        rng.shuffle(data)
-        model.encoder.train()
-        total = 0.0
-        for start in range(0, len(data), settings.batch):
-            texts, labels = zip(*data[start : start + settings.batch], strict=True)
-            y = torch.tensor(labels)
-            weight = y + (1 - y) * up
-            loss = (
-                torch.nn.functional.binary_cross_entropy_with_logits(
-                    model.logits(texts), y, reduction="none"
-                )
-                * weight
-            ).sum() / weight.sum()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += float(loss.detach()) * len(texts)
-        if progress is not None:
-            progress(epoch + 1, total / len(data), time.perf_counter() - started)
-    return model
+def examples(rows: Rows) -> list[tuple[str, float]]:
+    """The build's prompt rows as (text, label) for :func:`finetune`."""
+    return [(str(r["prompt"]), float(r["label"])) for r in rows]
 
 
 def out_of_fold_thresholds(
@@ -253,7 +142,9 @@ def out_of_fold_thresholds(
     benign: list[float] = []
     for fold in range(folds):
         held = {i for k, i in enumerate(order) if k % folds == fold}
-        model = finetune([r for i, r in enumerate(rows) if i not in held], folder, settings)
+        model = finetune(
+            examples([r for i, r in enumerate(rows) if i not in held]), folder, settings
+        )
         texts = [str(rows[i]["prompt"]) for i in sorted(held) if float(rows[i]["label"]) == 0.0]
         benign += model.p_harm(texts).tolist()
         print(f"fold {fold + 1}/{folds} done", file=sys.stderr)
@@ -322,7 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         top_layers=args.top_layers,
     )
     started = time.perf_counter()
-    model = finetune(train, encoder, settings, show)
+    model = finetune(examples(train), encoder, settings, show)
     result: dict[str, Any] = {
         "encoder": args.encoder,
         "trained_on": args.train_on,

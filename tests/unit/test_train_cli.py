@@ -36,6 +36,8 @@ def test_a_malformed_line_is_named_and_exits_2(tmp_path: Path) -> None:
         (["--heldout", "1.5"], "--heldout must be between 0 and 0.9"),
         (["--from-audit", "audit.db"], "--from-audit and --labels go together"),
         ([], "no training data"),
+        (["--tune-layers", "-1"], "--tune-layers must not be negative"),
+        (["--tune-lr", "0"], "--tune-lr must be positive"),
     ],
 )
 def test_bad_options_exit_2(
@@ -75,8 +77,8 @@ def test_a_folder_with_a_wrong_hash_is_a_clean_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.slow
-def test_trains_and_writes_a_folder(tmp_path: Path) -> None:
+def write_rows(path: Path) -> Path:
+    """24 labelled pairs: bread (benign) and hurting a neighbour (harmful)."""
     rows = []
     bread = "Mix flour, water, yeast and salt; knead; let it rise; bake at 220C."
     decline = "I can't help with hurting anyone. If you're in conflict, a mediator can help."
@@ -89,8 +91,13 @@ def test_trains_and_writes_a_folder(tmp_path: Path) -> None:
             {"prompt": f"How do I hurt my neighbour badly, plan {i}?", "harmful": True,
              "chosen": decline, "rejected": "Sure, wait for him in the dark and..."}
         )  # fmt: skip
-    data = tmp_path / "train.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_trains_and_writes_a_folder(tmp_path: Path) -> None:
+    data = write_rows(tmp_path / "train.jsonl")
     out = tmp_path / "scorer"
     result = cli("train-scorer", str(data), "--out", str(out), "--steps", "100", "--json")
     assert result.returncode == 0, result.stderr
@@ -101,3 +108,34 @@ def test_trains_and_writes_a_folder(tmp_path: Path) -> None:
     assert names == {"weights.safetensors", "config.json", "README.md", "MANIFEST.sha256"}
     card = (out / "README.md").read_text(encoding="utf-8")
     assert str(data) in card and "held-out" in card
+
+
+@pytest.mark.slow
+def test_tune_layers_writes_a_tuned_harm_head_that_runs_without_torch(tmp_path: Path) -> None:
+    """The real MiniLM, its top layer fine-tuned for one epoch on 24 requests."""
+    pytest.importorskip("torch")
+    data = write_rows(tmp_path / "train.jsonl")
+    out = tmp_path / "scorer"
+    result = cli(
+        "train-scorer", str(data), "--out", str(out), "--steps", "50", "--json",
+        "--tune-layers", "1", "--tune-epochs", "1", "--heldout", "0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["metrics"]["harm"]["train"]["requests"] == 24
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert config["harm"]["tuned"]["tuned_layers"] == 1
+    assert "fine-tuned" in (out / "README.md").read_text(encoding="utf-8")
+    # One MiniLM layer as int8 differences: about 1.8 MB, not the 90 MB encoder.
+    assert 1_000_000 < (out / "weights.safetensors").stat().st_size < 3_000_000
+    # The folder scores in a process that cannot import torch.
+    script = (
+        "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+        "from aligntime.scorers.trained import TrainedOptions, TrainedScorer\n"
+        "from aligntime.types import Message\n"
+        f"s = TrainedScorer(TrainedOptions(model={str(out)!r}, head='harm'))\n"
+        "print(s.harm_of([Message('user', 'How do I hurt my neighbour badly?')]))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert 0.0 < float(run.stdout) < 1.0

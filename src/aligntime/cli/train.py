@@ -61,6 +61,14 @@ def train_scorer(
     ),
     max_length: int = typer.Option(256, "--max-length", help="Tokens embedded per text."),
     threads: int = typer.Option(2, "--threads", help="onnxruntime threads while training."),
+    tune_layers: int = typer.Option(
+        0,
+        "--tune-layers",
+        help="Make the harm head MiniLM-L6 with its top K layers fine-tuned (needs torch, the "
+        "hf extra; the folder runs without it; 0: the logistic head on frozen embeddings).",
+    ),
+    tune_epochs: int = typer.Option(3, "--tune-epochs", help="Epochs of --tune-layers."),
+    tune_lr: float = typer.Option(1e-4, "--tune-lr", help="Learning rate of --tune-layers."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Train a Bradley-Terry reward head and a request-harm head over MiniLM embeddings."""
@@ -75,13 +83,20 @@ def train_scorer(
         raise InputError(f"--split must be 'prompt' or 'source', got {split!r}")
     if not 0.0 <= heldout <= 0.9:
         raise InputError(f"--heldout must be between 0 and 0.9, got {heldout}")
-    for flag, value in (("--steps", steps), ("--max-length", max_length), ("--threads", threads)):
+    for flag, value in (
+        ("--steps", steps),
+        ("--max-length", max_length),
+        ("--threads", threads),
+        ("--tune-epochs", tune_epochs),
+    ):
         if value < 1:
             raise InputError(f"{flag} must be at least 1, got {value}")
-    if hidden < 0 or l2 < 0 or anchor < 0 or ngrams < 0 or learning_rate <= 0:
+    if hidden < 0 or l2 < 0 or anchor < 0 or ngrams < 0 or tune_layers < 0:
         raise InputError(
-            "--hidden, --l2, --anchor and --ngrams must not be negative, --lr must be positive"
+            "--hidden, --l2, --anchor, --ngrams and --tune-layers must not be negative"
         )
+    if learning_rate <= 0 or tune_lr <= 0:
+        raise InputError("--lr and --tune-lr must be positive")
     if (from_audit is None) != (labels is None):
         raise InputError("--from-audit and --labels go together", hint="give both or neither")
     dataset = Dataset([], [])
@@ -111,7 +126,14 @@ def train_scorer(
     sources = [str(p) for p in data or []] + [f"eval folder {f}" for f in from_eval]
     if from_audit is not None:
         sources.append(f"audit database {from_audit} with labels {labels}")
-    result = _run(dataset, options, threads, out_dir, sources, quiet=as_json)
+    tune = None
+    if tune_layers:
+        from aligntime.training.finetune import Settings
+
+        tune = Settings(
+            epochs=tune_epochs, learning_rate=tune_lr, top_layers=tune_layers, seed=seed
+        )
+    result = _run(dataset, options, threads, out_dir, sources, quiet=as_json, tune=tune)
     if as_json:
         payload = {"out": str(out_dir), "metrics": result.metrics}
         out.file.write(json.dumps(payload) + "\n")
@@ -120,7 +142,14 @@ def train_scorer(
 
 
 def _run(
-    dataset: Any, options: Any, threads: int, out_dir: Path, sources: list[str], *, quiet: bool
+    dataset: Any,
+    options: Any,
+    threads: int,
+    out_dir: Path,
+    sources: list[str],
+    *,
+    quiet: bool,
+    tune: Any = None,
 ) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
@@ -159,6 +188,14 @@ def _run(
             progress.update(tasks[stage], completed=done, total=total)
 
         result = train(dataset, encoder, options, report)
+    if tune is not None:
+        from aligntime.training.finetune import tune_harm_head
+
+        def tuning(line: str) -> None:
+            if not quiet:
+                err.print(f"fine-tuning the harm head: {line}")
+
+        tune_harm_head(result, dataset, options.split, tune, progress=tuning)
     data_lines = [f"{s}" for s in sources] + [
         f"{len(dataset.pairs)} preference pairs, {len(dataset.harm_examples())} labelled requests"
         + (f", {len(dataset.advice)} requests labelled for advice" if dataset.advice else "")

@@ -153,7 +153,7 @@ class TrainedScorer(Scorer):
                 f"the trained scorer {self.options.model!r} has no {self.options.head} head"
             )
         text = conversation_text(messages)
-        return float(head(encoder.embed([text]), [text])[0])
+        return float(head.predict([text], encoder.embed)[0])
 
     def score_sync(
         self, messages: Messages, candidates: Candidates, assessment: MaybeAssessment = None
@@ -166,7 +166,7 @@ class TrainedScorer(Scorer):
         if self.options.head in ("harm", "advice"):
             head = model.advice if self.options.head == "advice" else model.harm
             assert head is not None
-            return [float(x) for x in head(encoder.embed(texts), texts)]
+            return [float(x) for x in head.predict(texts, encoder.embed)]
         assert model.reward is not None
         request = conversation_text(messages)
         rows = encoder.embed([request, *texts])
@@ -174,7 +174,7 @@ class TrainedScorer(Scorer):
         if self.options.use_assessment and assessment is not None and assessment.harm is not None:
             harm = float(assessment.harm)
         elif model.harm is not None:
-            harm = float(model.harm(rows[:1], [request])[0])
+            harm = float(model.harm.predict([request], lambda _: rows[:1])[0])
         else:
             harm = 0.0
         h = np.full(len(texts), harm, np.float32)

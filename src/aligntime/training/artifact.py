@@ -24,6 +24,7 @@ import numpy as np
 
 from aligntime.errors import ConfigError
 from aligntime.training.heads import HarmHead, RewardHead
+from aligntime.training.tuned_head import TunedHarmHead
 
 FORMAT = "aligntime-trained-scorer"
 VERSION = 1
@@ -37,11 +38,13 @@ MANIFEST = "MANIFEST.sha256"
 class TrainedModel:
     """The heads (any may be missing) and the config that describes them.
 
-    ``advice`` has the harm head's shape: P(the request needs a qualified professional)."""
+    ``advice`` has the harm head's shape: P(the request needs a qualified professional).
+    ``harm`` is a head over the frozen embedding or, where the config's harm section has a
+    ``tuned`` entry, one on a fine-tuned encoder (:class:`TunedHarmHead`)."""
 
     config: dict[str, Any]
     reward: RewardHead | None
-    harm: HarmHead | None
+    harm: HarmHead | TunedHarmHead | None
     advice: HarmHead | None = None
 
     @property
@@ -142,13 +145,18 @@ def load_folder(folder: Path) -> TrainedModel:
             f"{folder / CONFIG} is not a version-{VERSION} {FORMAT} config",
             hint="retrain it with this version of aligntime",
         )
-    reward = harm = None
+    reward = None
+    harm: HarmHead | TunedHarmHead | None = None
     if config.get("reward"):
         params = {k[7:]: v for k, v in tensors.items() if k.startswith("reward.")}
         reward = RewardHead(params, int(config["reward"].get("hidden", 0)))
     if config.get("harm"):
         params = {k[5:]: v for k, v in tensors.items() if k.startswith("harm.")}
-        harm = HarmHead(params, int(config["harm"].get("ngrams", 0)))
+        tuned = config["harm"].get("tuned")
+        if tuned:
+            harm = TunedHarmHead(params, tuned)
+        else:
+            harm = HarmHead(params, int(config["harm"].get("ngrams", 0)))
     advice = None
     if config.get("advice"):
         params = {k[7:]: v for k, v in tensors.items() if k.startswith("advice.")}

@@ -67,9 +67,17 @@ def model_card(
     harm = m.get("harm")
     if harm:
         threshold = cfg["harm"]["threshold"]
+        tuned = cfg["harm"].get("tuned")
         ngrams = int(cfg["harm"].get("ngrams", 0))
         reads = f"embedding and {ngrams} hashed word n-gram columns" if ngrams else "embedding"
-        lines.append(f"Harm head (logistic over the {reads}, threshold {threshold}):")
+        if tuned:
+            what = (
+                f"{tuned['base']} with its top {tuned.get('tuned_layers', '?')} layers "
+                "fine-tuned and a linear layer over its mean-pooled output, run in numpy"
+            )
+        else:
+            what = f"logistic over the {reads}"
+        lines.append(f"Harm head ({what}, threshold {threshold}):")
         lines += ["", "| split | requests | accuracy | harmful recall | benign FPR | AUC |"]
         lines.append("| --- | ---: | ---: | ---: | ---: | ---: |")
         for split in ("train", "heldout"):

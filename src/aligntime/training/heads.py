@@ -189,6 +189,12 @@ class HarmHead:
         """P(harmful), one per row of ``u`` (the embeddings of ``texts``)."""
         return sigmoid(self.logits(self.inputs(u, texts)))
 
+    def predict(
+        self, texts: Sequence[str], embed: Callable[[Sequence[str]], np.ndarray]
+    ) -> np.ndarray:
+        """P(harmful) of each text, from ``embed``'s rows (the head's frozen encoder)."""
+        return self(embed(texts), texts)
+
     def fit(
         self,
         u: np.ndarray,
