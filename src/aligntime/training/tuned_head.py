@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from aligntime.errors import ConfigError
-from aligntime.training.bert import BertShape, check_weights, encode, mean_pool
+from aligntime.training.bert import BertShape, check_weights, encode, mean_pool, prepare
 from aligntime.training.heads import sigmoid
 
 PREFIX = "encoder."
@@ -150,7 +150,7 @@ class TunedHarmHead:
         tok.enable_truncation(max_length=self.max_length, direction="left")
         tok.enable_padding(pad_id=0 if pad is None else pad, pad_token="[PAD]")
         self._tokenizer = tok
-        self._weights = unpack(self.params, base)
+        self._weights = prepare(unpack(self.params, base))
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         """The linear layer's output for each text."""
