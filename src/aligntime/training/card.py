@@ -31,8 +31,13 @@ def model_card(
         f"# {title}",
         "",
         "A scorer trained by `aligntime train-scorer`: small heads over frozen sentence "
-        f"embeddings ({enc.get('model', '?')}, tokenizer {enc.get('tokenizer', '?')}). "
-        "Load it with a policy scorer of `kind: trained` and `model: <this folder>`; "
+        f"embeddings ({enc.get('model', '?')}, tokenizer {enc.get('tokenizer', '?')})"
+        + (
+            ", and a harm head on the encoder itself with its top layers fine-tuned. "
+            if (cfg.get("harm") or {}).get("tuned")
+            else ". "
+        )
+        + "Load it with a policy scorer of `kind: trained` and `model: <this folder>`; "
         "`head: reward` rates answers, `head: harm` rates requests for the input gate.",
         "",
         "## Data",
