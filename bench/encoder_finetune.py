@@ -1,14 +1,16 @@
 """Whether training the sentence encoder itself makes a better harm head.
 
-The shipped harm head is a logistic layer over a frozen MiniLM embedding and hashed word
-n-grams. This bench fine-tunes MiniLM-L6 end to end (the torch weights of the catalogue's
-``all-minilm-l6-v2``, mean-pooled, with a linear head) on the same labelled requests as
-the build, then reports the AUC of its P(harmful) on the build's held-out sources and on
-each batch of ``tests/data/unseen_requests.jsonl``, beside the same figures for a trained
-scorer folder (``--baseline``). To compare like with like, give the baseline the same
+The harm head used to be a logistic layer over a frozen MiniLM embedding and hashed word
+n-grams (``--harm-head frozen`` in the build); this bench fine-tunes MiniLM-L6 (the torch
+weights of the catalogue's ``all-minilm-l6-v2``, mean-pooled, with a linear head; all of
+it or its top layers) on the same labelled requests as the build, then reports the AUC
+of its P(harmful) on the build's held-out sources and on each batch of
+``tests/data/unseen_requests.jsonl``, beside the same figures for a trained scorer folder
+(``--baseline``). To compare like with like, give the baseline the same
 training split::
 
-    nice .venv/bin/python scripts/build_safety_scorer.py --stage train --fit split --out /tmp/split
+    nice .venv/bin/python scripts/build_safety_scorer.py --stage train --fit split \
+        --harm-head frozen --out /tmp/split
     nice .venv/bin/python bench/encoder_finetune.py --baseline /tmp/split
 
 ``--folds K`` also picks refuse and steer thresholds by the build's rule (quantiles of
