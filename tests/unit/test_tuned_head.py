@@ -157,3 +157,20 @@ def test_cross_fit_scores_every_example_with_a_head_that_never_saw_it(bert: Path
     oof = cross_fit(examples, str(bert), bert, settings, 2, lambda f, n: seen.append((f, n)))
     assert oof.shape == (8,) and np.isfinite(oof).all() and ((oof > 0) & (oof < 1)).all()
     assert seen == [(1, 2), (2, 2)]
+
+
+@pytest.mark.slow
+def test_a_harm_scorer_checks_its_base_when_it_loads(
+    tuned: tuple[object, TunedHarmHead], tmp_path: Path
+) -> None:
+    """Not on the first request: a policy with a broken gate fails when it starts."""
+    from aligntime.scorers.trained import TrainedOptions, TrainedScorer
+    from aligntime.training.artifact import TrainedModel, save_folder
+
+    _, head = tuned
+    wrong = {**head.config, "base_sha256": "0" * 64}
+    config = {"encoder": {"model": "all-minilm-l6-v2-int8", "tokenizer": "all-minilm-l6-v2"},
+              "harm": {"threshold": 0.5, "steer": 0.3, "tuned": wrong}}  # fmt: skip
+    save_folder(TrainedModel(config, None, TunedHarmHead(head.params, wrong)), tmp_path / "s", "")
+    with pytest.raises(ConfigError, match="not the encoder the harm head was tuned from"):
+        TrainedScorer(TrainedOptions(model=str(tmp_path / "s"), head="harm")).load()

@@ -57,6 +57,7 @@ from aligntime.scorers.sentence_encoder import SentenceEncoder
 from aligntime.training.artifact import TrainedModel, load_folder
 from aligntime.training.features import reward_features
 from aligntime.training.heads import sigmoid
+from aligntime.training.tuned_head import TunedHarmHead
 from aligntime.types import Message
 
 BUILTIN = {"harm-minilm": "harm-minilm"}
@@ -135,6 +136,10 @@ class TrainedScorer(Scorer):
                 threads=self.options.threads,
             )
             encoder.load()
+            if self.options.head == "harm" and isinstance(model.harm, TunedHarmHead):
+                # Its base encoder is read and checked here, not on the first request (the
+                # other heads load it only if they need it: it holds 90 MB of weights).
+                model.harm.load()
             self._encoder = encoder
             self._model = model
 

@@ -16,6 +16,7 @@ reads the whole conversation, and the newest turn must not be the part cut off.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,11 +115,16 @@ class TunedHarmHead:
         self.max_length = int(config.get("max_length", 256))
         self._weights: dict[str, np.ndarray] | None = None
         self._tokenizer: Any = None
+        self._lock = threading.Lock()
 
     def load(self) -> None:
-        """Resolve (pulling if needed) and check the base encoder, and merge the layers."""
-        if self._weights is not None:
-            return
+        """Resolve (pulling if needed) and check the base encoder, and merge the layers
+        (once; thread-safe)."""
+        with self._lock:
+            if self._weights is None:
+                self._load()
+
+    def _load(self) -> None:
         try:
             from safetensors.numpy import load_file
             from tokenizers import Tokenizer
