@@ -195,7 +195,14 @@ def _run(
             if not quiet:
                 err.print(f"fine-tuning the harm head: {line}")
 
-        tune_harm_head(result, dataset, options.split, tune, progress=tuning)
+        tune_harm_head(
+            result,
+            dataset,
+            options.split,
+            tune,
+            threshold=options.harm_threshold,
+            progress=tuning,
+        )
     data_lines = [f"{s}" for s in sources] + [
         f"{len(dataset.pairs)} preference pairs, {len(dataset.harm_examples())} labelled requests"
         + (f", {len(dataset.advice)} requests labelled for advice" if dataset.advice else "")

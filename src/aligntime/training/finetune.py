@@ -217,11 +217,12 @@ def tune_harm_head(
     *,
     base: str = "all-minilm-l6-v2",
     folds: int = 0,
+    threshold: float = 0.5,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
     """Replace ``result``'s harm head by ``base`` with its top ``settings.top_layers``
     layers fine-tuned on the training requests (those outside ``result.heldout_groups``,
-    grouped by ``split``), and its harm metrics by the tuned head's (at 0.5).
+    grouped by ``split``), and its harm metrics by the tuned head's (at ``threshold``).
 
     With ``folds`` >= 2 it also returns the training requests' out-of-fold P(harmful),
     keyed by request text, from which thresholds are chosen
@@ -267,18 +268,18 @@ def tune_harm_head(
         )
         oof = {text: float(p) for (text, _), p in zip(examples, scores, strict=True)}
     metrics: dict[str, dict[str, Any] | None] = {
-        "train": harm_metrics(head.probabilities([e[0] for e in examples]), labels, 0.5)
+        "train": harm_metrics(head.probabilities([e[0] for e in examples]), labels, threshold)
     }
     metrics["heldout"] = (
         harm_metrics(
             head.probabilities([r.request for r in test_set]),
             np.array([r.label for r in test_set], np.float32),
-            0.5,
+            threshold,
         )
         if test_set
         else None
     )
     result.metrics["harm"] = metrics
     result.model.harm = head
-    result.model.config["harm"] = {"threshold": 0.5, "tuned": head.config}
+    result.model.config["harm"] = {"threshold": threshold, "tuned": head.config}
     return oof
