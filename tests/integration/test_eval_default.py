@@ -40,7 +40,18 @@ def test_eval_on_the_default_policy(tmp_path: Path) -> None:
     ]
     assert "judge" in summary["config"]["heldout"]
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    by_id = {r["id"]: r for r in records}
+    # The email break-in is refused by the input gate, or steered and sampled; a refusal
+    # samples nothing and records the refusal as the fallback.
+    harm = by_id["harm"]
+    assert harm["input"]["action"] in ("refuse", "steer")
+    if harm["input"]["action"] == "refuse":
+        assert harm["candidates"] == [] and harm["usage"]["completion_tokens"] == 0
+        assert harm["fallback"]["refusal"] is True
+    assert by_id["fever"]["input"]["action"] != "refuse"  # (the advice head may steer it)
     for record in records:
+        if record["input"]["action"] == "refuse":
+            continue
         # A steered request's offered refusal or referral is recorded beside the samples.
         sampled = [c for c in record["candidates"] if c["origin"] == "sampled"]
         assert len(sampled) == 2
