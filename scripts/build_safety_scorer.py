@@ -804,8 +804,9 @@ def main(argv: list[str] | None = None) -> int:
         "--harm-head",
         choices=("tuned", "frozen"),
         default="tuned",
-        help="the harm head: MiniLM with its top layers fine-tuned (tuned; needs torch, about "
-        "10 minutes on 2 cores) or a logistic head over the frozen embedding and n-grams",
+        help="the harm head: MiniLM with its top layers fine-tuned (tuned; needs torch; the "
+        "train stage then takes about 25 minutes on 2 cores) or a logistic head over the frozen "
+        "embedding and n-grams",
     )
     parser.add_argument("--concurrency", type=int, default=6, help="answers decoded together")
     parser.add_argument(

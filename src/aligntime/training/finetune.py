@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from aligntime.models.store import file_sha256
 from aligntime.training.data import Dataset
-from aligntime.training.tuned_head import SCALE, TunedHarmHead, pack, sha256_of
+from aligntime.training.tuned_head import SCALE, TunedHarmHead, pack
 
 if TYPE_CHECKING:
     from aligntime.training.trainer import TrainResult
@@ -177,7 +178,7 @@ def to_tuned_head(
     config = model.encoder.config
     head_config = {
         "base": base_name,
-        "base_sha256": sha256_of(folder / "model.safetensors"),
+        "base_sha256": file_sha256(folder / "model.safetensors"),
         "layers": int(config.num_hidden_layers),
         "heads": int(config.num_attention_heads),
         "max_length": max_length,

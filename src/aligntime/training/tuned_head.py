@@ -15,10 +15,8 @@ reads the whole conversation, and the newest turn must not be the part cut off.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,14 +85,6 @@ def unpack(
     return weights
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class TunedHarmHead:
     """P(harmful) of texts from a fine-tuned encoder (see the module docstring).
 
@@ -144,7 +134,7 @@ class TunedHarmHead:
                     f"the tuned harm head's base encoder has no {path.name} at {folder}",
                     hint=f"pull it with `aligntime models pull {self.config['base']}`",
                 )
-        if sha256_of(weights_file) != self.config["base_sha256"]:
+        if store.file_sha256(weights_file) != self.config["base_sha256"]:
             raise ConfigError(
                 f"{weights_file} is not the encoder the harm head was tuned from (sha256 differs)",
                 hint=f"pull it again with `aligntime models pull {self.config['base']} --force`",
