@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -46,10 +47,12 @@ def start_worker(address: str) -> int:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
-    # Ray's clusters use token authentication: every process (nodes, drivers, this one)
-    # reads the token the head writes.
+    # Ray's clusters use token authentication. `ray start` does not make a token (only
+    # ray.init does, into ~/.ray), so on a fresh machine the head would refuse to start:
+    # every process (nodes, drivers, this one) reads this one from the environment.
     mp = pytest.MonkeyPatch()
     mp.setenv("RAY_AUTH_MODE", "token")
+    mp.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
     port = free_port()
     ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
         "--include-dashboard=false", "--disable-usage-stats", STORE)  # fmt: skip
