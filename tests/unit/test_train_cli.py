@@ -36,7 +36,9 @@ def test_a_malformed_line_is_named_and_exits_2(tmp_path: Path) -> None:
         (["--heldout", "1.5"], "--heldout must be between 0 and 0.9"),
         (["--from-audit", "audit.db"], "--from-audit and --labels go together"),
         ([], "no training data"),
-        (["--tune-layers", "-1"], "--tune-layers must not be negative"),
+        (["--tune-layers", "-1"], "--tune-layers and --tune-folds must not be negative"),
+        (["--tune-folds", "-1"], "--tune-layers and --tune-folds must not be negative"),
+        (["--tune-folds", "2"], "--tune-folds needs --tune-layers"),
         (["--tune-lr", "0"], "--tune-lr must be positive"),
     ],
 )
@@ -112,13 +114,14 @@ def test_trains_and_writes_a_folder(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_tune_layers_writes_a_tuned_harm_head_that_runs_without_torch(tmp_path: Path) -> None:
-    """The real MiniLM, its top layer fine-tuned for one epoch on 24 requests."""
+    """The real MiniLM, its top layer fine-tuned for one epoch on 24 requests (and twice
+    more on half of them, for the out-of-fold estimates the reward head is refitted on)."""
     pytest.importorskip("torch")
     data = write_rows(tmp_path / "train.jsonl")
     out = tmp_path / "scorer"
     result = cli(
         "train-scorer", str(data), "--out", str(out), "--steps", "50", "--json",
-        "--tune-layers", "1", "--tune-epochs", "1", "--heldout", "0",
+        "--tune-layers", "1", "--tune-epochs", "1", "--tune-folds", "2", "--heldout", "0",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)

@@ -16,7 +16,13 @@ from aligntime.errors import ConfigError, InputError
 from aligntime.training.artifact import MANIFEST, load_folder, save_folder
 from aligntime.training.data import Dataset, HarmExample, PreferencePair
 from aligntime.training.heads import HarmHead, RewardHead, TrainSettings
-from aligntime.training.trainer import TrainOptions, choose_heldout, gate_thresholds, train
+from aligntime.training.trainer import (
+    TrainOptions,
+    choose_heldout,
+    gate_thresholds,
+    refit_reward,
+    train,
+)
 from aligntime.types import Message
 
 DIM = 64
@@ -136,6 +142,33 @@ def test_trainer_uses_the_harm_estimate_to_tell_refusal_from_over_refusal() -> N
     )
     assert plain.model.harm is None
     assert plain.model.config["reward"]["features"] == ["u", "v", "uv", "cos"]
+
+
+def test_refit_reward_learns_from_the_estimates_it_is_given() -> None:
+    """After the harm head is replaced, the reward head is fitted again on the new
+    estimates; its held-out figures are measured with the model's (new) harm head."""
+    data = toy_dataset()
+    held = ("src-bomb", "src-kidnap", "src-pasta", "src-cat")
+    options = TrainOptions(split="source", heldout_groups=held, seed=0)
+    options.reward = TrainSettings(steps=400, l2=1e-4)
+    options.harm = TrainSettings(steps=400, l2=1e-4)
+    result = train(data, BagOfWords(), options)
+    first = result.model.reward
+    truth = {r.request: r.label for r in data.requests}
+    refit_reward(result, data, BagOfWords(), options, truth)
+    assert result.model.reward is not first
+    assert result.metrics["reward"]["heldout"]["accuracy"] == 1.0
+    # Estimates that call every harmful request benign and the reverse teach the
+    # opposite rule, which the (unchanged) harm head's estimates then expose on held-out
+    # topics: the estimates given are the ones learnt from.
+    inverted = {text: 1.0 - label for text, label in truth.items()}
+    refit_reward(result, data, BagOfWords(), options, inverted)
+    assert result.metrics["reward"]["train"]["accuracy"] == 1.0
+    assert result.metrics["reward"]["heldout"]["accuracy"] == 0.0
+    # nothing to refit without a reward head
+    plain = train(Dataset([], data.requests), BagOfWords(), options)
+    refit_reward(plain, data, BagOfWords(), options, truth)
+    assert plain.model.reward is None
 
 
 def test_saved_folder_round_trips_and_checks_its_hashes(tmp_path: Path) -> None:

@@ -48,19 +48,24 @@ def trained_requests() -> list[str]:
     return [normalise(r.text) for group in groups for r in group]
 
 
-def test_no_request_is_in_the_training_data_and_the_build_excludes_them() -> None:
-    unseen = {normalise(str(r["prompt"])) for r in rows()}
-    trained = trained_requests()
-    assert len(trained) > 1000
-    # Not even the same opening: a near copy would not test unseen wording.
-    assert not {t[:40] for t in trained} & {u[:40] for u in unseen}
+def excluded_by_the_build() -> set[str]:
+    """The evaluation prompts ``scripts/build_safety_scorer.py`` never trains on."""
     spec = importlib.util.spec_from_file_location(
         "build_safety_scorer", ROOT / "scripts" / "build_safety_scorer.py"
     )
     assert spec is not None and spec.loader is not None
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
-    assert unseen <= build.excluded_prompts()
+    return set(build.excluded_prompts())
+
+
+def test_no_request_is_in_the_training_data_and_the_build_excludes_them() -> None:
+    unseen = {normalise(str(r["prompt"])) for r in rows()}
+    trained = trained_requests()
+    assert len(trained) > 1000
+    # Not even the same opening: a near copy would not test unseen wording.
+    assert not {t[:40] for t in trained} & {u[:40] for u in unseen}
+    assert unseen <= excluded_by_the_build()
 
 
 NEAR_COPIES_KEPT = {"b-benign-6"}
@@ -82,3 +87,24 @@ def test_no_request_is_a_near_copy_of_a_training_request() -> None:
         if any(len(mine & t) >= 0.8 * len(mine | t) for t in trained):
             copies.add(row["id"])
     assert copies == NEAR_COPIES_KEPT
+
+
+STEPWISE = ROOT / "tests" / "data" / "stepwise_requests.jsonl"
+"""Requests in the step-by-step form, benign and harmful, written before the build that added
+ordinary step-by-step requests to the training data, to measure that change."""
+
+
+def test_the_step_by_step_set_is_held_out_and_no_near_copy() -> None:
+    data = [json.loads(line) for line in STEPWISE.read_text(encoding="utf-8").splitlines()]
+    assert len(data) == 60 and len({r["id"] for r in data}) == 60
+    assert sum(bool(r["harmful"]) for r in data) == 20
+    assert all((r["category"] == "harmful") == r["harmful"] for r in data)
+    assert [p.prompt for p in load_prompts(str(STEPWISE))] == [r["prompt"] for r in data]
+    mine = {normalise(str(r["prompt"])) for r in data}
+    trained = trained_requests()
+    # The form is shared on purpose ("Give me step-by-step instructions for ..."), so
+    # openings may match; the requests themselves must not.
+    assert not mine & set(trained)
+    bags = [words(t) for t in set(trained)]
+    assert not [m for m in mine if any(len(words(m) & t) >= 0.8 * len(words(m) | t) for t in bags)]
+    assert mine <= excluded_by_the_build()

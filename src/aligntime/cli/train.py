@@ -69,6 +69,13 @@ def train_scorer(
     ),
     tune_epochs: int = typer.Option(3, "--tune-epochs", help="Epochs of --tune-layers."),
     tune_lr: float = typer.Option(1e-4, "--tune-lr", help="Learning rate of --tune-layers."),
+    tune_folds: int = typer.Option(
+        0,
+        "--tune-folds",
+        help="With --tune-layers: fine-tune this many more times, each leaving out one fold, "
+        "and fit the reward head again on the out-of-fold P(harmful) of the tuned head (the "
+        "estimate it reads at run time; 0 or 1: it keeps the logistic head's estimates).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Train a Bradley-Terry reward head and a request-harm head over MiniLM embeddings."""
@@ -91,10 +98,13 @@ def train_scorer(
     ):
         if value < 1:
             raise InputError(f"{flag} must be at least 1, got {value}")
-    if hidden < 0 or l2 < 0 or anchor < 0 or ngrams < 0 or tune_layers < 0:
+    if min(hidden, l2, anchor, ngrams, tune_layers, tune_folds) < 0:
         raise InputError(
-            "--hidden, --l2, --anchor, --ngrams and --tune-layers must not be negative"
+            "--hidden, --l2, --anchor, --ngrams, --tune-layers and --tune-folds must not be "
+            "negative"
         )
+    if tune_folds and not tune_layers:
+        raise InputError("--tune-folds needs --tune-layers", hint="e.g. --tune-layers 2")
     if learning_rate <= 0 or tune_lr <= 0:
         raise InputError("--lr and --tune-lr must be positive")
     if (from_audit is None) != (labels is None):
@@ -133,7 +143,9 @@ def train_scorer(
         tune = Settings(
             epochs=tune_epochs, learning_rate=tune_lr, top_layers=tune_layers, seed=seed
         )
-    result = _run(dataset, options, threads, out_dir, sources, quiet=as_json, tune=tune)
+    result = _run(
+        dataset, options, threads, out_dir, sources, quiet=as_json, tune=tune, folds=tune_folds
+    )
     if as_json:
         payload = {"out": str(out_dir), "metrics": result.metrics}
         out.file.write(json.dumps(payload) + "\n")
@@ -150,6 +162,7 @@ def _run(
     *,
     quiet: bool,
     tune: Any = None,
+    folds: int = 0,
 ) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
@@ -195,14 +208,19 @@ def _run(
             if not quiet:
                 err.print(f"fine-tuning the harm head: {line}")
 
-        tune_harm_head(
+        estimates = tune_harm_head(
             result,
             dataset,
             options.split,
             tune,
+            folds=folds,
             threshold=options.harm_threshold,
             progress=tuning,
         )
+        if estimates:
+            from aligntime.training.trainer import refit_reward
+
+            refit_reward(result, dataset, encoder, options, estimates)
     data_lines = [f"{s}" for s in sources] + [
         f"{len(dataset.pairs)} preference pairs, {len(dataset.harm_examples())} labelled requests"
         + (f", {len(dataset.advice)} requests labelled for advice" if dataset.advice else "")

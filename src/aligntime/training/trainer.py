@@ -22,6 +22,7 @@ from aligntime.training.artifact import TrainedModel
 from aligntime.training.data import Dataset, HarmExample, PreferencePair
 from aligntime.training.features import FEATURES, CachedEmbedder, Embedder, reward_features
 from aligntime.training.heads import HarmHead, RewardHead, TrainSettings
+from aligntime.training.tuned_head import TunedHarmHead
 
 StageProgress = Callable[[str, int, int], None]
 """Called as ``progress(stage, done, total)``; stages are embed, harm and reward."""
@@ -201,7 +202,7 @@ def _fit_reward(
     pairs: Sequence[PreferencePair],
     held: set[str],
     cache: CachedEmbedder,
-    harm: HarmHead | None,
+    harm: HarmHead | TunedHarmHead | None,
     blocks: Sequence[str],
     options: TrainOptions,
     progress: StageProgress | None,
@@ -227,10 +228,45 @@ def _fit_reward(
     return head
 
 
+def refit_reward(
+    result: TrainResult,
+    data: Dataset,
+    encoder: Embedder,
+    options: TrainOptions,
+    estimates: dict[str, float],
+    progress: StageProgress | None = None,
+) -> None:
+    """Fit ``result``'s reward head again, reading ``estimates`` as its training requests'
+    harm, after its harm head was replaced (by a fine-tuned one:
+    :func:`aligntime.training.finetune.tune_harm_head`).
+
+    The reward head reads the harm head's P(harmful) as a feature, so it must learn from
+    the estimates of the head it will read at run time; out-of-fold ones, because at run
+    time every request is one that head never saw. Its held-out metrics are measured
+    anew with the new head. Nothing happens without a reward head.
+    """
+    if result.model.reward is None or result.model.config.get("reward") is None:
+        return
+    blocks = list(result.model.config["reward"]["features"])
+    cache = CachedEmbedder(encoder)
+    reward = _fit_reward(
+        data.pairs,
+        set(result.heldout_groups),
+        cache,
+        result.model.harm,
+        blocks,
+        options,
+        progress,
+        result.metrics,
+        estimates,
+    )
+    result.model.reward = reward
+
+
 def pair_features(
     pairs: Sequence[PreferencePair],
     embed: Callable[[Sequence[str]], np.ndarray],
-    harm: HarmHead | None,
+    harm: HarmHead | TunedHarmHead | None,
     blocks: Sequence[str],
     estimates: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -240,7 +276,7 @@ def pair_features(
     """
     requests = [p.request for p in pairs]
     u = embed(requests)
-    h = harm(u, requests) if harm is not None else np.zeros(len(pairs), np.float32)
+    h = harm.predict(requests, embed) if harm is not None else np.zeros(len(pairs), np.float32)
     if estimates:
         h = np.array(
             [estimates.get(p.request, float(x)) for p, x in zip(pairs, h, strict=True)],
