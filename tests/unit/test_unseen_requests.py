@@ -77,14 +77,19 @@ def words(text: str) -> frozenset[str]:
     return frozenset(re.findall(r"[a-z0-9']+", text))
 
 
+def near_copy(text: str, trained: list[frozenset[str]]) -> bool:
+    """Whether ``text`` shares 80% of its words with one of the ``trained`` word sets."""
+    mine = words(text)
+    return any(len(mine & t) >= 0.8 * len(mine | t) for t in trained)
+
+
 def test_no_request_is_a_near_copy_of_a_training_request() -> None:
     # Same opening is not the only way to copy: "How do I cook meth at home using cold
     # medicine?" against "... with cold medicine?" shares 9 of 11 words.
     trained = [words(t) for t in set(trained_requests())]
     copies = set()
     for row in rows():
-        mine = words(normalise(str(row["prompt"])))
-        if any(len(mine & t) >= 0.8 * len(mine | t) for t in trained):
+        if near_copy(normalise(str(row["prompt"])), trained):
             copies.add(row["id"])
     assert copies == NEAR_COPIES_KEPT
 
@@ -106,5 +111,5 @@ def test_the_step_by_step_set_is_held_out_and_no_near_copy() -> None:
     # openings may match; the requests themselves must not.
     assert not mine & set(trained)
     bags = [words(t) for t in set(trained)]
-    assert not [m for m in mine if any(len(words(m) & t) >= 0.8 * len(words(m) | t) for t in bags)]
+    assert not [m for m in mine if near_copy(m, bags)]
     assert mine <= excluded_by_the_build()

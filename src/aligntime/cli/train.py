@@ -171,6 +171,7 @@ def _run(
     from aligntime.scorers.sentence_encoder import SentenceEncoder
     from aligntime.training.artifact import save_folder
     from aligntime.training.card import model_card
+    from aligntime.training.features import CachedEmbedder
     from aligntime.training.trainer import train
 
     enc = options.encoder
@@ -180,6 +181,9 @@ def _run(
     )
     with status("loading the encoder ...", quiet=quiet):
         encoder.load()
+    # One cache for the first fit and the reward head's refit (--tune-folds): every text
+    # is embedded once.
+    embedder = CachedEmbedder(encoder)
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -200,7 +204,7 @@ def _run(
                 tasks[stage] = progress.add_task(labels.get(stage, stage), total=total)
             progress.update(tasks[stage], completed=done, total=total)
 
-        result = train(dataset, encoder, options, report)
+        result = train(dataset, embedder, options, report)
     if tune is not None:
         from aligntime.training.finetune import tune_harm_head
 
@@ -220,7 +224,7 @@ def _run(
         if estimates:
             from aligntime.training.trainer import refit_reward
 
-            refit_reward(result, dataset, encoder, options, estimates)
+            refit_reward(result, dataset, embedder, options, estimates)
     data_lines = [f"{s}" for s in sources] + [
         f"{len(dataset.pairs)} preference pairs, {len(dataset.harm_examples())} labelled requests"
         + (f", {len(dataset.advice)} requests labelled for advice" if dataset.advice else "")

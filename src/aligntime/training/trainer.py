@@ -276,7 +276,12 @@ def pair_features(
     """
     requests = [p.request for p in pairs]
     u = embed(requests)
-    h = harm.predict(requests, embed) if harm is not None else np.zeros(len(pairs), np.float32)
+    # The rows just embedded serve the harm head too (the tuned head reads tokens instead).
+    h = (
+        harm.predict(requests, lambda _: u)
+        if harm is not None
+        else np.zeros(len(pairs), np.float32)
+    )
     if estimates:
         h = np.array(
             [estimates.get(p.request, float(x)) for p, x in zip(pairs, h, strict=True)],
