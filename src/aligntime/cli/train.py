@@ -67,8 +67,8 @@ def train_scorer(
         help="Make the harm head MiniLM-L6 with its top K layers fine-tuned (needs torch, the "
         "hf extra; the folder runs without it; 0: the logistic head on frozen embeddings).",
     ),
-    tune_epochs: int = typer.Option(3, "--tune-epochs", help="Epochs of --tune-layers."),
-    tune_lr: float = typer.Option(1e-4, "--tune-lr", help="Learning rate of --tune-layers."),
+    tune_epochs: int = typer.Option(6, "--tune-epochs", help="Epochs of --tune-layers."),
+    tune_lr: float = typer.Option(2e-4, "--tune-lr", help="Learning rate of --tune-layers."),
     tune_folds: int = typer.Option(
         0,
         "--tune-folds",
