@@ -13,9 +13,17 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+_worker = threading.local()
+"""In a thread of a background loop's executor, ``loop`` is that loop."""
+
+
+def _mark_worker(loop: asyncio.AbstractEventLoop) -> None:
+    _worker.loop = loop
 
 
 class BackgroundLoop:
@@ -58,13 +66,24 @@ class BackgroundLoop:
         if loop is None or thread is None:
             return
         loop.call_soon_threadsafe(loop.stop)
-        if thread is not threading.current_thread():
-            thread.join()
+        # On the loop's own thread, or on a thread of its executor (a finalizer that the
+        # garbage collector happened to run there), joining would never return: the
+        # loop waits for its executor's threads as it shuts down. It stops by itself.
+        if thread is threading.current_thread() or getattr(_worker, "loop", None) is loop:
+            return
+        thread.join()
 
     def _ensure(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None or self._thread is None or not self._thread.is_alive():
                 loop = asyncio.new_event_loop()
+                loop.set_default_executor(
+                    ThreadPoolExecutor(
+                        thread_name_prefix=f"{self.name}-worker",
+                        initializer=_mark_worker,
+                        initargs=(loop,),
+                    )
+                )
                 ready = threading.Event()
                 thread = threading.Thread(
                     target=_serve, args=(loop, ready), name=self.name, daemon=True
