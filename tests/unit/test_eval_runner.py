@@ -13,7 +13,11 @@ from aligntime.aligner import Aligner
 from aligntime.errors import BackendError, InputError
 from aligntime.evaluation.datasets import EvalPrompt
 from aligntime.evaluation.experiment import EvalConfig, parse_ns, prepare, run_eval
-from aligntime.evaluation.heldout import resolve_heldout
+from aligntime.evaluation.heldout import (
+    HELDOUT_QUESTION,
+    independent_judge_model,
+    resolve_heldout,
+)
 from aligntime.evaluation.runner import RESULTS, PassConfig, load_records, run_pass
 from aligntime.generators.fake import FakeGenerator, FakeOptions
 from aligntime.policy.loader import load_policy
@@ -201,3 +205,31 @@ def test_asample_scores_without_selecting(fake_policy_file: Path) -> None:
     assert result.timings.generate_s >= 0 and result.usage.completion_tokens > 0
     with pytest.raises(InputError, match="between 1 and 8"):
         asyncio.run(al.asample("What helps a fever?", 9))
+
+
+def test_the_default_referee_runs_on_a_model_no_selecting_judge_runs() -> None:
+    # A referee on a selecting judge's model agrees with that judge whatever it asks.
+    policy = load_policy("default")
+    assert [s.options().get("model") for s in policy.scorers if s.kind == "judge"] == [
+        "smollm2-135m-instruct-q8_0"
+    ]
+    _, held = resolve_heldout(policy, None)
+    assert held is not None and "qwen2.5-coder-0.5b-instruct" in held.spec
+    assert held.scorer.options.model == "qwen2.5-coder-0.5b-instruct"
+    assert held.scorer.options.question == HELDOUT_QUESTION
+    qwen_judged = policy.model_copy(
+        update={
+            "scorers": [
+                s.model_copy(update={"model": "qwen2.5-coder-0.5b-instruct"})
+                if s.kind == "judge"
+                else s
+                for s in policy.scorers
+            ]
+        }
+    )
+    assert independent_judge_model(qwen_judged) == "smollm2-135m-instruct-q8_0"
+    # A judge that names no model runs the judge's default one (SmolLM2-135M), any quantisation.
+    unnamed = policy.model_copy(
+        update={"scorers": [s.model_copy(update={"model": None}) for s in policy.scorers]}
+    )
+    assert independent_judge_model(unnamed) == "qwen2.5-coder-0.5b-instruct"

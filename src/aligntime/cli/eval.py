@@ -28,7 +28,8 @@ def evaluate(
         None,
         "--heldout",
         help="Held-out scorer: a policy scorer name (taken out of selection), a scorer kind, "
-        "an inline YAML scorer spec, or 'none'. Default: a judge with a different question.",
+        "an inline YAML scorer spec, or 'none'. Default: a judge with a different question, on "
+        "a model no judge of the policy runs (Qwen2.5-Coder-0.5B for the presets).",
     ),
     seed: int = typer.Option(0, "--seed", help="Sampling and Monte-Carlo seed."),
     draws: int = typer.Option(200, "--draws", help="Monte-Carlo draws per prompt and cell."),
