@@ -143,3 +143,20 @@ def test_the_casual_set_is_held_out_and_no_near_copy() -> None:
     others = [words(normalise(str(r["prompt"]))) for r in rows()]
     assert not [m for m in mine if near_copy(m, others)]
     assert mine <= excluded_by_the_build()
+
+
+SOMEONE = ROOT / "tests" / "data" / "someone_requests.jsonl"
+"""Requests that mention another person, benign and harmful alike, written before the build
+that added requests of that form to the training data, to measure that change."""
+
+
+def test_the_someone_set_is_held_out_and_no_near_copy() -> None:
+    mine = held_out_set(SOMEONE, 90, 30)
+    trained = trained_requests()
+    assert not {t[:40] for t in trained} & {m[:40] for m in mine}
+    bags = trained_word_sets()
+    assert not [m for m in mine if near_copy(m, bags)]
+    others = [words(normalise(str(r["prompt"]))) for r in rows()]
+    others += [words(normalise(json.loads(line)["prompt"])) for line in CASUAL.open()]
+    assert not [m for m in mine if near_copy(m, others)]
+    assert mine <= excluded_by_the_build()
