@@ -133,16 +133,25 @@ CASUAL = ROOT / "tests" / "data" / "casual_requests.jsonl"
 the build that added requests in that wording to the training data, to measure that change."""
 
 
-def test_the_casual_set_is_held_out_and_no_near_copy() -> None:
-    mine = held_out_set(CASUAL, 77, 37)
+def assert_apart(mine: set[str], *others: Path) -> None:
+    """``mine`` shares no opening (40 characters) and is no near copy of a training request,
+    is no near copy of a request of the ``others`` held-out files (each request is counted
+    once), and the build excludes it."""
     trained = trained_requests()
     assert not {t[:40] for t in trained} & {m[:40] for m in mine}
     bags = trained_word_sets()
     assert not [m for m in mine if near_copy(m, bags)]
-    # Nor a near copy of the other held-out sets: each request is counted once.
-    others = [words(normalise(str(r["prompt"]))) for r in rows()]
-    assert not [m for m in mine if near_copy(m, others)]
+    theirs = [
+        words(normalise(json.loads(line)["prompt"]))
+        for path in others
+        for line in path.read_text(encoding="utf-8").splitlines()
+    ]
+    assert not [m for m in mine if near_copy(m, theirs)]
     assert mine <= excluded_by_the_build()
+
+
+def test_the_casual_set_is_held_out_and_no_near_copy() -> None:
+    assert_apart(held_out_set(CASUAL, 77, 37), UNSEEN)
 
 
 SOMEONE = ROOT / "tests" / "data" / "someone_requests.jsonl"
@@ -151,12 +160,4 @@ that added requests of that form to the training data, to measure that change.""
 
 
 def test_the_someone_set_is_held_out_and_no_near_copy() -> None:
-    mine = held_out_set(SOMEONE, 90, 30)
-    trained = trained_requests()
-    assert not {t[:40] for t in trained} & {m[:40] for m in mine}
-    bags = trained_word_sets()
-    assert not [m for m in mine if near_copy(m, bags)]
-    others = [words(normalise(str(r["prompt"]))) for r in rows()]
-    others += [words(normalise(json.loads(line)["prompt"])) for line in CASUAL.open()]
-    assert not [m for m in mine if near_copy(m, others)]
-    assert mine <= excluded_by_the_build()
+    assert_apart(held_out_set(SOMEONE, 90, 30), UNSEEN, CASUAL)
