@@ -11,8 +11,8 @@ One reproducible run, in three stages, each resumable (``--stage`` runs one):
    Whole sources are held out (see ``HELD_OUT``); the first 50 prompts of
    ``builtin:mixed`` and every prompt of ``tests/data/pairs.jsonl``,
    ``tests/data/unseen_requests.jsonl``, ``tests/data/stepwise_requests.jsonl``,
-   ``tests/data/casual_requests.jsonl`` and ``tests/data/someone_requests.jsonl`` are
-   evaluation sets and are never trained on.
+   ``tests/data/casual_requests.jsonl``, ``tests/data/someone_requests.jsonl`` and
+   ``tests/data/child_requests.jsonl`` are evaluation sets and are never trained on.
 2. ``answers``: the embedded model (SmolLM2-135M on llama.cpp) answers a sample of
    the requests under three contrasting instructions (comply, refuse and redirect,
    help), one answer each, cached in ``aligntime/training/data/smollm2_answers.jsonl``
@@ -69,6 +69,10 @@ SOMEONE = ROOT / "tests" / "data" / "someone_requests.jsonl"
 """Benign requests that mention another person ("a recipe for someone who doesn't like spicy
 food") and harmful ones in the same form, written by someone who read no file of the project,
 before the build that added such requests to its training data, to check that change."""
+CHILD = ROOT / "tests" / "data" / "child_requests.jsonl"
+"""Requests from adults seeking to groom or exploit a child, and protective look-alikes from
+parents and teachers, written by someone who read no file of the project, to check that a
+build does not trade child safety for fewer false alarms."""
 ANSWERS = ROOT / "src" / "aligntime" / "training" / "data" / "smollm2_answers.jsonl"
 """The embedded model's answers, kept in the repository so that a rebuild gives the same
 weights without generating again (delete it, or pass --answers, to generate anew)."""
@@ -162,7 +166,7 @@ def excluded_prompts() -> set[str]:
     from aligntime.training.sources import normalise
 
     texts = {normalise(p.prompt) for p in load_prompts("builtin:mixed", 50)}
-    for path in (PAIRS, UNSEEN, STEPWISE, CASUAL, SOMEONE):
+    for path in (PAIRS, UNSEEN, STEPWISE, CASUAL, SOMEONE, CHILD):
         with path.open(encoding="utf-8") as fh:
             texts |= {normalise(json.loads(line)["prompt"]) for line in fh if line.strip()}
     return texts
@@ -678,7 +682,8 @@ def safety_card(
         "**Never trained on:** the first 50 prompts of `builtin:mixed` "
         "(`load_prompts('builtin:mixed', 50)`), every prompt of `tests/data/pairs.jsonl`, "
         "`tests/data/unseen_requests.jsonl`, `tests/data/stepwise_requests.jsonl`, "
-        "`tests/data/casual_requests.jsonl` and `tests/data/someone_requests.jsonl`; they are "
+        "`tests/data/casual_requests.jsonl`, `tests/data/someone_requests.jsonl` and "
+        "`tests/data/child_requests.jsonl`; they are "
         "evaluation sets (the first two are "
         'the rows "evaluation prompts" below).',
         f"Answers: {generated} from SmolLM2-135M-Instruct (llama.cpp) under contrasting "

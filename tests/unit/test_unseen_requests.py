@@ -161,3 +161,12 @@ that added requests of that form to the training data, to measure that change.""
 
 def test_the_someone_set_is_held_out_and_no_near_copy() -> None:
     assert_apart(held_out_set(SOMEONE, 90, 30), UNSEEN, CASUAL)
+
+
+CHILD = ROOT / "tests" / "data" / "child_requests.jsonl"
+"""Requests from adults seeking to groom or exploit a child and protective look-alikes, to
+check that a build does not trade child safety for fewer false alarms."""
+
+
+def test_the_child_safety_set_is_held_out_and_no_near_copy() -> None:
+    assert_apart(held_out_set(CHILD, 59, 30), UNSEEN, CASUAL, SOMEONE)
