@@ -228,6 +228,23 @@ def test_the_default_referee_runs_on_a_model_no_selecting_judge_runs() -> None:
         }
     )
     assert independent_judge_model(qwen_judged) == "smollm2-135m-instruct-q8_0"
+    # Another file of SmolLM2 (Q4_0, made from the same weights) is SmolLM2 too: with Qwen
+    # and it judging, no listed model is free and the first is used.
+    both = qwen_judged.model_copy(
+        update={
+            "scorers": [
+                *qwen_judged.scorers,
+                qwen_judged.scorers[-1].model_copy(
+                    update={
+                        "name": "judge2",
+                        "kind": "judge",
+                        "model": "smollm2-135m-instruct-q4_0",
+                    }
+                ),
+            ]
+        }
+    )
+    assert independent_judge_model(both) == "qwen2.5-coder-0.5b-instruct"
     # A judge that names no model runs the judge's default one (SmolLM2-135M), any quantisation.
     unnamed = policy.model_copy(
         update={"scorers": [s.model_copy(update={"model": None}) for s in policy.scorers]}

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from aligntime import registry
 from aligntime.errors import ConfigError, InputError
+from aligntime.models.catalog import CATALOG
 from aligntime.policy.schema import Policy, ScorerSpec
 from aligntime.registry import build
 from aligntime.scorers.base import Scorer
@@ -52,8 +53,11 @@ def independent_judge_model(policy: Policy) -> str:
 
 
 def _weights_of(model: str) -> str:
-    """The model a catalogue name stands for, whatever its quantisation."""
-    return model.lower().removesuffix("-q8_0")
+    """The model a catalogue name stands for, whatever its quantisation: a file made
+    here from another (``derived_from``, e.g. SmolLM2's Q8_0 and Q4_0 from its Q4_1)
+    is that model; any other name or path is itself."""
+    spec = CATALOG.get(model)
+    return spec.derived_from if spec is not None and spec.derived_from else model
 
 
 @dataclass
