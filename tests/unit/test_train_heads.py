@@ -165,6 +165,10 @@ def test_refit_reward_learns_from_the_estimates_it_is_given() -> None:
     refit_reward(result, data, BagOfWords(), options, inverted)
     assert result.metrics["reward"]["train"]["accuracy"] == 1.0
     assert result.metrics["reward"]["heldout"]["accuracy"] == 0.0
+    # with reward_harm="labels", the pairs' own harm labels win over the estimates given
+    labelled = dataclasses.replace(options, reward_harm="labels")
+    refit_reward(result, data, BagOfWords(), labelled, inverted)
+    assert result.metrics["reward"]["heldout"]["accuracy"] == 1.0
     # nothing to refit without a reward head
     plain = train(Dataset([], data.requests), BagOfWords(), options)
     refit_reward(plain, data, BagOfWords(), options, truth)

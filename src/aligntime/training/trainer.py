@@ -122,8 +122,8 @@ def train(
     harm = _fit_harm(requests, held, cache, options, progress, metrics)
     blocks = [b for b in options.features if harm is not None or b != "hv"]
     estimates = cross_fit_harm(requests, held, cache, options) if harm is not None else {}
-    if harm is not None and options.reward_harm == "labels":
-        estimates |= {p.request: p.harm for p in pairs if p.harm is not None}
+    if harm is not None:
+        estimates = reward_harm_inputs(pairs, estimates, options)
     reward = _fit_reward(pairs, held, cache, harm, blocks, options, progress, metrics, estimates)
     # The advice head has the harm head's shape, fitted on its own labels.
     advice = _fit_harm(data.advice, held, cache, options, progress, metrics, key="advice")
@@ -258,9 +258,19 @@ def refit_reward(
         options,
         progress,
         result.metrics,
-        estimates,
+        reward_harm_inputs(data.pairs, estimates, options),
     )
     result.model.reward = reward
+
+
+def reward_harm_inputs(
+    pairs: Sequence[PreferencePair], estimates: dict[str, float], options: TrainOptions
+) -> dict[str, float]:
+    """The harm the reward head trains with, by request: ``estimates``, overridden by a
+    pair's own label where the data gives one and ``options.reward_harm`` is ``labels``."""
+    if options.reward_harm != "labels":
+        return estimates
+    return estimates | {p.request: p.harm for p in pairs if p.harm is not None}
 
 
 def pair_features(
