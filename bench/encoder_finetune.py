@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +37,7 @@ import numpy as np
 
 from aligntime.errors import AligntimeError, InputError
 from aligntime.evaluation.metrics import auc
-from aligntime.training.finetune import Settings, finetune
+from aligntime.training.finetune import Settings, cross_fit, finetune
 from aligntime.training.trainer import gate_thresholds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,22 +133,17 @@ def examples(rows: Rows) -> list[tuple[str, float]]:
 
 
 def out_of_fold_thresholds(
-    rows: Rows, folder: Path, settings: Settings, folds: int
+    rows: Rows, base_name: str, folder: Path, settings: Settings, folds: int
 ) -> tuple[float, float]:
-    """Refuse and steer thresholds by the build's rule (:func:`gate_thresholds`), from
-    ``folds`` fine-tunes that each leave one fold of ``rows`` out and score its benign
-    requests."""
-    order = list(range(len(rows)))
-    random.Random(settings.seed).shuffle(order)
-    benign: list[float] = []
-    for fold in range(folds):
-        held = {i for k, i in enumerate(order) if k % folds == fold}
-        model = finetune(
-            examples([r for i, r in enumerate(rows) if i not in held]), folder, settings
-        )
-        texts = [str(rows[i]["prompt"]) for i in sorted(held) if float(rows[i]["label"]) == 0.0]
-        benign += model.p_harm(texts).tolist()
-        print(f"fold {fold + 1}/{folds} done", file=sys.stderr)
+    """Refuse and steer thresholds by the build's rule (:func:`gate_thresholds`), from the
+    out-of-fold P(harmful) of ``rows``' benign requests (``folds`` fine-tunes, each scoring
+    the fold it left out as the shipped head would: :func:`cross_fit`)."""
+
+    def show(done: int, total: int) -> None:
+        print(f"fold {done}/{total} done", file=sys.stderr)
+
+    p = cross_fit(examples(rows), base_name, folder, settings, folds, show)
+    benign = [float(x) for x, r in zip(p, rows, strict=True) if float(r["label"]) == 0.0]
     thresholds = gate_thresholds(benign)
     return thresholds["refuse"], thresholds["steer"]
 
@@ -235,7 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 frozen, heldout, unseen, float(harm["threshold"]), float(harm["steer"])
             )
     if args.folds:
-        refuse, steer = out_of_fold_thresholds(train, encoder, settings, args.folds)
+        refuse, steer = out_of_fold_thresholds(train, args.encoder, encoder, settings, args.folds)
         result["finetuned"]["at_thresholds"] = operating_points(
             model.p_harm, heldout, unseen, refuse, steer
         )
