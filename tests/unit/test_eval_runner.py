@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from aligntime.aligner import Aligner
-from aligntime.errors import BackendError, InputError
+from aligntime.errors import BackendError, ConfigError, InputError
 from aligntime.evaluation.datasets import EvalPrompt
 from aligntime.evaluation.experiment import EvalConfig, parse_ns, prepare, run_eval
 from aligntime.evaluation.heldout import (
@@ -118,6 +118,29 @@ def test_heldout_resolution(fake_policy_file: Path) -> None:
         resolve_heldout(policy, "nonsense")
     with pytest.raises(InputError, match="not a valid scorer spec"):
         resolve_heldout(policy, "{kind: rules, bogus: 1}")
+
+
+def test_the_default_referee_without_llamacpp_fails_before_sampling_and_says_what_to_pass(
+    fake_policy_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An openai-backend policy evaluated where llama.cpp is not installed: the default
+    referee's engine is missing, which ``prepare`` reports (before any candidate is
+    drawn) with the alternatives."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "xllamacpp" else real(name, *a),
+    )
+    config = EvalConfig(ns=(1, 2))
+    with pytest.raises(ConfigError, match="default held-out judge") as caught:
+        prepare(load_policy(fake_policy_file), config)
+    assert "aligntime[embedded]" in str(caught.value.hint)
+    assert "--heldout none" in str(caught.value.hint)
+    # a referee that needs no llama.cpp is still accepted
+    assert prepare(load_policy(fake_policy_file), EvalConfig(ns=(1, 2), heldout="rules"))[1]
 
 
 def test_parse_ns_and_bad_grids(fake_policy_file: Path) -> None:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from aligntime import registry
 from aligntime.errors import ConfigError, InputError
+from aligntime.extras import require
 from aligntime.models.catalog import CATALOG
 from aligntime.policy.schema import Policy, ScorerSpec
 from aligntime.registry import build
@@ -60,6 +61,21 @@ def _weights_of(model: str) -> str:
     return spec.derived_from if spec is not None and spec.derived_from else model
 
 
+def _require_llamacpp_for(model: str) -> None:
+    """Fail before any sampling when the default judge cannot run: it is a llama.cpp
+    model, and a policy served elsewhere (openai backend) may be evaluated where no
+    llama.cpp is installed."""
+    try:
+        require("xllamacpp", what=f"the default held-out judge ({model} on llama.cpp)")
+    except ConfigError as exc:
+        raise ConfigError(
+            exc.message,
+            hint=f"{exc.hint}; or pass --heldout none (no win rates), or a judge your "
+            "server runs: --heldout '{kind: judge, backend: openai, model: NAME, "
+            "backend_options: {base_url: URL}}'",
+        ) from exc
+
+
 @dataclass
 class HeldOut:
     """A scorer used only to judge, with the spec that built it (for the record)."""
@@ -88,6 +104,7 @@ def resolve_heldout(policy: Policy, spec: str | None) -> tuple[Policy, HeldOut |
         return policy, None
     if spec is None:
         model = independent_judge_model(policy)
+        _require_llamacpp_for(model)
         options = {"model": model, "question": HELDOUT_QUESTION}
         scorer = build("scorer", "judge", options, name="heldout")
         return policy, HeldOut(scorer, f"judge ({model}): {HELDOUT_QUESTION}")
