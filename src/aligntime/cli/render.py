@@ -70,7 +70,7 @@ def candidates_table(candidates: Sequence[Candidate], best: int | None, width: i
 
 
 def input_line(assessment: RequestAssessment | None) -> str | None:
-    """One line on the input gate's verdict, e.g. ``input gate: refuse (harm 0.93 by 'harm')``;
+    """One line on the input gate's verdict, e.g. ``input gate: refuse (harm 0.99 by 'harm')``;
     ``None`` for a policy without an input gate."""
     if assessment is None:
         return None
