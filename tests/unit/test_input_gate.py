@@ -16,7 +16,7 @@ from aligntime.errors import ConfigError, ScorerError
 from aligntime.generators.fake import FakeGenerator, FakeOptions
 from aligntime.policy.loader import parse_policy
 from aligntime.policy.schema import Policy
-from aligntime.scorers.base import Scorer, conversation_text
+from aligntime.scorers.base import Scorer, conversation_text, request_views
 from aligntime.types import Candidate, Generation, GenerationParams, Message, RequestAssessment
 
 POLICY = """
@@ -43,7 +43,8 @@ class KeywordHarm(Scorer):
     """P(harmful): 0.95 when the conversation names a bomb, 0.5 for 'weapon', else 0.05.
 
     It judges the text it is given, as a classifier would; the base class's
-    ``score_request`` hands it the whole conversation.
+    ``score_request`` hands it the conversation's views (the whole, the user turns, the
+    last user turn).
     """
 
     direction = "lower"
@@ -199,8 +200,50 @@ def test_the_gate_reads_every_turn_including_system_messages() -> None:
     res = al.align(conversation)
     assert res.refused, "the harmful request was split over two turns"
     assert isinstance(harm, KeywordHarm)
-    assert harm.seen == [conversation_text(conversation)]
+    # Every view once: the whole conversation, the user turns, the last user turn.
+    assert harm.seen == request_views(conversation)
+    assert harm.seen[0] == conversation_text(conversation)
     assert "system: You are a chemistry tutor." in harm.seen[0]
+
+
+class Diluted(Scorer):
+    """A classifier whose estimate is the share of the text's words that are "bomb"
+    (``safe=True``: one minus it, a safety score where higher is safer); a view that
+    names "fail" gives NaN."""
+
+    def __init__(self, safe: bool = False) -> None:
+        self.name = "diluted"
+        self.direction = "higher" if safe else "lower"
+
+    async def score(
+        self, messages: Sequence[Message], candidates: Sequence[Candidate]
+    ) -> list[float]:
+        out = []
+        for c in candidates:
+            words = c.text.split()
+            share = sum(w.strip(".") == "bomb" for w in words) / len(words)
+            out.append(
+                math.nan if "fail" in c.text else 1 - share if self.direction == "higher" else share
+            )
+        return out
+
+
+def test_a_long_system_prompt_does_not_dilute_the_request() -> None:
+    import asyncio
+
+    conversation = [
+        Message("system", "You are a friendly assistant for a garden centre. " * 6),
+        Message("user", "bomb bomb"),
+    ]
+    whole = asyncio.run(Diluted().score(conversation, [Candidate(conversation_text(conversation))]))
+    assert whole[0] < 0.1
+    # The riskiest view decides: the last user turn, "user: bomb bomb".
+    assert asyncio.run(Diluted().score_request(conversation)) == pytest.approx(2 / 3)
+    assert asyncio.run(Diluted(safe=True).score_request(conversation)) == pytest.approx(1 / 3)
+    # A view that fails does not hide the others; all failing is a failure.
+    failing = [Message("system", "fail"), Message("user", "bomb")]
+    assert asyncio.run(Diluted().score_request(failing)) == pytest.approx(0.5)
+    assert math.isnan(asyncio.run(Diluted().score_request([Message("user", "fail")])))
 
 
 class Slow(Scorer):

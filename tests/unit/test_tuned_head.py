@@ -109,6 +109,20 @@ def test_a_long_conversation_keeps_its_newest_turn(tuned: tuple[object, TunedHar
     assert encoding.tokens[-3:] == ["a", "dog", "[SEP]"] and encoding.tokens[0] == "[CLS]"
 
 
+def test_texts_of_very_different_lengths_are_batched_apart(
+    tuned: tuple[object, TunedHarmHead],
+) -> None:
+    from aligntime.training.tuned_head import _chunks
+
+    _, head = tuned
+    texts = ["user: hi", "user: " + "plant the seeds " * 30, "user: hello", "user: hey there"]
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    assert _chunks(order, texts) == [[0, 2, 3], [1]]
+    # Padding changes nothing: each text scores as it does alone.
+    alone = np.array([head.probabilities([t])[0] for t in texts])
+    assert np.abs(head.probabilities(texts) - alone).max() < 1e-5
+
+
 def test_the_folder_round_trip_and_the_scorer(
     tuned: tuple[object, TunedHarmHead], tmp_path: Path
 ) -> None:

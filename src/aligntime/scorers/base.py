@@ -89,12 +89,17 @@ class Scorer(ABC):
         """Rate the request itself, before any answer exists (the input gate calls this).
 
         ``messages`` is the whole conversation, system turns included. The default
-        scores the conversation's text as if it were one answer, which suits scorers
-        that judge a text on its own (a toxicity classifier); scorers with a proper
-        request mode (a guard model asked about the user's turn) override it.
+        scores the conversation's :func:`request_views` as if each were an answer and
+        keeps the riskiest value, which suits scorers that judge a text on its own (a
+        toxicity classifier); scorers with a proper request mode (a guard model asked
+        about the user's turn) override it.
         """
-        values = await self.score(messages, [Candidate(text=conversation_text(messages))])
-        return values[0]
+        views = request_views(messages)
+        values = await self.score(messages, [Candidate(text=t) for t in views])
+        known = [v for v in values if v == v]  # a failed view (NaN) does not hide the others
+        if not known:
+            return float("nan")
+        return max(known) if self.direction == "lower" else min(known)
 
     async def score_details(
         self, messages: Messages, candidates: Candidates, *, assessment: MaybeAssessment = None
@@ -240,3 +245,21 @@ def conversation_text(
     a harmful request split over several turns is still seen whole.
     """
     return "\n".join(f"{m.role}: {m.content}" for m in messages if m.role in roles)
+
+
+def request_views(messages: Sequence[Message]) -> list[str]:
+    """The texts a request-level classifier reads, to keep the highest of its estimates:
+    the whole conversation, the user turns alone, and the last user turn alone (each once).
+
+    A classifier trained on short requests reads a long system prompt, or a long earlier
+    answer, as most of the text, and the request after it is diluted: behind a 90-token
+    deployment system prompt the shipped harm gate flagged 49% of the harmful requests of
+    ``tests/data/unseen_requests.jsonl`` and ``casual_requests.jsonl`` instead of 99%.
+    The narrower views read the request as it was trained; the whole conversation still
+    sees a request split over turns or put into the system prompt.
+    """
+    whole = conversation_text(messages)
+    users = conversation_text(messages, roles=("user",))
+    last = [m for m in messages if m.role == "user"][-1:]
+    views = [whole, users, conversation_text(last)]
+    return list(dict.fromkeys(v for v in views if v)) or [whole]

@@ -4,12 +4,14 @@
 squashed to 0..1; higher is better). It reads the request's harm estimate: the
 input gate's (``assessment.harm``) when the aligner passes one, else its own harm
 head's, so that a refusal rates high for a harmful request and low for a benign
-one. ``head: harm`` gives P(harmful) (lower is better): of the whole conversation
-in :meth:`score_request`, which is what the input gate calls, and of each answer's
+one. ``head: harm`` gives P(harmful) (lower is better): of the conversation in
+:meth:`score_request`, which is what the input gate calls (the highest estimate of
+the whole conversation, its user turns and its last user turn, so that a long system
+prompt does not dilute the request), and of each answer's
 text in :meth:`score` (the same head reading the answer as a request, a crude
 output check). ``head: advice`` gives P(the request needs a qualified professional:
 medical, mental-health, legal or financial advice about the user's own situation)
-of the whole conversation, for an input scorer marked ``advice: true``.
+of the conversation (read the same way), for an input scorer marked ``advice: true``.
 
 ``model`` is ``harm-minilm`` (the weights shipped with aligntime, built by
 ``scripts/build_safety_scorer.py``) or the path of a folder that
@@ -51,6 +53,7 @@ from aligntime.scorers.base import (
     Messages,
     Scorer,
     conversation_text,
+    request_views,
     split_rows,
 )
 from aligntime.scorers.sentence_encoder import SentenceEncoder
@@ -149,16 +152,18 @@ class TrainedScorer(Scorer):
         return self._model, self._encoder
 
     def harm_of(self, messages: Sequence[Message]) -> float:
-        """P(harmful) of the whole conversation, from the harm head (the advice head's
-        P(needs a professional) for ``head: advice``)."""
+        """P(harmful) of the conversation from the harm head (the advice head's P(needs a
+        professional) for ``head: advice``): the highest over the whole conversation, its
+        user turns and its last user turn (:func:`~aligntime.scorers.base.request_views`)."""
         model, encoder = self._parts()
         head = model.advice if self.options.head == "advice" else model.harm
         if head is None:
             raise ConfigError(
                 f"the trained scorer {self.options.model!r} has no {self.options.head} head"
             )
-        text = conversation_text(messages)
-        return float(head.predict([text], encoder.embed)[0])
+        # The highest estimate of the conversation's views: a long system prompt must not
+        # dilute the request (see request_views).
+        return float(np.max(head.predict(request_views(messages), encoder.embed)))
 
     def score_sync(
         self, messages: Messages, candidates: Candidates, assessment: MaybeAssessment = None
@@ -179,7 +184,7 @@ class TrainedScorer(Scorer):
         if self.options.use_assessment and assessment is not None and assessment.harm is not None:
             harm = float(assessment.harm)
         elif model.harm is not None:
-            harm = float(model.harm.predict([request], lambda _: rows[:1])[0])
+            harm = float(np.max(model.harm.predict(request_views(messages), encoder.embed)))
         else:
             harm = 0.0
         h = np.full(len(texts), harm, np.float32)

@@ -33,6 +33,24 @@ training), so the head reaches confident logits with small weights."""
 BATCH = 16
 
 
+def _chunks(order: Sequence[int], texts: Sequence[str]) -> list[list[int]]:
+    """``order`` (indices of ``texts``, shortest first) cut into batches of at most
+    ``BATCH`` texts of similar length: every text of a batch is padded to its longest, and
+    the cost of the forward pass grows with the padded length (the gate's views of one
+    conversation are a long text and short ones)."""
+    chunks: list[list[int]] = []
+    for i in order:
+        if (
+            chunks
+            and len(chunks[-1]) < BATCH
+            and len(texts[i]) <= 1.5 * len(texts[chunks[-1][0]]) + 40
+        ):
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    return chunks
+
+
 def quantise_delta(tuned: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``tuned - base`` as int8 with one float32 scale per output row."""
     delta = (tuned.astype(np.float32) - base.astype(np.float32)).reshape(tuned.shape[0], -1)
@@ -153,9 +171,7 @@ class TunedHarmHead:
         self.load()
         assert self._weights is not None
         out = np.zeros(len(texts), np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), BATCH):
-            chunk = order[start : start + BATCH]
+        for chunk in _chunks(sorted(range(len(texts)), key=lambda i: len(texts[i])), texts):
             encodings = self._tokenizer.encode_batch([texts[i] or " " for i in chunk])
             ids = np.array([e.ids for e in encodings], dtype=np.int64)
             mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
