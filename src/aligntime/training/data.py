@@ -225,10 +225,38 @@ def from_eval(
         raise InputError(
             f"{folder} has no {RESULTS}", hint="give the --out folder of an `aligntime eval` run"
         )
+    data = from_records(
+        load_records(path),
+        str(path),
+        margin=margin,
+        per_prompt=per_prompt,
+        higher_is_better=higher_is_better,
+    )
+    if not data.pairs:
+        raise InputError(
+            f"{path}: no pairs: no prompt has held-out values that differ by {margin} or more",
+            hint="run `aligntime eval` with a held-out scorer (not --heldout none), "
+            "or lower --margin",
+        )
+    return data
+
+
+def from_records(
+    records: list[dict[str, Any]],
+    name: str,
+    *,
+    margin: float = 0.1,
+    per_prompt: int = 8,
+    higher_is_better: bool = True,
+    source_prefix: str = "",
+) -> Dataset:
+    """Pairs (and labelled requests) from ``aligntime eval`` records, as :func:`from_eval`
+    reads them; ``name`` names the file in messages, ``source_prefix`` starts every
+    pair's source (the record's category, else its id)."""
     data = Dataset([], [])
-    records = load_records(path)
+    sign = 1.0 if higher_is_better else -1.0
     for number, rec in enumerate(records, 1):
-        where = f"{path}:{number}"
+        where = f"{name}:{number}"
         cands = rec.get("candidates")
         prompt = rec.get("prompt")
         if not isinstance(cands, list) or not isinstance(prompt, str):
@@ -238,7 +266,6 @@ def from_eval(
             for c in cands
             if isinstance(c, dict) and c.get("heldout") is not None and str(c.get("text", ""))
         ]
-        sign = 1.0 if higher_is_better else -1.0
         options = [
             (sign * (a - b), ta, tb)
             for a, ta in scored
@@ -248,17 +275,11 @@ def from_eval(
         options.sort(key=lambda o: -o[0])
         harm = _harm(rec.get("harmful"), where)
         messages = (Message("user", prompt),)
-        source = str(rec.get("category") or rec.get("id") or "eval")
+        source = source_prefix + str(rec.get("category") or rec.get("id") or "eval")
         for _, good, bad in options[:per_prompt]:
             data.pairs.append(PreferencePair(messages, good, bad, source, harm, "", where))
         if harm is not None:
             data.requests.append(HarmExample(messages, harm, source, where))
-    if not data.pairs:
-        raise InputError(
-            f"{path}: no pairs: no prompt has held-out values that differ by {margin} or more",
-            hint="run `aligntime eval` with a held-out scorer (not --heldout none), "
-            "or lower --margin",
-        )
     return data
 
 
