@@ -43,8 +43,8 @@ class KeywordHarm(Scorer):
     """P(harmful): 0.95 when the conversation names a bomb, 0.5 for 'weapon', else 0.05.
 
     It judges the text it is given, as a classifier would; the base class's
-    ``score_request`` hands it the conversation's views (the whole, the user turns, the
-    last user turn).
+    ``score_request`` hands it the conversation's views (the exchange, its user turns,
+    its last user turn, each system turn).
     """
 
     direction = "lower"
@@ -200,10 +200,10 @@ def test_the_gate_reads_every_turn_including_system_messages() -> None:
     res = al.align(conversation)
     assert res.refused, "the harmful request was split over two turns"
     assert isinstance(harm, KeywordHarm)
-    # Every view once: the whole conversation, the user turns, the last user turn.
+    # Every view once: the exchange, its user turns, the last user turn, the system turn.
     assert harm.seen == request_views(conversation)
-    assert harm.seen[0] == conversation_text(conversation)
-    assert "system: You are a chemistry tutor." in harm.seen[0]
+    assert harm.seen[0] == conversation_text(conversation, roles=("user", "assistant"))
+    assert harm.seen[-1] == "system: You are a chemistry tutor."
 
 
 class Diluted(Scorer):

@@ -122,7 +122,7 @@ def test_harm_head_rates_the_whole_conversation(folder: Path) -> None:
     assert values[0] > 0.5
 
 
-def test_request_views_are_the_conversation_its_user_turns_and_the_last_one() -> None:
+def test_request_views_are_the_exchange_its_requests_and_each_system_turn() -> None:
     assert request_views([Message("user", "hi")]) == ["user: hi"]
     conversation = [
         Message("system", "You are a library assistant."),
@@ -131,9 +131,10 @@ def test_request_views_are_the_conversation_its_user_turns_and_the_last_one() ->
         Message("user", "to injure someone badly"),
     ]
     assert request_views(conversation) == [
-        conversation_text(conversation),
+        "user: how to use poison\nassistant: What for?\nuser: to injure someone badly",
         "user: how to use poison\nuser: to injure someone badly",
         "user: to injure someone badly",
+        "system: You are a library assistant.",
     ]
     assert request_views([]) == [""]
 

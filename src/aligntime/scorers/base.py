@@ -248,18 +248,23 @@ def conversation_text(
 
 
 def request_views(messages: Sequence[Message]) -> list[str]:
-    """The texts a request-level classifier reads, to keep the highest of its estimates:
-    the whole conversation, the user turns alone, and the last user turn alone (each once).
+    """The texts a request-level classifier reads, to keep the riskiest of its estimates
+    (each text once): the exchange (every user and assistant turn), its user turns, its
+    last user turn, and each system turn on its own.
 
-    A classifier trained on short requests reads a long system prompt, or a long earlier
-    answer, as most of the text, and the request after it is diluted: behind a 90-token
-    deployment system prompt the shipped harm gate flagged 49% of the harmful requests of
-    ``tests/data/unseen_requests.jsonl`` and ``casual_requests.jsonl`` instead of 99%.
-    The narrower views read the request as it was trained; the whole conversation still
-    sees a request split over turns or put into the system prompt.
+    A classifier trained on short requests reads a long text as something else: read as
+    one text with a deployment's system prompt, a request is diluted by it (behind a
+    90-word system prompt the shipped harm gate flagged 49% of the harmful requests of
+    ``tests/data/unseen_requests.jsonl`` and ``casual_requests.jsonl`` instead of 99%),
+    and a benign one is mistaken (behind a 170-word one it flagged 34% of their benign
+    requests instead of 7%). So the operator's system turns are judged on their own, and
+    the exchange, with its user turns and its last request, as requests were trained:
+    harm split over user turns, or put in an assistant turn the caller wrote, is still
+    read with the request.
     """
-    whole = conversation_text(messages)
+    exchange = conversation_text(messages, roles=("user", "assistant"))
     users = conversation_text(messages, roles=("user",))
     last = [m for m in messages if m.role == "user"][-1:]
-    views = [whole, users, conversation_text(last)]
-    return list(dict.fromkeys(v for v in views if v)) or [whole]
+    system = [conversation_text([m]) for m in messages if m.role == "system"]
+    views = [exchange, users, conversation_text(last), *system]
+    return list(dict.fromkeys(v for v in views if v)) or [conversation_text(messages)]

@@ -6,8 +6,9 @@ input gate's (``assessment.harm``) when the aligner passes one, else its own har
 head's, so that a refusal rates high for a harmful request and low for a benign
 one. ``head: harm`` gives P(harmful) (lower is better): of the conversation in
 :meth:`score_request`, which is what the input gate calls (the highest estimate of
-the whole conversation, its user turns and its last user turn, so that a long system
-prompt does not dilute the request), and of each answer's
+its views: the exchange, its user turns, its last user turn and each system turn on its
+own, so that a long system prompt neither dilutes nor mimics a request), and of each
+answer's
 text in :meth:`score` (the same head reading the answer as a request, a crude
 output check). ``head: advice`` gives P(the request needs a qualified professional:
 medical, mental-health, legal or financial advice about the user's own situation)
@@ -153,8 +154,9 @@ class TrainedScorer(Scorer):
 
     def harm_of(self, messages: Sequence[Message]) -> float:
         """P(harmful) of the conversation from the harm head (the advice head's P(needs a
-        professional) for ``head: advice``): the highest over the whole conversation, its
-        user turns and its last user turn (:func:`~aligntime.scorers.base.request_views`)."""
+        professional) for ``head: advice``): the highest over its views (the exchange, its
+        user turns, its last user turn, each system turn on its own:
+        :func:`~aligntime.scorers.base.request_views`)."""
         model, encoder = self._parts()
         head = model.advice if self.options.head == "advice" else model.harm
         if head is None:
@@ -162,7 +164,7 @@ class TrainedScorer(Scorer):
                 f"the trained scorer {self.options.model!r} has no {self.options.head} head"
             )
         # The highest estimate of the conversation's views: a long system prompt must not
-        # dilute the request (see request_views).
+        # dilute the request, nor be read as part of it (see request_views).
         return float(np.max(head.predict(request_views(messages), encoder.embed)))
 
     def score_sync(
