@@ -8,8 +8,7 @@ one. ``head: harm`` gives P(harmful) (lower is better): of the conversation in
 :meth:`score_request`, which is what the input gate calls (the highest estimate of
 its views: the exchange, its user turns, its last user turn and each system turn on its
 own, so that a long system prompt neither dilutes nor mimics a request), and of each
-answer's
-text in :meth:`score` (the same head reading the answer as a request, a crude
+answer's text in :meth:`score` (the same head reading the answer as a request, a crude
 output check). ``head: advice`` gives P(the request needs a qualified professional:
 medical, mental-health, legal or financial advice about the user's own situation)
 of the conversation (read the same way), for an input scorer marked ``advice: true``.
