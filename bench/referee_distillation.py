@@ -11,10 +11,11 @@ heads and for the shipped reward head (each reading a harm of 0: the requests ar
 
 - ``agreement``: the share of pairs of sampled answers the referee values at least 0.1
   apart that the reward head orders the same way;
-- ``win_rate``: the referee's win rate of the answer the default policy's weighted sum
-  chooses (the other scorers' values recorded in the pools, this reward head's in place
-  of the recorded one) over each sampled answer, ties counting one half: best-of-5
-  against one sample, as ``aligntime eval`` measures it.
+- ``win_rate``: the referee's win rate of the answer the default policy chooses
+  (:func:`aligntime.scorers.combine.combine` over the other scorers' values recorded in
+  the pools, with the policy's weights and gates, this reward head's values in place of
+  the recorded ones) over each sampled answer, ties counting one half: best-of-5 against
+  one sample, as ``aligntime eval`` measures it.
 
 Usage: ``nice .venv/bin/python bench/referee_distillation.py [--folds 5]`` (about two
 minutes on 2 cores). Prints JSON.
@@ -34,8 +35,10 @@ from typing import Any
 
 import numpy as np
 
+from aligntime import Aligner
 from aligntime.errors import AligntimeError
 from aligntime.policy.loader import load_policy
+from aligntime.scorers.combine import ScorerWeighting, combine
 from aligntime.scorers.sentence_encoder import SentenceEncoder
 from aligntime.scorers.trained import builtin_folder
 from aligntime.training.artifact import load_folder
@@ -43,6 +46,7 @@ from aligntime.training.data import PreferencePair
 from aligntime.training.features import reward_features
 from aligntime.training.heads import RewardHead, TrainSettings, sigmoid
 from aligntime.training.trainer import kind_weights
+from aligntime.types import Candidate
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = TrainSettings(steps=600, learning_rate=0.01, l2=1e-3, seed=1)
@@ -77,13 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: run the build's prompts stage first", file=sys.stderr)
         return 2
     try:
-        weights = {s.name: s.weight for s in load_policy("default").scorers}
-        for item in args.weight:
-            name, _, value = item.partition("=")
-            if name not in weights:
-                raise SystemExit(f"--weight: the default policy has no scorer {name!r}")
-            weights[name] = float(value)
-        directions = {"safety": "lower"}
+        weightings = _weightings(args.weight)
         known = {r["prompt"] for r in rows}
         answers = [a for a in build._read_jsonl(build.ANSWERS) if a["prompt"] in known]
         base = build.build_dataset(rows, answers)[0].pairs
@@ -128,11 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             for i, j in itertools.combinations(sampled, 2):
                 if abs(value[i] - value[j]) >= 0.1:
                     agree.append(float((reward[i] - reward[j]) * (value[i] - value[j]) > 0))
-            total = [
-                _weighted({**c["scores"], "reward": float(reward[k])}, weights, directions)
-                for k, c in enumerate(cands)
-            ]
-            best = max(range(len(cands)), key=lambda k: (cands[k]["passed"], total[k], -k))
+            chosen = _combined(cands, [float(r) for r in reward], weightings)
+            best = max(range(len(cands)), key=lambda k: (chosen[k].passed, chosen[k].score, -k))
             wins.append(
                 float(np.mean([_win(value[best], value[k]) for k in sampled])) if sampled else 0.5
             )
@@ -146,18 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     distilled_pairs = 0
     for f, fold in enumerate(folds):
         test = [pools[i] for i in fold]
-        train_path = build.DEFAULT_WORK / "referee_train_fold.jsonl"
-        build._write_jsonl(
-            train_path, [pools[i] for g, other in enumerate(folds) if g != f for i in other]
-        )
-        extra = build.referee_pairs(rows, train_path)
+        train = [pools[i] for g, other in enumerate(folds) if g != f for i in other]
+        extra = build.referee_pairs(rows, train)
         distilled_pairs += len(extra)
         arms["shipped"].append(measure(shipped.reward, test))
         arms["build_pairs"].append(measure(plain, test))
         arms["distilled"].append(measure(fit(base + extra), test))
     report = {
         "pools": len(pools),
-        "weights": weights,
+        "weights": {w.name: w.weight for w in weightings},
         "folds": args.folds,
         "distilled_pairs_per_fold": round(distilled_pairs / args.folds, 1),
         **{
@@ -169,18 +161,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _weighted(
-    scores: dict[str, float], weights: dict[str, float], directions: dict[str, str]
-) -> float:
-    """The policy's weighted mean of normalised scores (a lower-is-better scorer inverted)."""
-    total = sum(weights.values())
-    value = 0.0
-    for name, weight in weights.items():
-        x = scores.get(name)
-        if x is None or x != x:
-            continue
-        value += weight * ((1.0 - x) if directions.get(name) == "lower" else x)
-    return value / total
+def _weightings(overrides: list[str]) -> list[ScorerWeighting]:
+    """The default policy's scorer weights and gates, with ``NAME=W`` overrides (its
+    scorers are built, not loaded: only their ranges and directions are read)."""
+    policy = load_policy("default")
+    weights = {s.name: s.weight for s in policy.scorers}
+    for item in overrides:
+        name, _, value = item.partition("=")
+        if name not in weights:
+            raise SystemExit(f"--weight: the default policy has no scorer {name!r}")
+        weights[name] = float(value)
+    scorers = [s.model_copy(update={"weight": weights[s.name]}) for s in policy.scorers]
+    return Aligner.from_policy(policy.model_copy(update={"scorers": scorers})).weightings
+
+
+def _combined(
+    cands: list[dict[str, Any]], reward: list[float], weightings: list[ScorerWeighting]
+) -> list[Candidate]:
+    """A pool's candidates combined as the policy combines them, ``reward`` in place of
+    the recorded reward values (a scorer that did not rate an answer stays absent)."""
+    raw = {
+        w.name: [c["scores"].get(w.name) for c in cands] for w in weightings if w.name != "reward"
+    }
+    raw["reward"] = list(reward)
+    return combine([Candidate(text=c["text"] or "") for c in cands], raw, weightings)
 
 
 def _win(a: float, b: float) -> float:

@@ -478,10 +478,13 @@ def build_dataset(
     return data, counts
 
 
-def referee_pairs(rows: list[dict[str, Any]], path: Path) -> list[Any]:
-    """Pairs within each referee pool (``distilled``), the answer the referee values more
-    chosen; only pools of benign requests the build trains on, so an evaluation prompt never
-    gets in. Their source is ``referee:`` and the request's source, held out with it."""
+def referee_pairs(
+    rows: list[dict[str, Any]], pools: list[dict[str, Any]], name: str = str(REFEREE_POOLS)
+) -> list[Any]:
+    """Pairs within each referee pool (``distilled``; ``pools`` as the pools file holds
+    them, ``name`` names it in messages), the answer the referee values more chosen; only
+    pools of benign requests the build trains on, so an evaluation prompt never gets in.
+    Their source is ``referee:`` and the request's source, held out with it."""
     import dataclasses
 
     from aligntime.training.data import from_records
@@ -489,14 +492,14 @@ def referee_pairs(rows: list[dict[str, Any]], path: Path) -> list[Any]:
 
     by_prompt = {normalise(r["prompt"]): r for r in rows}
     records = []
-    for pool in _read_jsonl(path):
+    for pool in pools:
         row = by_prompt.get(normalise(pool["prompt"]))
         if row is None or row["label"] != 0.0 or row["split"] == "excluded" or row["eval_set"]:
             continue
         records.append({**pool, "category": row["source"], "harmful": False})
     data = from_records(
         records,
-        str(path),
+        name,
         margin=REFEREE_MARGIN,
         per_prompt=REFEREE_PER_PROMPT,
         source_prefix=REFEREE_PREFIX,
@@ -553,7 +556,7 @@ def stage_train(
     answers = [a for a in _read_jsonl(answers_path) if a["prompt"] in known]
     data, counts = build_dataset(rows, answers)
     if distil:
-        distilled = referee_pairs(rows, pools_path)
+        distilled = referee_pairs(rows, _read_jsonl(pools_path), str(pools_path))
         data.pairs += distilled
         counts["distilled"] = len(distilled)
     advice = advice_rows()

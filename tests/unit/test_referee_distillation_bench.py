@@ -13,11 +13,27 @@ def _bench() -> ModuleType:
     return load_script("bench/referee_distillation.py")
 
 
-def test_the_weighted_sum_inverts_lower_is_better_scorers_and_skips_missing_ones() -> None:
+def test_the_choice_is_the_policys_combination_with_the_new_reward() -> None:
     bench = _bench()
-    weights = {"safety": 0.5, "reward": 2.0, "judge": 1.0}
-    scores = {"safety": 0.2, "reward": 0.9, "judge": float("nan")}
-    value = bench._weighted(scores, weights, {"safety": "lower"})
-    # A judge that did not read the answer (lazy) adds nothing, as in the aligner.
-    assert value == pytest.approx((0.5 * 0.8 + 2.0 * 0.9) / 3.5)
+    weightings = bench._weightings(["judge=0"])
+    assert {w.name: w.weight for w in weightings}["judge"] == 0.0
+    scores = {"safety": 0.1, "rules": 1.0, "relevance": 0.5, "judge": 0.9, "fit": 0.9}
+    cands = [
+        {"text": "one", "scores": {**scores, "reward": 0.1}},
+        {"text": "two", "scores": {**scores, "reward": 0.2}},
+        # Fails the default policy's safety gate (max 0.6), whatever its reward.
+        {"text": "three", "scores": {**scores, "safety": 0.9}},
+    ]
+    combined = bench._combined(cands, [0.9, 0.2, 1.0], weightings)
+    assert combined[0].score > combined[1].score  # the new reward decides, not the recorded one
+    assert [c.passed for c in combined] == [True, True, False]
+    # A scorer that did not rate an answer (a lazy judge) counts 0 there, as in the aligner.
+    lazy = [{"text": "one", "scores": {k: v for k, v in scores.items() if k != "judge"}}]
+    assert bench._combined(lazy, [0.5], bench._weightings([]))[0].scores.get("judge") is None
+    with pytest.raises(SystemExit, match="no scorer 'nope'"):
+        bench._weightings(["nope=1"])
+
+
+def test_a_win_counts_one_and_a_tie_one_half() -> None:
+    bench = _bench()
     assert [bench._win(0.7, 0.6), bench._win(0.6, 0.6), bench._win(0.5, 0.6)] == [1.0, 0.5, 0.0]

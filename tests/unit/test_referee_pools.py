@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-from pathlib import Path
 from types import ModuleType
 
 from aligntime.evaluation.datasets import load_prompts
@@ -34,7 +33,7 @@ def test_the_shipped_pools_are_benign_training_requests_rated_by_the_referee() -
         assert "qwen" in pool["referee"].lower()
 
 
-def test_referee_pairs_prefer_the_answer_the_referee_valued_more(tmp_path: Path) -> None:
+def test_referee_pairs_prefer_the_answer_the_referee_valued_more() -> None:
     b = build()
     rows = [
         {"prompt": "How do I boil an egg?", "label": 0.0, "source": "everyday:cooking",
@@ -55,10 +54,8 @@ def test_referee_pairs_prefer_the_answer_the_referee_valued_more(tmp_path: Path)
         cands = [{"text": f"{t} answer", "origin": "sampled", "heldout": v} for t, v in values]
         return {"prompt": prompt, "referee": "judge (qwen)", "candidates": cands}
 
-    path = tmp_path / "pools.jsonl"
     pools = [pool(r["prompt"]) for r in rows] + [pool("Not a training request.")]
-    path.write_text("".join(json.dumps(p) + "\n" for p in pools), "utf-8")
-    pairs = b.referee_pairs(rows, path)
+    pairs = b.referee_pairs(rows, pools)
     # Only the two benign requests the build may train on; 0.9 against 0.85 is too close.
     assert {(p.messages[-1].content, p.chosen, p.rejected) for p in pairs} == {
         (prompt, good, "bad answer")

@@ -59,7 +59,7 @@ from aligntime.scorers.base import (
 from aligntime.scorers.sentence_encoder import SentenceEncoder
 from aligntime.training.artifact import TrainedModel, load_folder
 from aligntime.training.features import reward_features
-from aligntime.training.heads import sigmoid
+from aligntime.training.heads import HarmHead, sigmoid
 from aligntime.training.tuned_head import TunedHarmHead
 from aligntime.types import Message
 
@@ -81,6 +81,14 @@ class TrainedOptions(OptionsModel):
     """Reward head: take the request's harm from the input gate when it gives one."""
     threads: int = Field(1, ge=1, le=64)
     """onnxruntime threads of the encoder."""
+
+
+def _highest(
+    head: HarmHead | TunedHarmHead, messages: Sequence[Message], encoder: SentenceEncoder
+) -> float:
+    """A request head's highest estimate over the conversation's views: a long system
+    prompt must not dilute the request, nor be read as part of it (see request_views)."""
+    return float(np.max(head.predict(request_views(messages), encoder.embed)))
 
 
 def builtin_folder(name: str) -> Path:
@@ -162,9 +170,7 @@ class TrainedScorer(Scorer):
             raise ConfigError(
                 f"the trained scorer {self.options.model!r} has no {self.options.head} head"
             )
-        # The highest estimate of the conversation's views: a long system prompt must not
-        # dilute the request, nor be read as part of it (see request_views).
-        return float(np.max(head.predict(request_views(messages), encoder.embed)))
+        return _highest(head, messages, encoder)
 
     def score_sync(
         self, messages: Messages, candidates: Candidates, assessment: MaybeAssessment = None
@@ -185,7 +191,7 @@ class TrainedScorer(Scorer):
         if self.options.use_assessment and assessment is not None and assessment.harm is not None:
             harm = float(assessment.harm)
         elif model.harm is not None:
-            harm = float(np.max(model.harm.predict(request_views(messages), encoder.embed)))
+            harm = _highest(model.harm, messages, encoder)
         else:
             harm = 0.0
         h = np.full(len(texts), harm, np.float32)
