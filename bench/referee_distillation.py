@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         help="replay the choice with this weight for a scorer of the default policy",
     )
     args = parser.parse_args(argv)
+    if args.folds < 2:
+        parser.error("--folds must be at least 2")
     build = build_script()
     rows = build._read_jsonl(build.DEFAULT_WORK / "prompts.jsonl")
     if not rows:
@@ -95,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         pools = [p for p in build._read_jsonl(build.REFEREE_POOLS) if p["prompt"] in trained]
     except AligntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if len(pools) < args.folds:
+        print(
+            f"error: {len(pools)} referee pools for {args.folds} folds in {build.REFEREE_POOLS}: "
+            "lower --folds, or run the build's pools stage (scripts/build_safety_scorer.py "
+            "--stage pools)",
+            file=sys.stderr,
+        )
         return 2
     blocks = list(shipped.features)
 
@@ -170,7 +180,10 @@ def _weightings(overrides: list[str]) -> list[ScorerWeighting]:
         name, _, value = item.partition("=")
         if name not in weights:
             raise SystemExit(f"--weight: the default policy has no scorer {name!r}")
-        weights[name] = float(value)
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise SystemExit(f"--weight {item!r}: the weight must be a number") from None
     scorers = [s.model_copy(update={"weight": weights[s.name]}) for s in policy.scorers]
     return Aligner.from_policy(policy.model_copy(update={"scorers": scorers})).weightings
 

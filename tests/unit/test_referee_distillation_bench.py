@@ -32,6 +32,8 @@ def test_the_choice_is_the_policys_combination_with_the_new_reward() -> None:
     assert bench._combined(lazy, [0.5], bench._weightings([]))[0].scores.get("judge") is None
     with pytest.raises(SystemExit, match="no scorer 'nope'"):
         bench._weightings(["nope=1"])
+    with pytest.raises(SystemExit, match="must be a number"):
+        bench._weightings(["reward=lots"])
 
 
 def test_a_win_counts_one_and_a_tie_one_half() -> None:
