@@ -367,7 +367,10 @@ def stage_pools(work: Path, path: Path, folders: list[Path]) -> None:
         out = work / "referee-eval"
         command = [sys.executable, "-m", "aligntime", "eval", "--policy", "default"]
         command += ["--prompts", str(prompts), "--n", "5", "--strategies", "best_of_n"]
-        subprocess.run([*command, "--out", str(out)], check=True)
+        done = subprocess.run([*command, "--out", str(out)], check=False)
+        if done.returncode != 0:
+            # aligntime eval has said why; it resumes where it stopped when run again.
+            raise SystemExit(f"the pools stage stopped: aligntime eval exited {done.returncode}")
         folders = [out]
     keep = {normalise(t) for t in wanted}
     pools: dict[str, dict[str, Any]] = {}
